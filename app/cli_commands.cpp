@@ -1,0 +1,196 @@
+// The verbs of `respin` (see cli_commands.h): thin wiring of core calls and output formatting.
+#include "app/cli_commands.h"
+
+#include <ATen/ATen.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "core/eval/perplexity.h"
+#include "core/io/atomic_file.h"
+#include "core/io/model_config.h"
+#include "core/io/model_folder.h"
+#include "core/model/random_init.h"
+#include "core/model/weights.h"
+#include "core/tokenizer/tokenizer.h"
+#include "core/util/error.h"
+#include "core/util/run_control.h"
+#include "core/util/threads.h"
+
+namespace respin::cli {
+
+namespace {
+
+RunControl g_control;
+
+void on_stop_signal(int) { g_control.request_stop(); }
+
+std::string human_count(int64_t n) {
+  char buf[32];
+  if (n >= 1000000000) std::snprintf(buf, sizeof buf, "%.2fB", n / 1e9);
+  else if (n >= 1000000) std::snprintf(buf, sizeof buf, "%.2fM", n / 1e6);
+  else if (n >= 1000) std::snprintf(buf, sizeof buf, "%.1fK", n / 1e3);
+  else std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(n));
+  return buf;
+}
+
+}  // namespace
+
+void install_stop_handlers() {
+  std::signal(SIGINT, on_stop_signal);
+  std::signal(SIGTERM, on_stop_signal);
+}
+
+int run_info(const InfoArgs& a) {
+  ModelFolder folder = ModelFolder::open(a.model);
+  ModelConfig c = load_model_config(folder.config_path);
+  std::optional<Tokenizer> tok;
+  if (!folder.tokenizer_path.empty()) tok = Tokenizer::from_file(folder.tokenizer_path);
+  if (a.json) {
+    nlohmann::json j = nlohmann::json::parse(model_config_to_json(c));
+    j["parameter_count"] = c.parameter_count();
+    j["folder"] = folder.dir;
+    j["sharded"] = folder.sharded;
+    if (tok) {
+      auto ti = tok->info();
+      j["tokenizer"] = {{"kind", ti.kind}, {"vocab_size", ti.vocab_size}, {"merges", ti.num_merges}};
+    } else {
+      j["tokenizer"] = nullptr;
+    }
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("model:          %s\n", folder.dir.c_str());
+  std::printf("architecture:   %s (%s)\n", c.architecture.c_str(), c.model_type.c_str());
+  std::printf("parameters:     %s (%lld)\n", human_count(c.parameter_count()).c_str(),
+              static_cast<long long>(c.parameter_count()));
+  std::printf("layers:         %lld\n", static_cast<long long>(c.num_hidden_layers));
+  std::printf("hidden size:    %lld\n", static_cast<long long>(c.hidden_size));
+  std::printf("intermediate:   %lld\n", static_cast<long long>(c.intermediate_size));
+  std::printf("heads:          %lld query, %lld key/value (head_dim %lld)\n",
+              static_cast<long long>(c.num_attention_heads),
+              static_cast<long long>(c.num_key_value_heads), static_cast<long long>(c.head_dim));
+  std::printf("vocabulary:     %lld\n", static_cast<long long>(c.vocab_size));
+  std::printf("max positions:  %lld\n", static_cast<long long>(c.max_position_embeddings));
+  std::printf("rope:           theta %g, scaling %s\n", c.rope_theta, c.rope_scaling.type.c_str());
+  std::printf("embeddings:     %s\n", c.tie_word_embeddings ? "tied" : "untied");
+  std::printf("dtype:          %s\n", c.torch_dtype.c_str());
+  if (tok) {
+    auto ti = tok->info();
+    std::printf("tokenizer:      %s, %d tokens, %d merges\n", ti.kind.c_str(), ti.vocab_size,
+                ti.num_merges);
+  } else {
+    std::printf("tokenizer:      none (no tokenizer.json)\n");
+  }
+  return 0;
+}
+
+int run_tokenize(const TokenizeArgs& a) {
+  const std::string path = a.tokenizer.empty() ? ModelFolder::open(a.model).require_tokenizer() : a.tokenizer;
+  Tokenizer tok = Tokenizer::from_file(path);
+  const std::string text = a.file.empty() ? a.text : read_text_file(a.file);
+  std::vector<int> ids = tok.encode(text, a.add_special_tokens);
+  std::string line;
+  for (size_t i = 0; i < ids.size(); ++i) line += (i ? " " : "") + std::to_string(ids[i]);
+  std::cout << line << "\n";
+  return 0;
+}
+
+int run_eval(const EvalArgs& a) {
+  set_compute_threads(a.threads);
+  ModelFolder folder = ModelFolder::open(a.model);
+  Tokenizer tok = Tokenizer::from_file(folder.require_tokenizer());
+  LoadOptions lo;
+  lo.dtype = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  LlamaModel model = load_model(folder.dir, lo);
+  const std::string text = read_text_file(a.text_file);
+  std::vector<int> ids = tok.encode(text, /*add_special_tokens=*/false);
+
+  PerplexityOptions po;
+  po.seq_len = std::min<int64_t>(a.seq_len, model.config().max_position_embeddings);
+  if (po.seq_len < a.seq_len)
+    std::fprintf(stderr, "note: --seq-len %lld capped at the model's max_position_embeddings %lld\n",
+                 a.seq_len, static_cast<long long>(po.seq_len));
+  po.max_windows = a.max_windows;
+  po.batch_size = a.batch;
+  if (isatty(STDERR_FILENO)) {
+    g_control.set_progress_callback([](const ProgressEvent& e) {
+      std::fprintf(stderr, "\reval %lld/%lld windows  ppl %.4f  %.0f tokens/s  ETA %.0fs   ",
+                   e.done, e.total, e.value, e.tokens_per_s, e.eta_s);
+      if (e.done == e.total) std::fprintf(stderr, "\n");
+    }, 100);
+  }
+  PerplexityResult r = evaluate_perplexity(model, ids, po, &g_control);
+
+  if (a.json) {
+    nlohmann::json j = {{"model", folder.dir},
+                        {"text_file", a.text_file},
+                        {"dtype", a.dtype},
+                        {"threads", compute_threads()},
+                        {"seq_len", r.seq_len},
+                        {"windows", r.windows},
+                        {"tokens_total", r.tokens_total},
+                        {"tokens_evaluated", r.tokens_forward},
+                        {"perplexity", r.perplexity},
+                        {"mean_nll", r.mean_nll},
+                        {"seconds", r.seconds},
+                        {"tokens_per_s", r.tokens_per_s},
+                        {"window_nll", r.window_nll}};
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("model:       %s (%s, %s parameters)\n", folder.dir.c_str(),
+              model.config().architecture.c_str(), human_count(model.config().parameter_count()).c_str());
+  std::printf("text:        %s (%zu bytes, %lld tokens)\n", a.text_file.c_str(), text.size(),
+              static_cast<long long>(r.tokens_total));
+  std::printf("windows:     %lld x %lld tokens, %s, %d threads\n", static_cast<long long>(r.windows),
+              static_cast<long long>(r.seq_len), a.dtype.c_str(), compute_threads());
+  std::printf("perplexity:  %.4f\n", r.perplexity);
+  std::printf("throughput:  %.1f tokens/s (%.2f s)\n", r.tokens_per_s, r.seconds);
+  return 0;
+}
+
+int run_init_model(const InitModelArgs& a) {
+  ModelConfig c;
+  c.architecture = a.arch == "qwen2"     ? "Qwen2ForCausalLM"
+                   : a.arch == "mistral" ? "MistralForCausalLM"
+                                         : "LlamaForCausalLM";
+  c.model_type = a.arch;
+  c.qkv_bias = a.arch == "qwen2";
+  c.hidden_size = a.hidden;
+  c.intermediate_size = a.intermediate;
+  c.num_hidden_layers = a.layers;
+  c.num_attention_heads = a.heads;
+  c.num_key_value_heads = a.kv_heads;
+  c.max_position_embeddings = a.max_positions;
+  c.tie_word_embeddings = a.tied;
+  c.rms_norm_eps = 1e-5;
+  c.vocab_size = a.vocab;
+  if (!a.tokenizer.empty()) {
+    Tokenizer tok = Tokenizer::from_file(a.tokenizer);
+    if (c.vocab_size == 0) c.vocab_size = tok.vocab_size();
+    if (c.vocab_size < tok.vocab_size())
+      throw Error("--vocab " + std::to_string(c.vocab_size) + " is smaller than the tokenizer's " +
+                  std::to_string(tok.vocab_size()));
+    if (auto bos = tok.info().bos_id) c.bos_token_id = *bos;
+    if (auto eos = tok.info().eos_id) c.eos_token_ids = {*eos};
+  }
+  if (c.vocab_size == 0) c.vocab_size = 4096;
+  // Round-trip through the parser so the same validation as for loaded configs applies.
+  c = parse_model_config(model_config_to_json(c), "init-model options");
+  RandomInitOptions ro;
+  ro.seed = a.seed;
+  ModelWeights w = random_weights(c, ro);
+  SaveOptions so;
+  so.file_dtype = a.dtype == "f32" ? DType::F32 : DType::BF16;
+  so.tokenizer_json = a.tokenizer;
+  save_model(a.out, c, w, so);
+  std::printf("wrote %s: %s, %s parameters, random initialisation (seed %llu, untrained)\n",
+              a.out.c_str(), c.architecture.c_str(), human_count(c.parameter_count()).c_str(), a.seed);
+  return 0;
+}
+
+}  // namespace respin::cli

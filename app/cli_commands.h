@@ -1,0 +1,49 @@
+// The verbs of the `respin` command line. Each fills its options from the parser and returns an
+// exit code; failures are thrown as respin::Error and printed by main as "error: ...".
+#pragma once
+
+#include <string>
+
+namespace respin::cli {
+
+struct InfoArgs {
+  std::string model;
+  bool json = false;
+};
+struct TokenizeArgs {
+  std::string model;
+  std::string tokenizer;
+  std::string text;
+  std::string file;
+  bool add_special_tokens = false;
+};
+struct EvalArgs {
+  std::string model;
+  std::string text_file;
+  long long seq_len = 2048;
+  long long max_windows = 0;
+  long long batch = 1;
+  std::string dtype = "f32";
+  int threads = 0;
+  bool json = false;
+};
+struct InitModelArgs {
+  std::string out;
+  std::string arch = "llama";
+  std::string tokenizer;
+  long long hidden = 256, intermediate = 512, layers = 4, heads = 8, kv_heads = 4, vocab = 0;
+  long long max_positions = 2048;
+  bool tied = false;
+  unsigned long long seed = 0;
+  std::string dtype = "bf16";
+};
+
+int run_info(const InfoArgs& a);
+int run_tokenize(const TokenizeArgs& a);
+int run_eval(const EvalArgs& a);
+int run_init_model(const InitModelArgs& a);
+
+// Installs SIGINT/SIGTERM handlers that request a stop of the running command.
+void install_stop_handlers();
+
+}  // namespace respin::cli

@@ -1,0 +1,98 @@
+// `respin` command line: argument parsing only; the verbs live in cli_commands.cpp.
+// Exit codes: 0 success, 1 failure (one-line "error: ..." on stderr), 2 usage error, 130 cancelled.
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "app/cli_commands.h"
+#include "core/util/error.h"
+#include "core/util/version.h"
+
+using namespace respin::cli;
+
+int main(int argc, char** argv) {
+  CLI::App app{"respin: rotation-based post-training quantization for LLaMA-family models"};
+  app.set_version_flag("--version", std::string("respin ") + RESPIN_VERSION_STRING);
+  app.require_subcommand(1);
+  app.footer("Run 'respin VERB --help' for the options of a verb.");
+
+  InfoArgs info;
+  auto* c_info = app.add_subcommand("info", "Show a model folder's architecture, sizes and tokenizer");
+  c_info->add_option("--model", info.model, "Hugging Face model folder")->required();
+  c_info->add_flag("--json", info.json, "Machine-readable output");
+
+  TokenizeArgs tok;
+  auto* c_tok = app.add_subcommand("tokenize", "Print the token ids of a text, space separated");
+  c_tok->add_option("--model", tok.model, "Model folder (its tokenizer.json is used)");
+  c_tok->add_option("--tokenizer", tok.tokenizer, "A tokenizer.json file (instead of --model)");
+  auto* t_text = c_tok->add_option("--text", tok.text, "Text to tokenize");
+  auto* t_file = c_tok->add_option("--file", tok.file, "File whose contents to tokenize");
+  t_text->excludes(t_file);
+  c_tok->add_flag("--add-special-tokens", tok.add_special_tokens,
+                  "Apply the tokenizer's post-processor (e.g. prepend BOS)");
+
+  EvalArgs ev;
+  auto* c_eval = app.add_subcommand("eval", "Perplexity and throughput of a model on a text file");
+  c_eval->add_option("--model", ev.model, "Hugging Face model folder")->required();
+  c_eval->add_option("--text-file", ev.text_file, "UTF-8 text file")->required();
+  c_eval->add_option("--seq-len", ev.seq_len, "Window length in tokens (capped at the model's maximum)")
+      ->capture_default_str()->check(CLI::Range(2LL, 1LL << 20));
+  c_eval->add_option("--max-windows", ev.max_windows, "Evaluate at most this many windows (0 = all)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  c_eval->add_option("--batch", ev.batch, "Windows per forward pass")
+      ->capture_default_str()->check(CLI::Range(1LL, 1024LL));
+  c_eval->add_option("--dtype", ev.dtype, "Compute dtype")
+      ->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
+  c_eval->add_option("--threads", ev.threads, "Compute threads (0 = all cores)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  c_eval->add_flag("--json", ev.json, "Machine-readable output");
+
+  InitModelArgs im;
+  auto* c_init = app.add_subcommand(
+      "init-model", "Write a randomly initialised model folder (for tests and demos; untrained)");
+  c_init->add_option("--out", im.out, "Folder to write")->required();
+  c_init->add_option("--arch", im.arch, "Architecture")
+      ->capture_default_str()->check(CLI::IsMember({"llama", "mistral", "qwen2"}));
+  c_init->add_option("--tokenizer", im.tokenizer, "tokenizer.json to copy in (sets the vocabulary size)");
+  c_init->add_option("--hidden", im.hidden, "hidden_size")->capture_default_str();
+  c_init->add_option("--intermediate", im.intermediate, "intermediate_size")->capture_default_str();
+  c_init->add_option("--layers", im.layers, "num_hidden_layers")->capture_default_str();
+  c_init->add_option("--heads", im.heads, "num_attention_heads")->capture_default_str();
+  c_init->add_option("--kv-heads", im.kv_heads, "num_key_value_heads")->capture_default_str();
+  c_init->add_option("--vocab", im.vocab, "vocab_size (default: the tokenizer's, else 4096)");
+  c_init->add_option("--max-positions", im.max_positions, "max_position_embeddings")->capture_default_str();
+  c_init->add_flag("--tied", im.tied, "Tie lm_head to the embeddings");
+  c_init->add_option("--seed", im.seed, "Random seed")->capture_default_str();
+  c_init->add_option("--dtype", im.dtype, "Storage dtype")
+      ->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    std::cerr << "error: " << e.what() << "\n(see 'respin --help')\n";
+    return 2;
+  }
+  if (c_tok->parsed() && tok.model.empty() == tok.tokenizer.empty()) {
+    std::cerr << "error: tokenize needs exactly one of --model or --tokenizer\n";
+    return 2;
+  }
+  if (c_tok->parsed() && tok.text.empty() && tok.file.empty() && !t_text->count()) {
+    std::cerr << "error: tokenize needs --text or --file\n";
+    return 2;
+  }
+
+  install_stop_handlers();
+  try {
+    if (c_info->parsed()) return run_info(info);
+    if (c_tok->parsed()) return run_tokenize(tok);
+    if (c_eval->parsed()) return run_eval(ev);
+    if (c_init->parsed()) return run_init_model(im);
+  } catch (const respin::Cancelled&) {
+    std::cerr << "cancelled\n";
+    return 130;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+  return 2;
+}

@@ -1,0 +1,80 @@
+// Perplexity protocol (see perplexity.h).
+#include "core/eval/perplexity.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "core/util/error.h"
+
+namespace respin {
+
+std::vector<double> window_mean_nll(const at::Tensor& logits, const at::Tensor& ids) {
+  const int64_t T = ids.size(1);
+  at::Tensor lp = at::log_softmax(logits.narrow(1, 0, T - 1).to(at::kFloat), -1);
+  at::Tensor target = ids.narrow(1, 1, T - 1).unsqueeze(-1);
+  at::Tensor nll = -lp.gather(-1, target).squeeze(-1).to(at::kDouble).mean(1);  // [B]
+  std::vector<double> out(nll.data_ptr<double>(), nll.data_ptr<double>() + nll.numel());
+  return out;
+}
+
+PerplexityResult evaluate_perplexity(const LlamaModel& model, const std::vector<int>& token_ids,
+                                     const PerplexityOptions& o, RunControl* control) {
+  if (o.seq_len < 2) throw Error("seq_len must be at least 2");
+  PerplexityResult r;
+  r.seq_len = o.seq_len;
+  r.tokens_total = static_cast<int64_t>(token_ids.size());
+  int64_t windows = r.tokens_total / o.seq_len;
+  if (windows == 0)
+    throw Error("text has " + std::to_string(r.tokens_total) + " tokens, fewer than one window of " +
+                std::to_string(o.seq_len));
+  if (o.max_windows > 0 && windows > o.max_windows) windows = o.max_windows;
+  const int64_t vocab = model.config().vocab_size;
+  for (int64_t i = 0; i < windows * o.seq_len; ++i)
+    if (token_ids[i] < 0 || token_ids[i] >= vocab)
+      throw Error("token id " + std::to_string(token_ids[i]) + " is outside the model's vocabulary (" +
+                  std::to_string(vocab) + ")");
+
+  at::Tensor all = at::tensor(std::vector<int64_t>(token_ids.begin(), token_ids.begin() + windows * o.seq_len))
+                       .view({windows, o.seq_len});
+  const int64_t batch = std::max<int64_t>(1, o.batch_size);
+  const auto start = std::chrono::steady_clock::now();
+  ForwardContext ctx = model.make_context(o.seq_len);
+  double nll_sum = 0;
+  for (int64_t w0 = 0; w0 < windows; w0 += batch) {
+    if (control) control->check();
+    const int64_t b = std::min(batch, windows - w0);
+    at::Tensor ids = all.narrow(0, w0, b);
+    at::Tensor h = model.embed(ids);
+    for (int i = 0; i < model.config().num_hidden_layers; ++i) h = model.layer_forward(i, h, ctx);
+    std::vector<double> nll = window_mean_nll(model.head(h), ids);
+    for (double v : nll) {
+      if (!std::isfinite(v)) throw Error("window " + std::to_string(r.window_nll.size()) +
+                                         " has a non-finite loss (NaN or Inf in the model output)");
+      r.window_nll.push_back(v);
+      nll_sum += v;
+    }
+    if (control) {
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const int64_t done = static_cast<int64_t>(r.window_nll.size());
+      ProgressEvent ev;
+      ev.phase = "eval";
+      ev.done = done;
+      ev.total = windows;
+      ev.tokens_per_s = secs > 0 ? done * o.seq_len / secs : 0;
+      ev.eta_s = secs / done * (windows - done);
+      ev.value = std::exp(nll_sum / done);
+      control->report(ev, done == windows);
+    }
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  r.windows = windows;
+  r.tokens_forward = windows * o.seq_len;
+  r.mean_nll = nll_sum / windows;
+  r.perplexity = std::exp(r.mean_nll);
+  r.tokens_per_s = r.seconds > 0 ? r.tokens_forward / r.seconds : 0;
+  return r;
+}
+
+}  // namespace respin

@@ -1,0 +1,56 @@
+// config.json of a Hugging Face LLaMA-family causal LM: LlamaForCausalLM (LLaMA-2, LLaMA-3,
+// LLaMA-3.1/3.2 with llama3 rope scaling), MistralForCausalLM and Qwen2ForCausalLM (q/k/v bias).
+// Parsing validates every field the forward needs and names the field and file on error.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace respin {
+
+struct RopeScaling {
+  std::string type = "none";  // "none", "linear" or "llama3"
+  double factor = 1.0;
+  double low_freq_factor = 1.0;    // llama3
+  double high_freq_factor = 4.0;   // llama3
+  int64_t original_max_position_embeddings = 8192;  // llama3
+};
+
+struct ModelConfig {
+  std::string architecture;  // e.g. "LlamaForCausalLM"
+  std::string model_type;    // e.g. "llama"
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_hidden_layers = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_key_value_heads = 0;
+  int64_t head_dim = 0;
+  int64_t vocab_size = 0;
+  int64_t max_position_embeddings = 2048;
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
+  bool tie_word_embeddings = false;
+  bool attention_bias = false;  // bias on q/k/v/o (LLaMA attention_bias)
+  bool qkv_bias = false;        // bias on q/k/v only (Qwen2)
+  bool mlp_bias = false;
+  std::optional<int64_t> sliding_window;  // Mistral; applied when shorter than the sequence
+  std::string torch_dtype = "float32";
+  std::optional<int64_t> bos_token_id;
+  std::vector<int64_t> eos_token_ids;
+
+  int64_t kv_dim() const { return num_key_value_heads * head_dim; }
+  int64_t q_dim() const { return num_attention_heads * head_dim; }
+  int64_t parameter_count() const;  // including embeddings and (untied) lm_head
+};
+
+// Parses config.json text; `source` is the file name used in error messages.
+ModelConfig parse_model_config(const std::string& json_text, const std::string& source);
+ModelConfig load_model_config(const std::string& path);
+
+// Serializes in Hugging Face's layout (round-trips through parse_model_config).
+std::string model_config_to_json(const ModelConfig& config);
+
+}  // namespace respin

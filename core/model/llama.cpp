@@ -1,0 +1,198 @@
+// LLaMA-family forward (see llama.h).
+#include "core/model/llama.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+#include "core/util/error.h"
+
+namespace respin {
+
+namespace {
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+}
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+// [B, kv, T, d] -> [B, kv * n_rep, T, d]; query head h uses kv head h / n_rep.
+at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep) {
+  if (n_rep == 1) return x;
+  const auto s = x.sizes();
+  return x.unsqueeze(2).expand({s[0], s[1], n_rep, s[2], s[3]}).reshape({s[0], s[1] * n_rep, s[2], s[3]});
+}
+
+void check_shape(const at::Tensor& t, std::vector<int64_t> expect, const std::string& name) {
+  if (!t.defined()) throw Error("weight '" + name + "' is missing");
+  if (t.sizes().vec() != expect) {
+    std::string got, want;
+    for (auto d : t.sizes()) got += (got.empty() ? "" : ", ") + std::to_string(d);
+    for (auto d : expect) want += (want.empty() ? "" : ", ") + std::to_string(d);
+    throw Error("weight '" + name + "' has shape [" + got + "], config expects [" + want + "]");
+  }
+}
+
+}  // namespace
+
+const char* hook_site_name(HookSite site) {
+  switch (site) {
+    case HookSite::AttnInput: return "attn_input";
+    case HookSite::Query: return "q";
+    case HookSite::Key: return "k";
+    case HookSite::Value: return "v";
+    case HookSite::OProjInput: return "o_proj_input";
+    case HookSite::MlpInput: return "mlp_input";
+    case HookSite::DownProjInput: return "down_proj_input";
+    case HookSite::LmHeadInput: return "lm_head_input";
+  }
+  return "?";
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  at::Tensor xf = x.to(at::kFloat);
+  at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return weight * (xf * at::rsqrt(var + eps)).to(x.scalar_type());
+}
+
+at::Tensor rope_inv_freq(const ModelConfig& c) {
+  const int64_t dim = c.head_dim;
+  at::Tensor exponent = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<float>(dim);
+  at::Tensor inv_freq = 1.0 / at::pow(c.rope_theta, exponent);
+  const RopeScaling& rs = c.rope_scaling;
+  if (rs.type == "linear") return inv_freq / rs.factor;
+  if (rs.type != "llama3") return inv_freq;
+  // Llama 3.1 frequency-dependent scaling: long wavelengths scaled by 1/factor, short ones kept,
+  // a smooth interpolation in between.
+  const double old_ctx = static_cast<double>(rs.original_max_position_embeddings);
+  const double low_freq_wavelen = old_ctx / rs.low_freq_factor;
+  const double high_freq_wavelen = old_ctx / rs.high_freq_factor;
+  at::Tensor wavelen = 2 * M_PI / inv_freq;
+  at::Tensor scaled = at::where(wavelen > low_freq_wavelen, inv_freq / rs.factor, inv_freq);
+  at::Tensor smooth = (old_ctx / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+  at::Tensor smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled;
+  at::Tensor medium = (wavelen >= high_freq_wavelen).logical_and(wavelen <= low_freq_wavelen);
+  return at::where(medium, smoothed, scaled);
+}
+
+LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights)
+    : config_(std::move(config)), weights_(std::move(weights)) {
+  const ModelConfig& c = config_;
+  const int64_t d = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), f = c.intermediate_size;
+  check_shape(weights_.embed_tokens, {c.vocab_size, d}, "model.embed_tokens.weight");
+  check_shape(weights_.final_norm, {d}, "model.norm.weight");
+  check_shape(weights_.lm_head, {c.vocab_size, d}, "lm_head.weight");
+  if (static_cast<int64_t>(weights_.layers.size()) != c.num_hidden_layers)
+    throw Error("model has " + std::to_string(weights_.layers.size()) + " layers, config expects " +
+                std::to_string(c.num_hidden_layers));
+  const bool qkv_bias = c.attention_bias || c.qkv_bias;
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const LayerWeights& L = weights_.layers[i];
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    check_shape(L.input_norm, {d}, p + "input_layernorm.weight");
+    check_shape(L.post_attention_norm, {d}, p + "post_attention_layernorm.weight");
+    check_shape(L.q_proj, {q, d}, p + "self_attn.q_proj.weight");
+    check_shape(L.k_proj, {kv, d}, p + "self_attn.k_proj.weight");
+    check_shape(L.v_proj, {kv, d}, p + "self_attn.v_proj.weight");
+    check_shape(L.o_proj, {d, q}, p + "self_attn.o_proj.weight");
+    check_shape(L.gate_proj, {f, d}, p + "mlp.gate_proj.weight");
+    check_shape(L.up_proj, {f, d}, p + "mlp.up_proj.weight");
+    check_shape(L.down_proj, {d, f}, p + "mlp.down_proj.weight");
+    if (qkv_bias) {
+      check_shape(L.q_bias, {q}, p + "self_attn.q_proj.bias");
+      check_shape(L.k_bias, {kv}, p + "self_attn.k_proj.bias");
+      check_shape(L.v_bias, {kv}, p + "self_attn.v_proj.bias");
+    }
+    if (c.attention_bias) check_shape(L.o_bias, {d}, p + "self_attn.o_proj.bias");
+    if (c.mlp_bias) {
+      check_shape(L.gate_bias, {f}, p + "mlp.gate_proj.bias");
+      check_shape(L.up_bias, {f}, p + "mlp.up_proj.bias");
+      check_shape(L.down_bias, {d}, p + "mlp.down_proj.bias");
+    }
+  }
+}
+
+ForwardContext LlamaModel::make_context(int64_t seq_len) const {
+  ForwardContext ctx;
+  ctx.seq_len = seq_len;
+  at::Tensor pos = at::arange(seq_len, at::kLong).to(at::kFloat);
+  at::Tensor freqs = at::outer(pos, rope_inv_freq(config_));  // [T, d/2]
+  at::Tensor emb = at::cat({freqs, freqs}, -1);
+  ctx.cos = emb.cos().to(dtype());
+  ctx.sin = emb.sin().to(dtype());
+  at::Tensor i = at::arange(seq_len, at::kLong).unsqueeze(1);
+  at::Tensor j = at::arange(seq_len, at::kLong).unsqueeze(0);
+  ctx.blocked = j > i;
+  if (config_.sliding_window && *config_.sliding_window < seq_len)
+    ctx.blocked = ctx.blocked.logical_or(j <= i - *config_.sliding_window);
+  return ctx;
+}
+
+at::Tensor LlamaModel::embed(const at::Tensor& ids) const {
+  return at::embedding(weights_.embed_tokens, ids);
+}
+
+at::Tensor LlamaModel::attention(int layer, const at::Tensor& x_in, const ForwardContext& ctx) const {
+  const LayerWeights& L = weights_.layers[layer];
+  const int64_t B = x_in.size(0), T = x_in.size(1);
+  const int64_t H = config_.num_attention_heads, KV = config_.num_key_value_heads,
+                hd = config_.head_dim;
+  at::Tensor x = x_in;
+  run_hook(HookSite::AttnInput, layer, x);
+  at::Tensor q = linear(x, L.q_proj, L.q_bias).view({B, T, H, hd}).transpose(1, 2);
+  at::Tensor k = linear(x, L.k_proj, L.k_bias).view({B, T, KV, hd}).transpose(1, 2);
+  at::Tensor v = linear(x, L.v_proj, L.v_bias).view({B, T, KV, hd}).transpose(1, 2);
+  q = q * ctx.cos + rotate_half(q) * ctx.sin;
+  k = k * ctx.cos + rotate_half(k) * ctx.sin;
+  run_hook(HookSite::Query, layer, q);
+  run_hook(HookSite::Key, layer, k);
+  run_hook(HookSite::Value, layer, v);
+  k = repeat_kv(k, H / KV);
+  v = repeat_kv(v, H / KV);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  at::Tensor scores = at::matmul(q, k.transpose(2, 3)) * scale;  // [B, H, T, T]
+  scores = scores.to(at::kFloat).masked_fill(ctx.blocked, -INFINITY);
+  at::Tensor probs = at::softmax(scores, -1).to(q.scalar_type());
+  at::Tensor out = at::matmul(probs, v).transpose(1, 2).reshape({B, T, H * hd});
+  run_hook(HookSite::OProjInput, layer, out);
+  return linear(out, L.o_proj, L.o_bias);
+}
+
+at::Tensor LlamaModel::mlp(int layer, const at::Tensor& x_in) const {
+  const LayerWeights& L = weights_.layers[layer];
+  at::Tensor x = x_in;
+  run_hook(HookSite::MlpInput, layer, x);
+  at::Tensor h = at::silu(linear(x, L.gate_proj, L.gate_bias)) * linear(x, L.up_proj, L.up_bias);
+  run_hook(HookSite::DownProjInput, layer, h);
+  return linear(h, L.down_proj, L.down_bias);
+}
+
+at::Tensor LlamaModel::layer_forward(int layer, const at::Tensor& hidden,
+                                     const ForwardContext& ctx) const {
+  if (layer < 0 || layer >= config_.num_hidden_layers)
+    throw Error("layer index " + std::to_string(layer) + " out of range");
+  if (hidden.size(1) != ctx.seq_len) throw Error("forward context built for another sequence length");
+  const LayerWeights& L = weights_.layers[layer];
+  const double eps = config_.rms_norm_eps;
+  at::Tensor h = hidden + attention(layer, rms_norm(hidden, L.input_norm, eps), ctx);
+  return h + mlp(layer, rms_norm(h, L.post_attention_norm, eps));
+}
+
+at::Tensor LlamaModel::head(const at::Tensor& hidden) const {
+  at::Tensor x = rms_norm(hidden, weights_.final_norm, config_.rms_norm_eps);
+  run_hook(HookSite::LmHeadInput, -1, x);
+  return at::linear(x, weights_.lm_head);
+}
+
+at::Tensor LlamaModel::forward(const at::Tensor& ids) const {
+  ForwardContext ctx = make_context(ids.size(1));
+  at::Tensor h = embed(ids);
+  for (int i = 0; i < config_.num_hidden_layers; ++i) h = layer_forward(i, h, ctx);
+  return head(h);
+}
+
+}  // namespace respin

@@ -1,0 +1,97 @@
+// The LLaMA-family decoder (LLaMA-2/3/3.x, Mistral, Qwen2) in libtorch, numerically following
+// Hugging Face transformers' eager implementation: RMSNorm in float32 then cast, RoPE with the
+// rotate-half convention (cos/sin computed in float32), GQA by repeating KV heads, softmax in
+// float32, SwiGLU MLP, optional tied embeddings and q/k/v bias.
+//
+// Layer-by-layer execution: embed() -> layer_forward(i) for each layer -> head(). forward() is
+// exactly that composition, so a caller may run one layer over many batches at a time to bound
+// memory. Hook points let callers observe or replace (e.g. fake-quantize) every linear layer's
+// input and Q/K/V without touching the forward.
+//
+// Threading: a const LlamaModel may run forward on several threads at once if the hook allows it.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/io/model_config.h"
+
+namespace respin {
+
+enum class HookSite {
+  AttnInput,      // input of q_proj/k_proj/v_proj, [B, T, hidden]
+  Query,          // after RoPE, [B, heads, T, head_dim]
+  Key,            // after RoPE, [B, kv_heads, T, head_dim]
+  Value,          // [B, kv_heads, T, head_dim]
+  OProjInput,     // attention output before o_proj, [B, T, heads*head_dim]
+  MlpInput,       // input of gate_proj/up_proj, [B, T, hidden]
+  DownProjInput,  // silu(gate) * up, [B, T, intermediate]
+  LmHeadInput,    // after the final norm, [B, T, hidden]; layer = -1
+};
+const char* hook_site_name(HookSite site);
+
+// Called on the forward's thread. May replace `x` (same shape and dtype) or only read it.
+using ActivationHook = std::function<void(HookSite site, int layer, at::Tensor& x)>;
+
+struct LayerWeights {
+  at::Tensor input_norm;                // [hidden]
+  at::Tensor q_proj, k_proj, v_proj;    // [out, in] (PyTorch Linear layout)
+  at::Tensor q_bias, k_bias, v_bias;    // undefined when absent
+  at::Tensor o_proj, o_bias;            // o_bias undefined when absent
+  at::Tensor post_attention_norm;       // [hidden]
+  at::Tensor gate_proj, up_proj, down_proj;
+  at::Tensor gate_bias, up_bias, down_bias;  // undefined when absent
+};
+
+struct ModelWeights {
+  at::Tensor embed_tokens;  // [vocab, hidden]
+  std::vector<LayerWeights> layers;
+  at::Tensor final_norm;    // [hidden]
+  at::Tensor lm_head;       // [vocab, hidden]; the same tensor as embed_tokens when tied
+};
+
+// Per-sequence-length tensors shared by all layers of one forward.
+struct ForwardContext {
+  int64_t seq_len = 0;
+  at::Tensor cos, sin;  // [T, head_dim] in the model dtype
+  at::Tensor blocked;   // [T, T] bool, true where attention is not allowed
+};
+
+class LlamaModel {
+ public:
+  // Validates every tensor's shape against the config; throws respin::Error.
+  LlamaModel(ModelConfig config, ModelWeights weights);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  at::ScalarType dtype() const { return weights_.embed_tokens.scalar_type(); }
+  void set_hook(ActivationHook hook) { hook_ = std::move(hook); }
+
+  ForwardContext make_context(int64_t seq_len) const;
+  at::Tensor embed(const at::Tensor& ids) const;  // [B, T] int64 -> [B, T, hidden]
+  at::Tensor layer_forward(int layer, const at::Tensor& hidden, const ForwardContext& ctx) const;
+  at::Tensor head(const at::Tensor& hidden) const;  // final norm + lm_head -> logits [B, T, vocab]
+  at::Tensor forward(const at::Tensor& ids) const;  // logits in the model dtype
+
+ private:
+  void run_hook(HookSite site, int layer, at::Tensor& x) const {
+    if (hook_) hook_(site, layer, x);
+  }
+  at::Tensor attention(int layer, const at::Tensor& x, const ForwardContext& ctx) const;
+  at::Tensor mlp(int layer, const at::Tensor& x) const;
+
+  ModelConfig config_;
+  ModelWeights weights_;
+  ActivationHook hook_;
+};
+
+// RoPE inverse frequencies [head_dim/2] (float32) including rope_scaling (linear, llama3).
+at::Tensor rope_inv_freq(const ModelConfig& config);
+
+// RMSNorm as Hugging Face computes it (float32 statistics, result in x's dtype times weight).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+}  // namespace respin

@@ -1,0 +1,35 @@
+// Loading a LlamaModel from a Hugging Face model folder and saving one back in the same layout
+// (config.json + model.safetensors, Hugging Face tensor names).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+#include "core/io/safetensors.h"
+#include "core/model/llama.h"
+
+namespace respin {
+
+struct LoadOptions {
+  at::ScalarType dtype = at::kFloat;  // compute dtype: kFloat or kBFloat16
+};
+
+// Reads config.json and the safetensors file(s) of `dir` and converts every weight to
+// options.dtype. Throws respin::Error naming the file and the tensor on any problem.
+LlamaModel load_model(const std::string& dir, const LoadOptions& options = {});
+
+// Weights from already-opened safetensors, checked against `config` (used by load_model).
+ModelWeights weights_from_safetensors(const ShardedSafetensors& st, const ModelConfig& config,
+                                      at::ScalarType dtype, const std::string& source);
+
+struct SaveOptions {
+  DType file_dtype = DType::BF16;  // F32, F16 or BF16
+  std::string tokenizer_json;      // if non-empty, copied into the folder as tokenizer.json
+};
+
+// Writes config.json and model.safetensors into `dir` (created if needed), each atomically.
+void save_model(const std::string& dir, const ModelConfig& config, const ModelWeights& weights,
+                const SaveOptions& options = {});
+
+}  // namespace respin

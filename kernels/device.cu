@@ -1,0 +1,24 @@
+// CUDA device discovery (see hadamard.h).
+#include <cuda_runtime.h>
+
+#include "kernels/hadamard.h"
+
+namespace respin::kernels {
+
+bool cuda_available() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+std::string cuda_device_description() {
+  int n = 0;
+  cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) return std::string("no CUDA device (") + cudaGetErrorString(err) + ")";
+  if (n == 0) return "no CUDA device";
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  return std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) +
+         ", " + std::to_string(prop.totalGlobalMem >> 20) + " MiB)";
+}
+
+}  // namespace respin::kernels

@@ -1,0 +1,42 @@
+// Fast Walsh-Hadamard transform over the last dimension of a row-major [rows, n] float matrix,
+// n a power of two, in place: x <- scale * x H_n (Sylvester ordering, H_n entries +-1; with
+// scale = 1/sqrt(n) the transform is orthonormal). CPU reference and CUDA kernel share these
+// params. No torch, no Qt.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace respin::kernels {
+
+struct HadamardParams {
+  float* data = nullptr;  // host pointer for the reference, device pointer for hadamard_cuda
+  int64_t rows = 0;
+  int64_t n = 0;          // power of two
+  float scale = 1.0f;
+};
+
+struct KernelStatus {
+  enum Code { Ok, NoDevice, Unsupported, CudaError } code = Ok;
+  std::string message;
+  bool ok() const { return code == Ok; }
+};
+
+bool is_power_of_two(int64_t n);
+
+// CPU reference; throws std::invalid_argument on bad params.
+void hadamard_ref(const HadamardParams& p);
+
+// Largest n the CUDA kernel handles (one row per block, row held in shared memory).
+constexpr int64_t kHadamardCudaMaxN = 8192;
+
+// CUDA: `p.data` is device memory; `stream` is a cudaStream_t (nullptr = default stream).
+KernelStatus hadamard_cuda(const HadamardParams& p, void* stream = nullptr);
+// CUDA on host memory (copies in, runs, copies back, synchronizes): for tests and tools.
+KernelStatus hadamard_cuda_host(const HadamardParams& p);
+
+// Whether a usable CUDA device is present (false in builds without CUDA), and a description.
+bool cuda_available();
+std::string cuda_device_description();
+
+}  // namespace respin::kernels

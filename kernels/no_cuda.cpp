@@ -1,0 +1,15 @@
+// Builds without CUDA: the same API, reporting that no device is available.
+#include "kernels/hadamard.h"
+
+namespace respin::kernels {
+
+KernelStatus hadamard_cuda(const HadamardParams&, void*) {
+  return {KernelStatus::NoDevice, "built without CUDA"};
+}
+KernelStatus hadamard_cuda_host(const HadamardParams&) {
+  return {KernelStatus::NoDevice, "built without CUDA"};
+}
+bool cuda_available() { return false; }
+std::string cuda_device_description() { return "built without CUDA"; }
+
+}  // namespace respin::kernels

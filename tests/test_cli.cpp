@@ -1,0 +1,185 @@
+// End-to-end: the `respin` binary as a user runs it (exit codes, messages, output formats), on a
+// model folder it writes itself with `init-model` and a small byte-level tokenizer.json.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+
+#include "core/eval/perplexity.h"
+#include "core/model/weights.h"
+#include "core/tokenizer/tokenizer.h"
+#include "tests/test_util.h"
+
+using namespace respin;
+using respin::test::TempDir;
+using respin::test::read_bytes;
+using respin::test::write_bytes;
+
+namespace {
+
+struct Result {
+  int code;
+  std::string out, err;
+};
+
+Result run(const std::string& args) {
+  static TempDir io;
+  std::string cmd = std::string(RESPIN_BIN) + " " + args + " >" + io.file("out") + " 2>" + io.file("err") + " </dev/null";
+  int status = std::system(cmd.c_str());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_bytes(io.file("out")), read_bytes(io.file("err"))};
+}
+
+// GPT-2 byte-to-unicode table: printable bytes map to themselves, the rest to U+0100 onwards.
+std::string byte_symbol(int b) {
+  auto printable = [](int c) { return (c >= 33 && c <= 126) || (c >= 161 && c <= 172) || (c >= 174 && c <= 255); };
+  int cp = b;
+  if (!printable(b)) {
+    int n = 0;
+    for (int i = 0; i < b; ++i) n += !printable(i);
+    cp = 256 + n;
+  }
+  std::string s;
+  if (cp < 0x80) s += static_cast<char>(cp);
+  else s += static_cast<char>(0xC0 | (cp >> 6)), s += static_cast<char>(0x80 | (cp & 0x3F));
+  return s;
+}
+
+// A byte-level BPE tokenizer.json with 256 byte tokens and a few merges.
+std::string tiny_tokenizer_json() {
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int b = 0; b < 256; ++b) vocab[byte_symbol(b)] = b;
+  vocab["th"] = 256;
+  vocab["the"] = 257;
+  vocab["Ġthe"] = 258;
+  nlohmann::json j = {
+      {"version", "1.0"},
+      {"added_tokens", nlohmann::json::array()},
+      {"normalizer", nullptr},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"post_processor", nullptr},
+      {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+      {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr},
+                 {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr},
+                 {"fuse_unk", false}, {"byte_fallback", false}, {"vocab", vocab},
+                 {"merges", {"t h", "th e", "Ġ the"}}}}};
+  return j.dump();
+}
+
+const char* kText =
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the "
+    "age of foolishness, it was the epoch of belief, it was the epoch of incredulity.\n";
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    write_bytes(dir.file("tokenizer.json"), tiny_tokenizer_json());
+    write_bytes(dir.file("text.txt"), kText);
+    model = dir.file("model");
+    Result r = run("init-model --out " + model + " --tokenizer " + dir.file("tokenizer.json") +
+                   " --hidden 32 --intermediate 64 --layers 2 --heads 4 --kv-heads 2 --max-positions 64 --dtype f32 --seed 9");
+    ASSERT_EQ(r.code, 0) << r.err;
+  }
+  TempDir dir;
+  std::string model;
+};
+
+}  // namespace
+
+TEST(CliBasics, VersionHelpAndUsageErrors) {
+  Result r = run("--version");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("respin 0."), std::string::npos) << r.out;
+  r = run("--help");
+  EXPECT_EQ(r.code, 0);
+  for (const char* verb : {"info", "tokenize", "eval", "init-model"})
+    EXPECT_NE(r.out.find(verb), std::string::npos) << verb;
+  r = run("eval --help");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("--seq-len"), std::string::npos);
+  r = run("");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << r.err;
+  EXPECT_EQ(run("frobnicate").code, 2);
+  EXPECT_EQ(run("eval --model /tmp").code, 2);  // --text-file missing
+  EXPECT_EQ(run("eval --model /tmp --text-file x --dtype f64").code, 2);
+  EXPECT_EQ(run("tokenize --text hi").code, 2);  // neither --model nor --tokenizer
+}
+
+TEST_F(Cli, InfoHumanAndJson) {
+  Result r = run("info --model " + model);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("LlamaForCausalLM"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("4 query, 2 key/value"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("byte-level BPE"), std::string::npos) << r.out;
+  r = run("info --json --model " + model);
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["vocab_size"], 259);
+  EXPECT_EQ(j["num_key_value_heads"], 2);
+  EXPECT_EQ(j["torch_dtype"], "float32");
+  // 259*32 embed + 259*32 lm_head + 32 final norm + 2 layers * (attn 32*32*2 + 2*32*16 + mlp 3*32*64 + 64)
+  EXPECT_EQ(j["parameter_count"], 259 * 32 * 2 + 32 + 2 * (2048 + 1024 + 6144 + 64));
+  EXPECT_EQ(j["tokenizer"]["vocab_size"], 259);
+}
+
+TEST_F(Cli, TokenizeMatchesLibrary) {
+  Result r = run("tokenize --model " + model + " --text 'the theme of the day'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  Tokenizer tok = Tokenizer::from_file(dir.file("tokenizer.json"));
+  std::vector<int> ids = tok.encode("the theme of the day");
+  std::string expect;
+  for (size_t i = 0; i < ids.size(); ++i) expect += (i ? " " : "") + std::to_string(ids[i]);
+  EXPECT_EQ(r.out, expect + "\n");
+  EXPECT_EQ(ids[0], 257);  // "the" merged
+  r = run("tokenize --tokenizer " + dir.file("tokenizer.json") + " --file " + dir.file("text.txt"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), ' ') + 1, static_cast<long>(tok.encode(kText).size()));
+}
+
+TEST_F(Cli, EvalMatchesLibraryAndCapsSeqLen) {
+  Result r = run("eval --json --model " + model + " --text-file " + dir.file("text.txt") + " --seq-len 16 --threads 1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  LlamaModel m = load_model(model);
+  Tokenizer tok = Tokenizer::from_file(dir.file("tokenizer.json"));
+  std::vector<int> ids = tok.encode(kText);
+  PerplexityOptions o;
+  o.seq_len = 16;
+  PerplexityResult ref = evaluate_perplexity(m, ids, o);
+  EXPECT_EQ(j["windows"], ref.windows);
+  EXPECT_EQ(j["tokens_total"], static_cast<int64_t>(ids.size()));
+  EXPECT_NEAR(j["perplexity"].get<double>() / ref.perplexity, 1.0, 1e-6);
+  EXPECT_GT(j["tokens_per_s"].get<double>(), 0.0);
+
+  r = run("eval --model " + model + " --text-file " + dir.file("text.txt") + " --seq-len 4096 --dtype bf16");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("capped at the model's max_position_embeddings 64"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("perplexity:"), std::string::npos) << r.out;
+}
+
+TEST_F(Cli, FailuresAreOneLineErrorsNamingTheFile) {
+  Result r = run("eval --model /nonexistent/model --text-file " + dir.file("text.txt"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "error: /nonexistent/model: not a directory\n");
+  r = run("eval --model " + model + " --text-file " + dir.file("missing.txt"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("missing.txt"), std::string::npos) << r.err;
+
+  // A truncated weights file: clear error naming it, and the file is left as it was.
+  std::string st = read_bytes(model + "/model.safetensors");
+  write_bytes(model + "/model.safetensors", st.substr(0, st.size() / 2));
+  r = run("eval --model " + model + " --text-file " + dir.file("text.txt"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find(model + "/model.safetensors"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("truncated"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(read_bytes(model + "/model.safetensors").size(), st.size() / 2);
+
+  // A config naming an unsupported architecture.
+  write_bytes(model + "/config.json", R"({"architectures": ["GPT2LMHeadModel"], "hidden_size": 8})");
+  r = run("info --model " + model);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("config.json: architecture 'GPT2LMHeadModel' is not supported"), std::string::npos) << r.err;
+}
