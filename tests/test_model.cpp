@@ -365,7 +365,7 @@ TEST_F(ModelTest, HooksSeeEverySiteAndCanReplaceActivations) {
   });
   at::Tensor observed = m.forward(ids);
   EXPECT_TRUE(at::equal(observed, base));  // observing changes nothing
-  EXPECT_EQ(seen.size(), 7u * c.num_hidden_layers + 1);
+  EXPECT_EQ(seen.size(), 9u * c.num_hidden_layers + 1);
   auto shape = [&](HookSite s, int l) { return seen.at({static_cast<int>(s), l}); };
   EXPECT_EQ(shape(HookSite::AttnInput, 1), (std::vector<int64_t>{2, 7, 32}));
   EXPECT_EQ(shape(HookSite::Query, 0), (std::vector<int64_t>{2, 4, 7, 8}));
@@ -375,6 +375,8 @@ TEST_F(ModelTest, HooksSeeEverySiteAndCanReplaceActivations) {
   EXPECT_EQ(shape(HookSite::MlpInput, 0), (std::vector<int64_t>{2, 7, 32}));
   EXPECT_EQ(shape(HookSite::DownProjInput, 1), (std::vector<int64_t>{2, 7, 48}));
   EXPECT_EQ(shape(HookSite::LmHeadInput, -1), (std::vector<int64_t>{2, 7, 32}));
+  EXPECT_EQ(shape(HookSite::AttnSkip, 0), (std::vector<int64_t>{2, 7, 32}));
+  EXPECT_EQ(shape(HookSite::MlpSkip, 1), (std::vector<int64_t>{2, 7, 32}));
 
   // Replacing an activation (as fake quantization will) changes the output; rounding the
   // down_proj input to a coarse grid changes it a little, not wildly.
@@ -385,6 +387,17 @@ TEST_F(ModelTest, HooksSeeEverySiteAndCanReplaceActivations) {
   double diff = (rounded - base).abs().max().item<double>();
   EXPECT_GT(diff, 1e-4);
   EXPECT_LT(diff, base.abs().max().item<double>());
+
+  // A skip-path transform (what the rank-r residual correction will be) changes the output;
+  // the identity transform does not.
+  m.set_hook([](HookSite site, int, at::Tensor& x) {
+    if (site == HookSite::MlpSkip) x = x * 1.0;
+  });
+  EXPECT_TRUE(at::allclose(m.forward(ids), base));
+  m.set_hook([](HookSite site, int layer, at::Tensor& x) {
+    if (site == HookSite::AttnSkip && layer == 1) x = -x;
+  });
+  EXPECT_GT((m.forward(ids) - base).abs().max().item<double>(), 1e-3);
 }
 
 TEST_F(ModelTest, SaveLoadRoundTripIsExactInBf16) {

@@ -49,6 +49,8 @@ const char* hook_site_name(HookSite site) {
     case HookSite::MlpInput: return "mlp_input";
     case HookSite::DownProjInput: return "down_proj_input";
     case HookSite::LmHeadInput: return "lm_head_input";
+    case HookSite::AttnSkip: return "attn_skip";
+    case HookSite::MlpSkip: return "mlp_skip";
   }
   return "?";
 }
@@ -178,8 +180,13 @@ at::Tensor LlamaModel::layer_forward(int layer, const at::Tensor& hidden,
   if (hidden.size(1) != ctx.seq_len) throw Error("forward context built for another sequence length");
   const LayerWeights& L = weights_.layers[layer];
   const double eps = config_.rms_norm_eps;
-  at::Tensor h = hidden + attention(layer, rms_norm(hidden, L.input_norm, eps), ctx);
-  return h + mlp(layer, rms_norm(h, L.post_attention_norm, eps));
+  at::Tensor attn_out = attention(layer, rms_norm(hidden, L.input_norm, eps), ctx);
+  at::Tensor skip = hidden;
+  run_hook(HookSite::AttnSkip, layer, skip);
+  at::Tensor h = skip + attn_out;
+  at::Tensor mlp_out = mlp(layer, rms_norm(h, L.post_attention_norm, eps));
+  run_hook(HookSite::MlpSkip, layer, h);
+  return h + mlp_out;
 }
 
 at::Tensor LlamaModel::head(const at::Tensor& hidden) const {

@@ -6,7 +6,7 @@
 // Layer-by-layer execution: embed() -> layer_forward(i) for each layer -> head(). forward() is
 // exactly that composition, so a caller may run one layer over many batches at a time to bound
 // memory. Hook points let callers observe or replace (e.g. fake-quantize) every linear layer's
-// input and Q/K/V without touching the forward.
+// input, Q/K/V and the skip path of each residual add without touching the forward.
 //
 // Threading: a const LlamaModel may run forward on several threads at once if the hook allows it.
 #pragma once
@@ -30,6 +30,8 @@ enum class HookSite {
   MlpInput,       // input of gate_proj/up_proj, [B, T, hidden]
   DownProjInput,  // silu(gate) * up, [B, T, intermediate]
   LmHeadInput,    // after the final norm, [B, T, hidden]; layer = -1
+  AttnSkip,       // skip path of the residual add after attention (the layer input), [B, T, hidden]
+  MlpSkip,        // skip path of the residual add after the MLP, [B, T, hidden]
 };
 const char* hook_site_name(HookSite site);
 
