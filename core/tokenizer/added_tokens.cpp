@@ -15,7 +15,8 @@ namespace respin::tok {
 using nlohmann::json;
 
 void AddedVocabulary::Matcher::add(const std::string& pattern, int token_index) {
-  if (pattern.empty()) return;  // an empty pattern would match everywhere; HF cannot match it either
+  if (pattern.empty())
+    return;  // an empty pattern would match everywhere; HF cannot match it either
   int node = 0;
   for (unsigned char b : pattern) {
     const uint64_t key = (static_cast<uint64_t>(node) << 8) | b;
@@ -110,7 +111,8 @@ size_t trailing_space_start(std::string_view s, size_t end) {
 
 // End of the run of whitespace that starts at `begin` (HF: regex ^\s* on text[begin..]).
 size_t leading_space_end(std::string_view s, size_t begin) {
-  while (begin < s.size() && is_white_space(utf8_decode_at(s, begin))) begin += utf8_len_at(s, begin);
+  while (begin < s.size() && is_white_space(utf8_decode_at(s, begin)))
+    begin += utf8_len_at(s, begin);
   return begin;
 }
 

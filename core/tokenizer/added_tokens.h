@@ -43,7 +43,9 @@ class AddedVocabulary {
   // Splits raw input at the non-normalized tokens.
   std::vector<Segment> split_raw(std::string_view text) const { return split(text, raw_); }
   // Splits a normalized piece at the normalized tokens.
-  std::vector<Segment> split_normalized(std::string_view text) const { return split(text, normalized_); }
+  std::vector<Segment> split_normalized(std::string_view text) const {
+    return split(text, normalized_);
+  }
   bool has_normalized_tokens() const { return !normalized_.empty(); }
 
   const std::vector<AddedToken>& tokens() const { return tokens_; }

@@ -34,14 +34,18 @@ BpeModel::~BpeModel() = default;
 
 namespace {
 
-bool is_null_or_empty_string(const json& j) { return j.is_null() || (j.is_string() && j.get<std::string>().empty()); }
+bool is_null_or_empty_string(const json& j) {
+  return j.is_null() || (j.is_string() && j.get<std::string>().empty());
+}
 
 }  // namespace
 
 std::unique_ptr<BpeModel> BpeModel::from_json(const json& model) {
   std::unique_ptr<BpeModel> m(new BpeModel());
-  if (!model.contains("vocab") || !model["vocab"].is_object()) throw Error("model.vocab must be an object (token -> id)");
-  if (!model.contains("merges") || !model["merges"].is_array()) throw Error("model.merges must be an array");
+  if (!model.contains("vocab") || !model["vocab"].is_object())
+    throw Error("model.vocab must be an object (token -> id)");
+  if (!model.contains("merges") || !model["merges"].is_array())
+    throw Error("model.merges must be an array");
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     if (model.contains(key) && !is_null_or_empty_string(model[key])) {
       throw Error(std::string("model.") + key + " is not supported (only null)");
@@ -65,6 +69,7 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const json& model) {
   }
   m->parse_vocab(model["vocab"]);
   m->parse_merges(model["merges"]);
+  m->split_at_metaspace_ = m->metaspace_splits_are_final();
   if (m->byte_fallback_) {
     for (int b = 0; b < 256; ++b) {
       char name[8];
@@ -78,7 +83,8 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const json& model) {
 void BpeModel::parse_vocab(const json& vocab) {
   vocab_.reserve(vocab.size());
   for (const auto& [token, id_json] : vocab.items()) {
-    if (!id_json.is_number_integer() || id_json.get<long long>() < 0 || id_json.get<long long>() > (1LL << 30)) {
+    if (!id_json.is_number_integer() || id_json.get<long long>() < 0 ||
+        id_json.get<long long>() > (1LL << 30)) {
       throw Error("model.vocab['" + token + "'] must be a non-negative integer id");
     }
     const int id = id_json.get<int>();
@@ -103,10 +109,12 @@ void BpeModel::parse_merges(const json& merges) {
       const auto& s = merge.get_ref<const std::string&>();
       const size_t space = s.find(' ');
       if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos) {
-        throw Error("model.merges[" + std::to_string(rank) + "] '" + s + "' is not of the form 'a b'");
+        throw Error("model.merges[" + std::to_string(rank) + "] '" + s +
+                    "' is not of the form 'a b'");
       }
       add_merge(s.substr(0, space), s.substr(space + 1), rank);
-    } else if (merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string()) {
+    } else if (merge.is_array() && merge.size() == 2 && merge[0].is_string() &&
+               merge[1].is_string()) {
       add_merge(merge[0].get<std::string>(), merge[1].get<std::string>(), rank);
     } else {
       throw Error("model.merges[" + std::to_string(rank) + "] must be \"a b\" or [\"a\", \"b\"]");
@@ -121,7 +129,8 @@ void BpeModel::add_merge(const std::string& a, const std::string& b, int rank) {
   auto lookup = [&](const std::string& token) {
     auto it = vocab_.find(token);
     if (it == vocab_.end()) {
-      throw Error("model.merges[" + std::to_string(rank) + "] refers to '" + token + "', which is not in model.vocab");
+      throw Error("model.merges[" + std::to_string(rank) + "] refers to '" + token +
+                  "', which is not in model.vocab");
     }
     return it->second;
   };
@@ -151,7 +160,8 @@ const BpeModel::Merge* BpeModel::find_merge(int a, int b) const {
 // One symbol per character (HF merge_word): the character's own token, else its bytes as
 // <0xNN> tokens (byte_fallback), else the unknown token (consecutive ones fused if fuse_unk),
 // else nothing at all (HF drops the character when there is no unk_token either).
-void BpeModel::initial_symbols(std::string_view word, std::vector<int>& ids, std::vector<int>& lens) const {
+void BpeModel::initial_symbols(std::string_view word, std::vector<int>& ids,
+                               std::vector<int>& lens) const {
   std::optional<std::pair<int, int>> pending_unk;  // (id, byte length)
   std::string ch;
   for (size_t i = 0; i < word.size();) {
@@ -181,7 +191,8 @@ void BpeModel::initial_symbols(std::string_view word, std::vector<int>& ids, std
     }
     if (!unk_token_) continue;
     auto unk = vocab_.find(*unk_token_);
-    if (unk == vocab_.end()) throw Error("model.unk_token '" + *unk_token_ + "' is not in model.vocab");
+    if (unk == vocab_.end())
+      throw Error("model.unk_token '" + *unk_token_ + "' is not in model.vocab");
     if (pending_unk && fuse_unk_) {
       pending_unk->second += static_cast<int>(n);
     } else {
@@ -204,58 +215,115 @@ void BpeModel::merge_word(std::string_view word, std::vector<int>& out) const {
   lens.reserve(word.size());
   initial_symbols(word, ids, lens);
   const int n = static_cast<int>(ids.size());
-  std::vector<int> prev(n), next(n);
-  for (int i = 0; i < n; ++i) {
-    prev[i] = i - 1;
-    next[i] = i + 1 < n ? i + 1 : -1;
-  }
 
-  struct Candidate {
-    int rank, pos, new_id;
-    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  // A doubly linked list over the symbols, one 16-byte record each (HF word.rs): a long word
+  // touches one cache line per symbol instead of one per array.
+  struct Symbol {
+    int id, prev, next, len;  // len 0: merged into its left neighbour
   };
-  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> queue;
+  std::vector<Symbol> sym(n);
+  for (int i = 0; i < n; ++i) sym[i] = {ids[i], i - 1, i + 1 < n ? i + 1 : -1, lens[i]};
+
+  // Candidates are (rank << 32 | position), so the smallest key is the lowest rank, leftmost.
+  // A rank identifies one merge, hence one pair: an entry is current iff the pair now at its
+  // position still has that rank (symbols only grow, so a changed pair has a different rank).
+  auto key = [](int rank, int pos) {
+    return (static_cast<uint64_t>(rank) << 32) | static_cast<uint32_t>(pos);
+  };
+  std::vector<uint64_t> initial;
+  for (int i = 0; i + 1 < n; ++i) {
+    if (const Merge* m = find_merge(sym[i].id, sym[i + 1].id)) initial.push_back(key(m->rank, i));
+  }
+  // Built from the whole vector at once: O(n) heapify instead of n pushes.
+  std::priority_queue<uint64_t, std::vector<uint64_t>, std::greater<uint64_t>> queue(
+      std::greater<uint64_t>(), std::move(initial));
   auto push = [&](int pos) {
-    if (const Merge* m = find_merge(ids[pos], ids[next[pos]])) queue.push({m->rank, pos, m->new_id});
+    if (const Merge* m = find_merge(sym[pos].id, sym[sym[pos].next].id))
+      queue.push(key(m->rank, pos));
   };
-  for (int i = 0; i + 1 < n; ++i) push(i);
 
   while (!queue.empty()) {
-    const Candidate top = queue.top();
+    const uint64_t top = queue.top();
     queue.pop();
-    // Skip entries made stale by earlier merges: symbol gone, no right neighbour, or the pair
-    // at this position is no longer the one this entry was queued for.
-    if (lens[top.pos] == 0 || next[top.pos] < 0) continue;
-    const int right = next[top.pos];
-    const Merge* m = find_merge(ids[top.pos], ids[right]);
-    if (m == nullptr || m->new_id != top.new_id) continue;
+    const int pos = static_cast<int>(top & 0xFFFFFFFFu);
+    const int rank = static_cast<int>(top >> 32);
+    Symbol& left = sym[pos];
+    // Skip entries made stale by earlier merges: symbol gone, no right neighbour, or another pair.
+    if (left.len == 0 || left.next < 0) continue;
+    Symbol& right = sym[left.next];
+    const Merge* m = find_merge(left.id, right.id);
+    if (m == nullptr || m->rank != rank) continue;
 
-    ids[top.pos] = top.new_id;
-    lens[top.pos] += lens[right];
-    lens[right] = 0;
-    next[top.pos] = next[right];
-    if (next[right] >= 0) prev[next[right]] = top.pos;
-    if (prev[top.pos] >= 0) push(prev[top.pos]);
-    if (next[top.pos] >= 0) push(top.pos);
+    left.id = m->new_id;
+    left.len += right.len;
+    left.next = right.next;
+    right.len = 0;
+    if (left.next >= 0) sym[left.next].prev = pos;
+    if (left.prev >= 0) push(left.prev);
+    if (left.next >= 0) push(pos);
   }
-  for (int i = 0; i < n; ++i) {
-    if (lens[i] != 0) out.push_back(ids[i]);
+  for (const Symbol& s : sym) {
+    if (s.len != 0) out.push_back(s.id);
   }
+}
+
+namespace {
+
+const std::string kMetaspace = "\xE2\x96\x81";  // U+2581 "▁", SentencePiece's space
+
+}  // namespace
+
+// LLaMA-2/Mistral tokenizers have no pre-tokenizer: the whole input is one BPE "word", and the
+// merge loop over megabytes is slow and uncacheable. If no vocabulary token has "▁" right after
+// a non-"▁" character, no merge can ever join a symbol ending before such a "▁" with the one
+// starting at it (every merge result is a vocabulary token, checked at load), so the word can be
+// cut there and the pieces merged independently with the same result.
+bool BpeModel::metaspace_splits_are_final() const {
+  if (vocab_.find(kMetaspace) == vocab_.end()) return false;
+  for (const auto& [token, id] : vocab_) {
+    for (size_t k = token.find(kMetaspace, 1); k != std::string::npos;
+         k = token.find(kMetaspace, k + 1)) {
+      if (k < kMetaspace.size() ||
+          token.compare(k - kMetaspace.size(), kMetaspace.size(), kMetaspace) != 0) {
+        return false;
+      }
+    }
+  }
+  return true;
 }
 
 void BpeModel::tokenize(std::string_view word, std::vector<int>& out) const {
   if (word.empty()) return;
-  const std::string key(word);
   if (ignore_merges_) {
     // LLaMA-3: a pre-token that is itself a vocabulary entry is emitted as is, even when the
     // merges would split it differently.
-    if (auto it = vocab_.find(key); it != vocab_.end()) {
+    if (auto it = vocab_.find(std::string(word)); it != vocab_.end()) {
       out.push_back(it->second);
       return;
     }
   }
+  if (!split_at_metaspace_) {
+    tokenize_cached(word, out);
+    return;
+  }
+  size_t begin = 0;
+  for (size_t k = word.find(kMetaspace, 1); k != std::string_view::npos;
+       k = word.find(kMetaspace, k + 1)) {
+    if (k >= kMetaspace.size() &&
+        word.compare(k - kMetaspace.size(), kMetaspace.size(), kMetaspace) == 0) {
+      continue;  // inside a run of "▁": tokens such as "▁▁▁" may join it
+    }
+    tokenize_cached(word.substr(begin, k - begin), out);
+    begin = k;
+  }
+  tokenize_cached(word.substr(begin), out);
+}
+
+void BpeModel::tokenize_cached(std::string_view word, std::vector<int>& out) const {
   const bool cacheable = word.size() < WordCache::kMaxWordBytes;
+  std::string key;
   if (cacheable) {
+    key.assign(word);
     std::shared_lock lock(cache_->mutex);
     if (auto it = cache_->map.find(key); it != cache_->map.end()) {
       out.insert(out.end(), it->second.begin(), it->second.end());
@@ -267,7 +335,9 @@ void BpeModel::tokenize(std::string_view word, std::vector<int>& out) const {
   if (cacheable && !cache_->full.load(std::memory_order_relaxed)) {
     std::unique_lock lock(cache_->mutex);
     if (cache_->map.size() < WordCache::kCapacity) {
-      cache_->map.emplace(key, std::vector<int>(out.begin() + static_cast<std::ptrdiff_t>(first), out.end()));
+      cache_->map.emplace(
+          std::move(key),
+          std::vector<int>(out.begin() + static_cast<std::ptrdiff_t>(first), out.end()));
     } else {
       cache_->full.store(true, std::memory_order_relaxed);
     }

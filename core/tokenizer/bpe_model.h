@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -44,6 +45,8 @@ class BpeModel {
   void add_merge(const std::string& a, const std::string& b, int rank);
   void initial_symbols(std::string_view word, std::vector<int>& ids, std::vector<int>& lens) const;
   void merge_word(std::string_view word, std::vector<int>& out) const;
+  void tokenize_cached(std::string_view word, std::vector<int>& out) const;
+  bool metaspace_splits_are_final() const;
   const Merge* find_merge(int a, int b) const;
 
   std::unordered_map<std::string, int> vocab_;
@@ -55,6 +58,7 @@ class BpeModel {
   bool byte_fallback_ = false;
   bool fuse_unk_ = false;
   bool ignore_merges_ = false;
+  bool split_at_metaspace_ = false;  // see metaspace_splits_are_final()
   std::optional<std::string> unk_token_;
   std::unique_ptr<WordCache> cache_;
 };

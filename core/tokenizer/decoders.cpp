@@ -20,15 +20,17 @@ namespace {
 
 const char* const kReplacementChar = "\xEF\xBF\xBD";  // U+FFFD
 
-std::vector<std::string> split_chars(const std::string& s) {
-  std::vector<std::string> chars;
-  for (size_t i = 0; i < s.size(); i += utf8_len_at(s, i)) chars.push_back(s.substr(i, utf8_len_at(s, i)));
-  return chars;
+// Byte offset where the code point ending at `end` starts.
+size_t char_start_before(const std::string& s, size_t end) {
+  size_t i = end - 1;
+  while (i > 0 && (static_cast<unsigned char>(s[i]) & 0xC0) == 0x80) --i;
+  return i;
 }
 
 class SequenceDecoder final : public Decoder {
  public:
-  explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> parts) : parts_(std::move(parts)) {}
+  explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> parts)
+      : parts_(std::move(parts)) {}
   std::vector<std::string> decode_chain(std::vector<std::string> tokens) const override {
     for (const auto& p : parts_) tokens = p->decode_chain(std::move(tokens));
     return tokens;
@@ -61,15 +63,17 @@ class ByteLevelDecoder final : public Decoder {
 
 class MetaspaceDecoder final : public Decoder {
  public:
-  MetaspaceDecoder(std::string replacement, bool strip_first) : replacement_(std::move(replacement)), strip_first_(strip_first) {}
+  MetaspaceDecoder(std::string replacement, bool strip_first)
+      : replacement_(std::move(replacement)), strip_first_(strip_first) {}
   std::vector<std::string> decode_chain(std::vector<std::string> tokens) const override {
     // HF drops every replacement character of the first token (not only a leading one) unless
     // the prepend scheme is "never".
     for (size_t i = 0; i < tokens.size(); ++i) {
+      const std::string& t = tokens[i];
       std::string out;
-      for (const auto& ch : split_chars(tokens[i])) {
-        if (ch != replacement_) {
-          out += ch;
+      for (size_t k = 0; k < t.size(); k += utf8_len_at(t, k)) {
+        if (t.compare(k, replacement_.size(), replacement_) != 0) {
+          out.append(t, k, utf8_len_at(t, k));
         } else if (!(i == 0 && strip_first_)) {
           out += ' ';
         }
@@ -86,7 +90,8 @@ class MetaspaceDecoder final : public Decoder {
 
 class ReplaceDecoder final : public Decoder {
  public:
-  ReplaceDecoder(Pattern pattern, std::string content) : pattern_(std::move(pattern)), content_(std::move(content)) {}
+  ReplaceDecoder(Pattern pattern, std::string content)
+      : pattern_(std::move(pattern)), content_(std::move(content)) {}
   std::vector<std::string> decode_chain(std::vector<std::string> tokens) const override {
     for (auto& t : tokens) t = pattern_.replace_all(t, content_);
     return tokens;
@@ -121,8 +126,8 @@ class ByteFallbackDecoder final : public Decoder {
       run.clear();
     };
     for (auto& t : tokens) {
-      const bool is_byte = t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' && hex_value(t[3]) >= 0 &&
-                           hex_value(t[4]) >= 0;
+      const bool is_byte = t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' &&
+                           hex_value(t[3]) >= 0 && hex_value(t[4]) >= 0;
       if (is_byte) {
         run += static_cast<char>(hex_value(t[3]) * 16 + hex_value(t[4]));
       } else {
@@ -147,17 +152,23 @@ class FuseDecoder final : public Decoder {
 // Removes up to `start` leading and `stop` trailing copies of `content` from every token.
 class StripDecoder final : public Decoder {
  public:
-  StripDecoder(std::string content, int start, int stop) : content_(std::move(content)), start_(start), stop_(stop) {}
+  StripDecoder(std::string content, int start, int stop)
+      : content_(std::move(content)), start_(start), stop_(stop) {}
   std::vector<std::string> decode_chain(std::vector<std::string> tokens) const override {
     for (auto& t : tokens) {
-      const auto chars = split_chars(t);
-      const size_t n = chars.size();
-      size_t begin = 0, end = n;
-      for (size_t i = 0; i < static_cast<size_t>(start_) && i < n && chars[i] == content_; ++i) begin = i + 1;
-      for (size_t i = 0; i < static_cast<size_t>(stop_) && i < n && chars[n - 1 - i] == content_; ++i) end = n - 1 - i;
-      std::string out;
-      for (size_t i = begin; i < end; ++i) out += chars[i];
-      t = std::move(out);
+      // Byte offsets; `content` is one character, so each step removes one whole code point.
+      size_t begin = 0, end = t.size();
+      for (int i = 0;
+           i < start_ && begin < t.size() && t.compare(begin, content_.size(), content_) == 0;
+           ++i) {
+        begin += content_.size();
+      }
+      for (int i = 0; i < stop_ && end > begin; ++i) {
+        const size_t last = char_start_before(t, end);
+        if (t.compare(last, end - last, content_) != 0) break;
+        end = last;
+      }
+      t = t.substr(begin, end - begin);
     }
     return tokens;
   }
@@ -196,20 +207,23 @@ std::unique_ptr<Decoder> make_decoder(const json& j, const std::string& where) {
   }
   if (type == "ByteLevel") return std::make_unique<ByteLevelDecoder>();
   if (type == "Metaspace") {
-    return std::make_unique<MetaspaceDecoder>(get_char(j, "replacement", where), metaspace_strips_first(j, where));
+    return std::make_unique<MetaspaceDecoder>(get_char(j, "replacement", where),
+                                              metaspace_strips_first(j, where));
   }
   if (type == "Replace") {
-    return std::make_unique<ReplaceDecoder>(Pattern::from_json(require_field(j, "pattern", where), where + ".pattern"),
-                                            get_string(j, "content", where));
+    return std::make_unique<ReplaceDecoder>(
+        Pattern::from_json(require_field(j, "pattern", where), where + ".pattern"),
+        get_string(j, "content", where));
   }
   if (type == "ByteFallback") return std::make_unique<ByteFallbackDecoder>();
   if (type == "Fuse") return std::make_unique<FuseDecoder>();
   if (type == "Strip") {
-    return std::make_unique<StripDecoder>(get_char(j, "content", where), get_int(j, "start", where, 0),
-                                          get_int(j, "stop", where, 0));
+    return std::make_unique<StripDecoder>(
+        get_char(j, "content", where), get_int(j, "start", where, 0), get_int(j, "stop", where, 0));
   }
   throw Error(where + ".type '" + type +
-              "' is not supported (supported: Sequence, ByteLevel, Metaspace, Replace, ByteFallback, Fuse, Strip)");
+              "' is not supported (supported: Sequence, ByteLevel, Metaspace, Replace, "
+              "ByteFallback, Fuse, Strip)");
 }
 
 namespace {
@@ -217,7 +231,8 @@ namespace {
 class TemplatePostProcessor final : public PostProcessor {
  public:
   // `parts`: the single-sequence template; a part is either special ids or the sequence (empty).
-  explicit TemplatePostProcessor(std::vector<std::optional<std::vector<int>>> parts) : parts_(std::move(parts)) {}
+  explicit TemplatePostProcessor(std::vector<std::optional<std::vector<int>>> parts)
+      : parts_(std::move(parts)) {}
   void process(std::vector<int>& ids) const override {
     std::vector<int> out;
     out.reserve(ids.size() + 4);
@@ -248,7 +263,8 @@ class NoOpPostProcessor final : public PostProcessor {
 
 class SequencePostProcessor final : public PostProcessor {
  public:
-  explicit SequencePostProcessor(std::vector<std::unique_ptr<PostProcessor>> parts) : parts_(std::move(parts)) {}
+  explicit SequencePostProcessor(std::vector<std::unique_ptr<PostProcessor>> parts)
+      : parts_(std::move(parts)) {}
   void process(std::vector<int>& ids) const override {
     for (const auto& p : parts_) p->process(ids);
   }
@@ -269,7 +285,8 @@ class SequencePostProcessor final : public PostProcessor {
   std::vector<std::unique_ptr<PostProcessor>> parts_;
 };
 
-std::map<std::string, std::vector<int>> parse_special_tokens(const json& j, const std::string& where) {
+std::map<std::string, std::vector<int>> parse_special_tokens(const json& j,
+                                                             const std::string& where) {
   std::map<std::string, std::vector<int>> specials;
   if (!j.contains("special_tokens")) return specials;
   const auto& map = j["special_tokens"];
@@ -297,11 +314,13 @@ std::unique_ptr<PostProcessor> make_template(const json& j, const std::string& w
     if (item.is_object() && item.contains("SpecialToken")) {
       const std::string id = get_string(item["SpecialToken"], "id", sub + ".SpecialToken");
       auto it = specials.find(id);
-      if (it == specials.end()) throw Error(sub + ": special token '" + id + "' is missing from special_tokens");
+      if (it == specials.end())
+        throw Error(sub + ": special token '" + id + "' is missing from special_tokens");
       parts.emplace_back(it->second);
     } else if (item.is_object() && item.contains("Sequence")) {
       const std::string id = get_string(item["Sequence"], "id", sub + ".Sequence");
-      if (id != "A") throw Error(sub + ": sequence '" + id + "' cannot appear in a single-sequence template");
+      if (id != "A")
+        throw Error(sub + ": sequence '" + id + "' cannot appear in a single-sequence template");
       parts.emplace_back(std::nullopt);
     } else {
       throw Error(sub + " must be {\"SpecialToken\": ...} or {\"Sequence\": ...}");
@@ -327,7 +346,8 @@ std::unique_ptr<PostProcessor> make_post_processor(const json& j, const std::str
     }
     return std::make_unique<SequencePostProcessor>(std::move(parts));
   }
-  throw Error(where + ".type '" + type + "' is not supported (supported: TemplateProcessing, ByteLevel, Sequence)");
+  throw Error(where + ".type '" + type +
+              "' is not supported (supported: TemplateProcessing, ByteLevel, Sequence)");
 }
 
 }  // namespace respin::tok

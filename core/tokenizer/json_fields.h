@@ -11,7 +11,8 @@
 
 namespace respin::tok {
 
-inline const nlohmann::json& require_field(const nlohmann::json& j, const char* key, const std::string& where) {
+inline const nlohmann::json& require_field(const nlohmann::json& j, const char* key,
+                                           const std::string& where) {
   if (!j.is_object() || !j.contains(key)) throw Error(where + "." + key + " is missing");
   return j[key];
 }
@@ -22,19 +23,22 @@ inline std::string get_string(const nlohmann::json& j, const char* key, const st
   return v.get<std::string>();
 }
 
-inline bool get_bool(const nlohmann::json& j, const char* key, const std::string& where, bool fallback) {
+inline bool get_bool(const nlohmann::json& j, const char* key, const std::string& where,
+                     bool fallback) {
   if (!j.contains(key) || j[key].is_null()) return fallback;
   if (!j[key].is_boolean()) throw Error(where + "." + key + " must be a boolean");
   return j[key].get<bool>();
 }
 
-inline int get_int(const nlohmann::json& j, const char* key, const std::string& where, int fallback) {
+inline int get_int(const nlohmann::json& j, const char* key, const std::string& where,
+                   int fallback) {
   if (!j.contains(key) || j[key].is_null()) return fallback;
   if (!j[key].is_number_integer()) throw Error(where + "." + key + " must be an integer");
   return j[key].get<int>();
 }
 
-inline const nlohmann::json& get_array(const nlohmann::json& j, const char* key, const std::string& where) {
+inline const nlohmann::json& get_array(const nlohmann::json& j, const char* key,
+                                       const std::string& where) {
   const auto& v = require_field(j, key, where);
   if (!v.is_array()) throw Error(where + "." + key + " must be an array");
   return v;

@@ -32,7 +32,8 @@ Pattern Pattern::from_json(const json& j, const std::string& where) {
 std::vector<std::pair<size_t, size_t>> Pattern::find_all(std::string_view text) const {
   if (regex_) return regex_->find_all(text);
   std::vector<std::pair<size_t, size_t>> matches;
-  for (size_t pos = text.find(literal_); pos != std::string_view::npos; pos = text.find(literal_, pos + literal_.size())) {
+  for (size_t pos = text.find(literal_); pos != std::string_view::npos;
+       pos = text.find(literal_, pos + literal_.size())) {
     matches.emplace_back(pos, pos + literal_.size());
   }
   return matches;
@@ -54,7 +55,8 @@ namespace {
 
 class SequenceNormalizer final : public Normalizer {
  public:
-  explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> parts) : parts_(std::move(parts)) {}
+  explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> parts)
+      : parts_(std::move(parts)) {}
   std::string normalize(std::string text) const override {
     for (const auto& p : parts_) text = p->normalize(std::move(text));
     return text;
@@ -78,8 +80,11 @@ class PrependNormalizer final : public Normalizer {
 
 class ReplaceNormalizer final : public Normalizer {
  public:
-  ReplaceNormalizer(Pattern pattern, std::string content) : pattern_(std::move(pattern)), content_(std::move(content)) {}
-  std::string normalize(std::string text) const override { return pattern_.replace_all(text, content_); }
+  ReplaceNormalizer(Pattern pattern, std::string content)
+      : pattern_(std::move(pattern)), content_(std::move(content)) {}
+  std::string normalize(std::string text) const override {
+    return pattern_.replace_all(text, content_);
+  }
 
  private:
   Pattern pattern_;
@@ -106,7 +111,8 @@ class StripNormalizer final : public Normalizer {
   std::string normalize(std::string text) const override {
     size_t begin = 0, end = text.size();
     if (left_) {
-      while (begin < end && is_white_space(utf8_decode_at(text, begin))) begin += utf8_len_at(text, begin);
+      while (begin < end && is_white_space(utf8_decode_at(text, begin)))
+        begin += utf8_len_at(text, begin);
     }
     if (right_) {
       while (end > begin) {
@@ -138,10 +144,12 @@ std::unique_ptr<Normalizer> make_normalizer(const json& j, const std::string& wh
     }
     return std::make_unique<SequenceNormalizer>(std::move(parts));
   }
-  if (type == "Prepend") return std::make_unique<PrependNormalizer>(get_string(j, "prepend", where));
+  if (type == "Prepend")
+    return std::make_unique<PrependNormalizer>(get_string(j, "prepend", where));
   if (type == "Replace") {
-    return std::make_unique<ReplaceNormalizer>(Pattern::from_json(require_field(j, "pattern", where), where + ".pattern"),
-                                               get_string(j, "content", where));
+    return std::make_unique<ReplaceNormalizer>(
+        Pattern::from_json(require_field(j, "pattern", where), where + ".pattern"),
+        get_string(j, "content", where));
   }
   if (type == "NFC") return std::make_unique<UnicodeNormalizer>(NormalForm::NFC);
   if (type == "NFD") return std::make_unique<UnicodeNormalizer>(NormalForm::NFD);
@@ -149,10 +157,12 @@ std::unique_ptr<Normalizer> make_normalizer(const json& j, const std::string& wh
   if (type == "NFKD") return std::make_unique<UnicodeNormalizer>(NormalForm::NFKD);
   if (type == "Lowercase") return std::make_unique<LowercaseNormalizer>();
   if (type == "Strip") {
-    return std::make_unique<StripNormalizer>(get_bool(j, "strip_left", where, true), get_bool(j, "strip_right", where, true));
+    return std::make_unique<StripNormalizer>(get_bool(j, "strip_left", where, true),
+                                             get_bool(j, "strip_right", where, true));
   }
   throw Error(where + ".type '" + type +
-              "' is not supported (supported: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, Lowercase, Strip)");
+              "' is not supported (supported: Sequence, Prepend, Replace, NFC, NFD, NFKC, NFKD, "
+              "Lowercase, Strip)");
 }
 
 }  // namespace respin::tok

@@ -4,6 +4,7 @@
 // it does not support, so an unsupported file fails at load instead of encoding differently.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,11 +26,15 @@ struct Piece {
   bool at_start = false;
 };
 
+// Receives the pieces a pre-tokenizer produces, one at a time (streaming keeps a multi-MB
+// input from being materialized as a million small strings first).
+using PieceSink = std::function<void(Piece&&)>;
+
 class PreTokenizer {
  public:
   virtual ~PreTokenizer() = default;
-  // Splits (and may rewrite) one piece; empty results are dropped by the caller.
-  virtual void split(Piece piece, std::vector<Piece>& out) const = 0;
+  // Splits (and may rewrite) one piece and hands every non-empty result to `sink`, in order.
+  virtual void split(Piece piece, const PieceSink& sink) const = 0;
 };
 
 class PostProcessor {
@@ -51,7 +56,8 @@ class Decoder {
 // A null JSON value gives nullptr (stage absent). `where` is the field path used in errors.
 std::unique_ptr<Normalizer> make_normalizer(const nlohmann::json& j, const std::string& where);
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& j, const std::string& where);
-std::unique_ptr<PostProcessor> make_post_processor(const nlohmann::json& j, const std::string& where);
+std::unique_ptr<PostProcessor> make_post_processor(const nlohmann::json& j,
+                                                   const std::string& where);
 std::unique_ptr<Decoder> make_decoder(const nlohmann::json& j, const std::string& where);
 
 // Whether the pre-tokenizer (or any member of a Sequence) is of the given type; used to name

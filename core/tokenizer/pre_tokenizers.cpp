@@ -26,7 +26,8 @@ Behavior parse_behavior(const json& j, const std::string& where) {
   if (b == "MergedWithPrevious") return Behavior::MergedWithPrevious;
   if (b == "MergedWithNext") return Behavior::MergedWithNext;
   if (b == "Contiguous") return Behavior::Contiguous;
-  throw Error(where + ".behavior '" + b + "' is not one of Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous");
+  throw Error(where + ".behavior '" + b +
+              "' is not one of Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous");
 }
 
 struct Span {
@@ -36,7 +37,8 @@ struct Span {
 
 // HF Pattern::find_matches for a regex or literal: the matches plus the gaps between them, so
 // the spans tile the whole text.
-std::vector<Span> spans_from_matches(std::string_view text, const std::vector<std::pair<size_t, size_t>>& matches) {
+std::vector<Span> spans_from_matches(std::string_view text,
+                                     const std::vector<std::pair<size_t, size_t>>& matches) {
   std::vector<Span> spans;
   if (text.empty()) return {{0, 0, false}};
   size_t prev = 0;
@@ -69,7 +71,8 @@ std::vector<Span> spans_from_chars(std::string_view text, Pred pred) {
 }
 
 // Groups the spans according to the delimiter behaviour; returns [begin, end) ranges to keep.
-std::vector<std::pair<size_t, size_t>> apply_behavior(const std::vector<Span>& spans, Behavior behavior) {
+std::vector<std::pair<size_t, size_t>> apply_behavior(const std::vector<Span>& spans,
+                                                      Behavior behavior) {
   std::vector<std::pair<size_t, size_t>> out;
   bool previous_match = false;
   switch (behavior) {
@@ -116,27 +119,30 @@ std::vector<std::pair<size_t, size_t>> apply_behavior(const std::vector<Span>& s
   return out;
 }
 
-void emit_ranges(const Piece& piece, const std::vector<std::pair<size_t, size_t>>& ranges, std::vector<Piece>& out) {
+void emit_ranges(const Piece& piece, const std::vector<std::pair<size_t, size_t>>& ranges,
+                 const PieceSink& sink) {
   for (const auto& [b, e] : ranges) {
     if (b == e) continue;
-    out.push_back({piece.text.substr(b, e - b), piece.at_start && b == 0});
+    sink(Piece{piece.text.substr(b, e - b), piece.at_start && b == 0});
   }
 }
 
+// Each member splits every piece of the previous one; pieces flow through one at a time.
 class SequencePreTokenizer final : public PreTokenizer {
  public:
-  explicit SequencePreTokenizer(std::vector<std::unique_ptr<PreTokenizer>> parts) : parts_(std::move(parts)) {}
-  void split(Piece piece, std::vector<Piece>& out) const override {
-    std::vector<Piece> current{std::move(piece)}, next;
-    for (const auto& p : parts_) {
-      next.clear();
-      for (auto& c : current) p->split(std::move(c), next);
-      current.swap(next);
-    }
-    for (auto& c : current) out.push_back(std::move(c));
-  }
+  explicit SequencePreTokenizer(std::vector<std::unique_ptr<PreTokenizer>> parts)
+      : parts_(std::move(parts)) {}
+  void split(Piece piece, const PieceSink& sink) const override { run(0, std::move(piece), sink); }
 
  private:
+  void run(size_t stage, Piece piece, const PieceSink& sink) const {
+    if (stage == parts_.size()) {
+      sink(std::move(piece));
+      return;
+    }
+    parts_[stage]->split(std::move(piece), [&](Piece&& p) { run(stage + 1, std::move(p), sink); });
+  }
+
   std::vector<std::unique_ptr<PreTokenizer>> parts_;
 };
 
@@ -144,12 +150,12 @@ class SplitPreTokenizer final : public PreTokenizer {
  public:
   SplitPreTokenizer(Pattern pattern, Behavior behavior, bool invert)
       : pattern_(std::move(pattern)), behavior_(behavior), invert_(invert) {}
-  void split(Piece piece, std::vector<Piece>& out) const override {
+  void split(Piece piece, const PieceSink& sink) const override {
     auto spans = spans_from_matches(piece.text, pattern_.find_all(piece.text));
     if (invert_) {
       for (auto& s : spans) s.is_match = !s.is_match;
     }
-    emit_ranges(piece, apply_behavior(spans, behavior_), out);
+    emit_ranges(piece, apply_behavior(spans, behavior_), sink);
   }
 
  private:
@@ -159,8 +165,8 @@ class SplitPreTokenizer final : public PreTokenizer {
 };
 
 const Regex& gpt2_regex() {
-  static const Regex r =
-      Regex::compile(R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)");
+  static const Regex r = Regex::compile(
+      R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)");
   return r;
 }
 
@@ -170,22 +176,29 @@ class ByteLevelPreTokenizer final : public PreTokenizer {
  public:
   ByteLevelPreTokenizer(bool add_prefix_space, bool use_regex)
       : add_prefix_space_(add_prefix_space), use_regex_(use_regex) {}
-  void split(Piece piece, std::vector<Piece>& out) const override {
-    if (add_prefix_space_ && (piece.text.empty() || piece.text[0] != ' ')) piece.text.insert(0, 1, ' ');
-    std::vector<Piece> parts;
-    if (use_regex_) {
-      const auto spans = spans_from_matches(piece.text, gpt2_regex().find_all(piece.text));
-      emit_ranges(piece, apply_behavior(spans, Behavior::Isolated), parts);
-    } else {
-      parts.push_back(std::move(piece));
-    }
+  void split(Piece piece, const PieceSink& sink) const override {
+    if (add_prefix_space_ && (piece.text.empty() || piece.text[0] != ' '))
+      piece.text.insert(0, 1, ' ');
     const auto& table = byte_to_unicode();
-    for (auto& p : parts) {
+    auto emit = [&](size_t begin, size_t end) {
       std::string mapped;
-      mapped.reserve(p.text.size() * 2);
-      for (unsigned char b : p.text) mapped += table[b];
-      out.push_back({std::move(mapped), p.at_start});
+      mapped.reserve((end - begin) * 2);
+      for (size_t i = begin; i < end; ++i)
+        mapped += table[static_cast<unsigned char>(piece.text[i])];
+      sink(Piece{std::move(mapped), piece.at_start && begin == 0});
+    };
+    if (!use_regex_) {
+      if (!piece.text.empty()) emit(0, piece.text.size());
+      return;
     }
+    // Isolated split: the regex matches and the gaps between them, in order.
+    size_t prev = 0;
+    for (const auto& [b, e] : gpt2_regex().find_all(piece.text)) {
+      if (prev < b) emit(prev, b);
+      if (b < e) emit(b, e);
+      prev = e;
+    }
+    if (prev < piece.text.size()) emit(prev, piece.text.size());
   }
 
  private:
@@ -200,7 +213,7 @@ class MetaspacePreTokenizer final : public PreTokenizer {
  public:
   MetaspacePreTokenizer(std::string replacement, PrependScheme scheme, bool split)
       : replacement_(std::move(replacement)), scheme_(scheme), split_(split) {}
-  void split(Piece piece, std::vector<Piece>& out) const override {
+  void split(Piece piece, const PieceSink& sink) const override {
     std::string text;
     text.reserve(piece.text.size() + replacement_.size());
     for (char c : piece.text) {
@@ -211,16 +224,18 @@ class MetaspacePreTokenizer final : public PreTokenizer {
       }
     }
     const bool starts = text.compare(0, replacement_.size(), replacement_) == 0;
-    if (!starts && (scheme_ == PrependScheme::Always || (scheme_ == PrependScheme::First && piece.at_start))) {
+    if (!starts &&
+        (scheme_ == PrependScheme::Always || (scheme_ == PrependScheme::First && piece.at_start))) {
       text.insert(0, replacement_);
     }
     Piece rewritten{std::move(text), piece.at_start};
     if (!split_) {
-      if (!rewritten.text.empty()) out.push_back(std::move(rewritten));
+      if (!rewritten.text.empty()) sink(std::move(rewritten));
       return;
     }
-    const auto spans = spans_from_chars(rewritten.text, [&](std::string_view ch) { return ch == replacement_; });
-    emit_ranges(rewritten, apply_behavior(spans, Behavior::MergedWithNext), out);
+    const auto spans =
+        spans_from_chars(rewritten.text, [&](std::string_view ch) { return ch == replacement_; });
+    emit_ranges(rewritten, apply_behavior(spans, Behavior::MergedWithNext), sink);
   }
 
  private:
@@ -232,9 +247,12 @@ class MetaspacePreTokenizer final : public PreTokenizer {
 class DigitsPreTokenizer final : public PreTokenizer {
  public:
   explicit DigitsPreTokenizer(bool individual) : individual_(individual) {}
-  void split(Piece piece, std::vector<Piece>& out) const override {
-    const auto spans = spans_from_chars(piece.text, [](std::string_view ch) { return is_numeric(utf8_decode_at(ch, 0)); });
-    emit_ranges(piece, apply_behavior(spans, individual_ ? Behavior::Isolated : Behavior::Contiguous), out);
+  void split(Piece piece, const PieceSink& sink) const override {
+    const auto spans = spans_from_chars(
+        piece.text, [](std::string_view ch) { return is_numeric(utf8_decode_at(ch, 0)); });
+    emit_ranges(piece,
+                apply_behavior(spans, individual_ ? Behavior::Isolated : Behavior::Contiguous),
+                sink);
   }
 
  private:
@@ -287,12 +305,15 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, const std::strin
                                                    get_bool(j, "use_regex", where, true));
   }
   if (type == "Split") {
-    return std::make_unique<SplitPreTokenizer>(Pattern::from_json(require_field(j, "pattern", where), where + ".pattern"),
-                                               parse_behavior(j, where), get_bool(j, "invert", where, false));
+    return std::make_unique<SplitPreTokenizer>(
+        Pattern::from_json(require_field(j, "pattern", where), where + ".pattern"),
+        parse_behavior(j, where), get_bool(j, "invert", where, false));
   }
   if (type == "Metaspace") return make_metaspace(j, where);
-  if (type == "Digits") return std::make_unique<DigitsPreTokenizer>(get_bool(j, "individual_digits", where, false));
-  throw Error(where + ".type '" + type + "' is not supported (supported: Sequence, ByteLevel, Split, Metaspace, Digits)");
+  if (type == "Digits")
+    return std::make_unique<DigitsPreTokenizer>(get_bool(j, "individual_digits", where, false));
+  throw Error(where + ".type '" + type +
+              "' is not supported (supported: Sequence, ByteLevel, Split, Metaspace, Digits)");
 }
 
 bool json_uses_type(const json& j, const std::string& type) {

@@ -41,7 +41,8 @@ namespace {
 
 std::string read_file(const std::string& path) {
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) throw Error(path + ": is a directory, expected a tokenizer.json file");
+  if (std::filesystem::is_directory(path, ec))
+    throw Error(path + ": is a directory, expected a tokenizer.json file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path + ": cannot open file (" + std::strerror(errno) + ")");
   std::ostringstream buffer;
@@ -53,7 +54,8 @@ std::string read_file(const std::string& path) {
 void check_unsupported_top_level(const json& j) {
   for (const char* key : {"truncation", "padding"}) {
     if (j.contains(key) && !j[key].is_null()) {
-      throw Error(std::string(key) + " is set; only null is supported (it would change encode results)");
+      throw Error(std::string(key) +
+                  " is set; only null is supported (it would change encode results)");
     }
   }
 }
@@ -70,13 +72,16 @@ std::string family(const json& j, const tok::BpeModel& model) {
   const json null;
   const json& pre = j.contains("pre_tokenizer") ? j["pre_tokenizer"] : null;
   const json& dec = j.contains("decoder") ? j["decoder"] : null;
-  if (tok::json_uses_type(pre, "ByteLevel") || tok::json_uses_type(dec, "ByteLevel")) return "byte-level BPE";
+  if (tok::json_uses_type(pre, "ByteLevel") || tok::json_uses_type(dec, "ByteLevel"))
+    return "byte-level BPE";
   if (model.byte_fallback()) return "metaspace BPE (byte fallback)";
-  if (tok::json_uses_type(pre, "Metaspace") || tok::json_uses_type(dec, "Metaspace")) return "metaspace BPE";
+  if (tok::json_uses_type(pre, "Metaspace") || tok::json_uses_type(dec, "Metaspace"))
+    return "metaspace BPE";
   return "BPE";
 }
 
-std::optional<int> first_known(const tok::AddedVocabulary& added, std::initializer_list<const char*> names) {
+std::optional<int> first_known(const tok::AddedVocabulary& added,
+                               std::initializer_list<const char*> names) {
   for (const char* name : names) {
     if (const auto* t = added.by_content(name)) return t->id;
   }
@@ -96,10 +101,13 @@ TokenizerInfo Tokenizer::Impl::make_info(const json& j) const {
   info.num_added_tokens = static_cast<int>(impl.added.tokens().size());
   if (impl.post_processor) {
     if (auto lead = impl.post_processor->leading_ids(); !lead.empty()) info.bos_id = lead.front();
-    if (auto trail = impl.post_processor->trailing_ids(); !trail.empty()) info.eos_id = trail.back();
+    if (auto trail = impl.post_processor->trailing_ids(); !trail.empty())
+      info.eos_id = trail.back();
   }
-  if (!info.bos_id) info.bos_id = first_known(impl.added, {"<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>"});
-  if (!info.eos_id) info.eos_id = first_known(impl.added, {"</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>"});
+  if (!info.bos_id)
+    info.bos_id = first_known(impl.added, {"<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>"});
+  if (!info.eos_id)
+    info.eos_id = first_known(impl.added, {"</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>"});
   return info;
 }
 
@@ -142,8 +150,10 @@ Tokenizer Tokenizer::from_file(const std::string& tokenizer_json_path) {
 
 // A stretch of input without non-normalized added tokens: normalize it, cut it at the
 // normalized added tokens, pre-tokenize the rest and run the model on every pre-token.
-void Tokenizer::Impl::encode_text(std::string_view text, bool at_start, std::vector<int>& ids) const {
-  std::string normalized = normalizer ? normalizer->normalize(std::string(text)) : std::string(text);
+void Tokenizer::Impl::encode_text(std::string_view text, bool at_start,
+                                  std::vector<int>& ids) const {
+  std::string normalized =
+      normalizer ? normalizer->normalize(std::string(text)) : std::string(text);
   if (normalized.empty()) return;
   if (!added.has_normalized_tokens()) {
     encode_normalized(normalized, at_start, ids);
@@ -153,25 +163,26 @@ void Tokenizer::Impl::encode_text(std::string_view text, bool at_start, std::vec
     if (seg.id >= 0) {
       ids.push_back(seg.id);
     } else {
-      encode_normalized(std::string_view(normalized).substr(seg.begin, seg.end - seg.begin), at_start && seg.begin == 0,
-                        ids);
+      encode_normalized(std::string_view(normalized).substr(seg.begin, seg.end - seg.begin),
+                        at_start && seg.begin == 0, ids);
     }
   }
 }
 
-void Tokenizer::Impl::encode_normalized(std::string_view text, bool at_start, std::vector<int>& ids) const {
+void Tokenizer::Impl::encode_normalized(std::string_view text, bool at_start,
+                                        std::vector<int>& ids) const {
   if (!pre_tokenizer) {
     model->tokenize(text, ids);
     return;
   }
-  std::vector<tok::Piece> pieces;
-  pre_tokenizer->split(tok::Piece{std::string(text), at_start}, pieces);
-  for (const auto& p : pieces) model->tokenize(p.text, ids);
+  pre_tokenizer->split(tok::Piece{std::string(text), at_start},
+                       [&](tok::Piece&& p) { model->tokenize(p.text, ids); });
 }
 
 std::vector<int> Tokenizer::encode(const std::string& utf8_text, bool add_special_tokens) const {
   if (const size_t bad = tok::utf8_first_invalid(utf8_text); bad != std::string::npos) {
-    throw Error("Tokenizer::encode: input is not valid UTF-8 (byte offset " + std::to_string(bad) + ")");
+    throw Error("Tokenizer::encode: input is not valid UTF-8 (byte offset " + std::to_string(bad) +
+                ")");
   }
   std::vector<int> ids;
   ids.reserve(utf8_text.size() / 3 + 4);
@@ -179,7 +190,8 @@ std::vector<int> Tokenizer::encode(const std::string& utf8_text, bool add_specia
     if (seg.id >= 0) {
       ids.push_back(seg.id);
     } else {
-      impl_->encode_text(std::string_view(utf8_text).substr(seg.begin, seg.end - seg.begin), seg.begin == 0, ids);
+      impl_->encode_text(std::string_view(utf8_text).substr(seg.begin, seg.end - seg.begin),
+                         seg.begin == 0, ids);
     }
   }
   if (add_special_tokens && impl_->post_processor) impl_->post_processor->process(ids);
@@ -217,8 +229,8 @@ std::optional<int> Tokenizer::token_to_id(const std::string& token) const {
 std::string Tokenizer::id_to_token(int id) const {
   if (const auto* t = impl_->added.by_id(id)) return t->content;
   if (const std::string* s = impl_->model->id_to_token(id)) return *s;
-  throw Error(impl_->path + ": token id " + std::to_string(id) + " is not in the vocabulary (size " +
-              std::to_string(impl_->info.vocab_size) + ")");
+  throw Error(impl_->path + ": token id " + std::to_string(id) +
+              " is not in the vocabulary (size " + std::to_string(impl_->info.vocab_size) + ")");
 }
 
 bool Tokenizer::is_special(int id) const {

@@ -112,15 +112,26 @@ std::string unicode_normalize(std::string_view s, NormalForm form) {
   UErrorCode status = U_ZERO_ERROR;
   const icu::Normalizer2* norm = nullptr;
   switch (form) {
-    case NormalForm::NFC: norm = icu::Normalizer2::getNFCInstance(status); break;
-    case NormalForm::NFD: norm = icu::Normalizer2::getNFDInstance(status); break;
-    case NormalForm::NFKC: norm = icu::Normalizer2::getNFKCInstance(status); break;
-    case NormalForm::NFKD: norm = icu::Normalizer2::getNFKDInstance(status); break;
+    case NormalForm::NFC:
+      norm = icu::Normalizer2::getNFCInstance(status);
+      break;
+    case NormalForm::NFD:
+      norm = icu::Normalizer2::getNFDInstance(status);
+      break;
+    case NormalForm::NFKC:
+      norm = icu::Normalizer2::getNFKCInstance(status);
+      break;
+    case NormalForm::NFKD:
+      norm = icu::Normalizer2::getNFKDInstance(status);
+      break;
   }
-  if (U_FAILURE(status)) throw Error(std::string("ICU normalizer unavailable: ") + u_errorName(status));
-  const icu::UnicodeString in = icu::UnicodeString::fromUTF8(icu::StringPiece(s.data(), static_cast<int32_t>(s.size())));
+  if (U_FAILURE(status))
+    throw Error(std::string("ICU normalizer unavailable: ") + u_errorName(status));
+  const icu::UnicodeString in =
+      icu::UnicodeString::fromUTF8(icu::StringPiece(s.data(), static_cast<int32_t>(s.size())));
   const icu::UnicodeString result = norm->normalize(in, status);
-  if (U_FAILURE(status)) throw Error(std::string("ICU normalization failed: ") + u_errorName(status));
+  if (U_FAILURE(status))
+    throw Error(std::string("ICU normalization failed: ") + u_errorName(status));
   std::string out;
   result.toUTF8String(out);
   return out;
@@ -148,7 +159,9 @@ std::string unicode_lowercase(std::string_view s) {
   return out;
 }
 
-bool is_white_space(char32_t c) { return u_hasBinaryProperty(static_cast<UChar32>(c), UCHAR_WHITE_SPACE); }
+bool is_white_space(char32_t c) {
+  return u_hasBinaryProperty(static_cast<UChar32>(c), UCHAR_WHITE_SPACE);
+}
 
 bool is_numeric(char32_t c) {
   const int8_t t = u_charType(static_cast<UChar32>(c));
@@ -157,7 +170,8 @@ bool is_numeric(char32_t c) {
 
 bool is_word_char(char32_t c) {
   const auto cp = static_cast<UChar32>(c);
-  if (u_hasBinaryProperty(cp, UCHAR_ALPHABETIC) || u_hasBinaryProperty(cp, UCHAR_JOIN_CONTROL)) return true;
+  if (u_hasBinaryProperty(cp, UCHAR_ALPHABETIC) || u_hasBinaryProperty(cp, UCHAR_JOIN_CONTROL))
+    return true;
   const uint32_t mask = U_GET_GC_MASK(cp);
   return (mask & (U_GC_M_MASK | U_GC_ND_MASK | U_GC_PC_MASK)) != 0;
 }
@@ -216,10 +230,18 @@ std::string translate_regex(const std::string& p) {
     }
     const char e = p[++i];
     switch (e) {
-      case 'w': out += "[\\p{L}\\p{M}\\p{Nd}\\p{Pc}]"; break;
-      case 'W': out += "[^\\p{L}\\p{M}\\p{Nd}\\p{Pc}]"; break;
-      case 'h': out += "[0-9a-fA-F]"; break;
-      case 'H': out += "[^0-9a-fA-F]"; break;
+      case 'w':
+        out += "[\\p{L}\\p{M}\\p{Nd}\\p{Pc}]";
+        break;
+      case 'W':
+        out += "[^\\p{L}\\p{M}\\p{Nd}\\p{Pc}]";
+        break;
+      case 'h':
+        out += "[0-9a-fA-F]";
+        break;
+      case 'H':
+        out += "[^0-9a-fA-F]";
+        break;
       default:
         out += '\\';
         out += e;
@@ -237,7 +259,8 @@ Regex Regex::compile(const std::string& pattern) {
   UParseError parse_error{};
   const std::string translated = translate_regex(pattern);
   auto impl = std::make_shared<Impl>();
-  impl->pattern.reset(icu::RegexPattern::compile(icu::UnicodeString::fromUTF8(translated), 0, parse_error, status));
+  impl->pattern.reset(
+      icu::RegexPattern::compile(icu::UnicodeString::fromUTF8(translated), 0, parse_error, status));
   if (U_FAILURE(status)) {
     throw Error("invalid regex '" + pattern + "': " + u_errorName(status) + " at offset " +
                 std::to_string(parse_error.offset));
@@ -263,14 +286,16 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
   std::unique_ptr<UText, UTextCloser> ut(
       utext_openUTF8(nullptr, text.data(), static_cast<int64_t>(text.size()), &status));
   std::unique_ptr<icu::RegexMatcher> m(impl_->pattern->matcher(status));
-  if (U_FAILURE(status)) throw Error(std::string("ICU regex matcher failed: ") + u_errorName(status));
+  if (U_FAILURE(status))
+    throw Error(std::string("ICU regex matcher failed: ") + u_errorName(status));
   m->reset(ut.get());
   while (m->find(status)) {
     const auto start = static_cast<size_t>(m->start64(status));
     const auto end = static_cast<size_t>(m->end64(status));
     matches.emplace_back(start, end);
   }
-  if (U_FAILURE(status)) throw Error(std::string("ICU regex search failed: ") + u_errorName(status));
+  if (U_FAILURE(status))
+    throw Error(std::string("ICU regex search failed: ") + u_errorName(status));
   return matches;
 }
 

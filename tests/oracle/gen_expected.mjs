@@ -8,7 +8,6 @@
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { TokenizerLoader } from "@lenml/tokenizers";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const outDir = process.argv[2];
@@ -16,6 +15,12 @@ if (!outDir) {
   console.error("usage: node gen_expected.mjs <output-dir>");
   process.exit(2);
 }
+if (!fs.existsSync(path.join(here, "node_modules", "@lenml", "tokenizers"))) {
+  console.error(`${path.join(here, "node_modules")} is missing: run 'npm ci --prefix tests/oracle' first`);
+  process.exit(1);
+}
+// Imported only now so that a missing install gets the message above, not a resolver error.
+const { TokenizerLoader } = await import("@lenml/tokenizers");
 fs.mkdirSync(outDir, { recursive: true });
 
 function readJson(file) {
