@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -256,21 +255,18 @@ TEST(TokenizerBpe, MetaspaceWordsAreCutOnlyWhereNoMergeCanCross) {
   EXPECT_EQ(t.encode("a\u2581\u2581ba\u2581b\u2581"), (std::vector<int>{0, 5, 0, 4, 1}));
 }
 
-TEST(TokenizerBpe, LongWordsScale) {
-  // One 400k-character word (no pre-tokenizer): the heap-based merge loop must not be quadratic.
+TEST(TokenizerBpe, LongWordMergesCompletely) {
+  // One 400k-character word (no pre-tokenizer) merges all the way; a quadratic merge loop would
+  // run into ctest's timeout here.
   TempDir dir;
   const Tokenizer t =
       load(dir, tokenizer_json(bpe_model(char_vocab("ab", {"ab", "abab"}), {"a b", "ab ab"})));
   std::string text;
   for (int i = 0; i < 200000; ++i) text += "ab";
-  const auto start = std::chrono::steady_clock::now();
   const auto ids = t.encode(text);
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   ASSERT_EQ(ids.size(), 100000u);
   EXPECT_EQ(ids.front(), 3);
   EXPECT_EQ(ids.back(), 3);
-  EXPECT_LT(seconds, 20.0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -824,20 +820,16 @@ TEST(TokenizerOracle, ConcurrentEncodeMatchesSerial) {
   }
 }
 
-TEST(TokenizerOracle, EncodeSpeed) {
+TEST(TokenizerOracle, LargeInputRoundTrips) {
+  // Megabytes of real text through both real tokenizers: decode(encode(text)) gives the text back.
+  // (Throughput is measured by bench/tokenizer_bench, not here.)
   REQUIRE_ORACLE();
   const std::string text = corpus(2 << 20);
   for (const std::string name : {"llama2", "llama3"}) {
     const Tokenizer& t = oracle_tok(name);
-    const auto start = std::chrono::steady_clock::now();
     const auto ids = t.encode(text);
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::cout << "[  speed   ] " << name << ": " << text.size() / 1e6 << " MB -> " << ids.size()
-              << " ids in " << seconds << " s (" << text.size() / 1e6 / seconds << " MB/s)\n";
-    EXPECT_TRUE(t.decode(ids) == text)
-        << name << ": decode(encode(text)) differs";  // no 2 MB diff print
-    EXPECT_LT(seconds, 60.0) << name << ": encoding ~2 MB should take seconds, not minutes";
+    EXPECT_GT(ids.size(), text.size() / 8) << name;
+    EXPECT_TRUE(t.decode(ids) == text) << name << ": decode(encode(text)) differs";  // no 2 MB diff print
   }
 }
 
