@@ -39,12 +39,13 @@ double matmul_peak_gflops(at::ScalarType dtype, int reps) {
   return 2.0 * n * n * n / s / 1e9;
 }
 
-// Multiply-adds of one forward over B x T tokens, counting the full T x T attention products the
-// implementation computes (the causal mask is applied after the product).
+// Useful FLOPs of one forward over B x T tokens: 2 per multiply-add of every linear layer, and
+// causal attention (token t attends to t keys: QK^T and PV cost 4 * q_dim * t, (T+1)/2 keys on
+// average).
 double forward_flops(const ModelConfig& c, int64_t B, int64_t T) {
   const double d = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), f = c.intermediate_size;
   const double linear = d * q + 2 * d * kv + q * d + 3 * d * f;
-  const double attention = 2.0 * T * q;  // QK^T and PV per token
+  const double attention = (T + 1) * q;  // x 2 below = 4 * q * (T + 1) / 2
   return 2.0 * B * T * (c.num_hidden_layers * (linear + attention) + d * c.vocab_size);
 }
 

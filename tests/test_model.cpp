@@ -321,6 +321,22 @@ TEST_F(ModelTest, MistralSlidingWindow) {
   EXPECT_GT((windowed.narrow(1, 4, 8) - unwindowed.narrow(1, 4, 8)).abs().max().item<double>(), 1e-3);
 }
 
+TEST_F(ModelTest, LongSequencesAcrossAttentionBlocks) {
+  // 600 tokens span three query blocks (the last partial); with a 300-token window the visible
+  // keys of a block start inside an earlier block.
+  for (bool windowed : {false, true}) {
+    ModelConfig c = tiny_config(windowed ? "mistral" : "llama");
+    c.num_hidden_layers = 1;
+    c.max_position_embeddings = 1024;
+    if (windowed) c.sliding_window = 300;
+    ModelWeights w = random_weights(c, strong_init(4));
+    LlamaModel m(c, w);
+    std::vector<int64_t> ids = some_ids(600, c.vocab_size);
+    EXPECT_LT(relative_error(m.forward(as_batch(ids)), reference_forward(c, w, ids)), 2e-5)
+        << (windowed ? "sliding window" : "full causal");
+  }
+}
+
 TEST_F(ModelTest, Bfloat16CloseToFloat32) {
   TempDir dir;
   ModelConfig c = tiny_config();
