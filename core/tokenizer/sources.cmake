@@ -7,4 +7,5 @@ set(RESPIN_TOKENIZER_SOURCES
   tokenizer/pre_tokenizers.cpp
   tokenizer/decoders.cpp
   tokenizer/unicode_text.cpp
+  tokenizer/bpe_trainer.cpp
 )

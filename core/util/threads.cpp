@@ -3,7 +3,9 @@
 
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
+#include <malloc.h>
 
+#include <climits>
 #include <thread>
 
 namespace respin {
@@ -15,6 +17,8 @@ int default_thread_count() {
 
 void set_compute_threads(int n) {
   if (n <= 0) n = default_thread_count();
+  ::mallopt(M_MMAP_MAX, 0);                    // large blocks come from the heap too...
+  ::mallopt(M_TRIM_THRESHOLD, INT_MAX);         // ...and stay there for reuse
   at::set_num_threads(n);
   // OpenBLAS (when it is the BLAS behind libtorch) has its own pool; it is looked up at run time
   // because which BLAS is loaded is a property of the installation, not of the build.
