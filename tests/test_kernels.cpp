@@ -7,21 +7,16 @@
 #include <vector>
 
 #include "kernels/hadamard.h"
+#include "tests/kernel_test_util.h"
 
 using namespace respin::kernels;
+using respin::test::random_rows;
 
 namespace {
 
 // Sylvester Hadamard entry H[i][j] = (-1)^popcount(i & j).
 float sylvester(int64_t i, int64_t j) { return __builtin_popcountll(i & j) % 2 ? -1.0f : 1.0f; }
 
-std::vector<float> random_rows(int64_t rows, int64_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist;
-  std::vector<float> x(rows * n);
-  for (auto& v : x) v = dist(rng);
-  return x;
-}
 
 }  // namespace
 

@@ -7,18 +7,10 @@
 #include <vector>
 
 #include "kernels/hadamard.h"
+#include "tests/kernel_test_util.h"
 
 using namespace respin::kernels;
-
-namespace {
-std::vector<float> random_rows(int64_t rows, int64_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist;
-  std::vector<float> x(rows * n);
-  for (auto& v : x) v = dist(rng);
-  return x;
-}
-}  // namespace
+using respin::test::random_rows;
 
 TEST(HadamardCuda, MatchesReference) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device: " << cuda_device_description();

@@ -40,15 +40,7 @@ std::vector<std::pair<size_t, size_t>> Pattern::find_all(std::string_view text) 
 }
 
 std::string Pattern::replace_all(std::string_view text, std::string_view replacement) const {
-  std::string out;
-  size_t prev = 0;
-  for (const auto& [start, end] : find_all(text)) {
-    out.append(text.substr(prev, start - prev));
-    out.append(replacement);
-    prev = end;
-  }
-  out.append(text.substr(prev));
-  return out;
+  return replace_ranges(text, find_all(text), replacement);
 }
 
 namespace {

@@ -300,9 +300,14 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
 }
 
 std::string Regex::replace_all(std::string_view text, std::string_view replacement) const {
+  return replace_ranges(text, find_all(text), replacement);
+}
+
+std::string replace_ranges(std::string_view text, const std::vector<std::pair<size_t, size_t>>& ranges,
+                           std::string_view replacement) {
   std::string out;
   size_t prev = 0;
-  for (const auto& [start, end] : find_all(text)) {
+  for (const auto& [start, end] : ranges) {
     out.append(text.substr(prev, start - prev));
     out.append(replacement);
     prev = end;

@@ -68,6 +68,10 @@ class Regex {
   std::shared_ptr<const Impl> impl_;
 };
 
+// `text` with each of the sorted, non-overlapping byte ranges replaced by `replacement`.
+std::string replace_ranges(std::string_view text, const std::vector<std::pair<size_t, size_t>>& ranges,
+                           std::string_view replacement);
+
 // Oniguruma-to-ICU rewrite of class escapes; exposed for tests.
 std::string translate_regex(const std::string& onig_pattern);
 

@@ -232,8 +232,8 @@ std::string model_card(const ForgeOptions& o, const ForgeResult& r, const Corpus
     << "| field | value |\n|---|---|\n"
     << "| steps | " << r.steps << " x " << p.batch_size << " windows x " << p.seq_len << " tokens |\n"
     << "| tokens seen | " << r.tokens_seen << " (training split: " << r.train_tokens << " tokens) |\n"
-    << "| optimizer | AdamW (0.9, 0.95), weight decay " << p.weight_decay << " on matrices, lr " << p.lr
-    << ", " << p.warmup_steps << " warm-up steps, cosine to " << p.min_lr_ratio << " x lr, clip 1.0 |\n"
+    << "| optimizer | AdamW (0.9, 0.95), weight decay " << p.weight_decay << " on matrices, lr "
+    << std::defaultfloat << p.lr << std::fixed << ", " << p.warmup_steps << " warm-up steps, cosine to " << p.min_lr_ratio << " x lr, clip 1.0 |\n"
     << "| compute | " << r.compute << " (float32 master weights), seed " << o.seed << " |\n"
     << "| time | " << r.train_seconds << " s (" << r.tokens_per_s << " tokens/s) |\n"
     << "| final training loss | " << r.final_train_loss << " |\n\n"
