@@ -15,6 +15,7 @@
 #include "core/data/corpus.h"
 #include "core/eval/generate.h"
 #include "core/eval/perplexity.h"
+#include "core/methods/rtn.h"
 #include "core/train/forge.h"
 #include "core/io/atomic_file.h"
 #include "core/io/model_config.h"
@@ -150,6 +151,14 @@ int run_eval(const EvalArgs& a) {
   LoadOptions lo;
   lo.dtype = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
   LlamaModel model = load_model(folder.dir, lo);
+  const bool quantized = a.wbits != 16 || a.abits != 16 || a.kvbits != 16;
+  if (quantized) {
+    QuantConfig qc;
+    qc.weight.bits = a.wbits;
+    qc.activation.bits = a.abits;
+    qc.kv.bits = a.kvbits;
+    model = quantize_rtn(model, qc);
+  }
   const std::string text = read_text_file(a.text_file);
   std::vector<int> ids = tok.encode(text, /*add_special_tokens=*/false);
 
@@ -177,6 +186,9 @@ int run_eval(const EvalArgs& a) {
                         {"seconds", r.seconds},
                         {"tokens_per_s", r.tokens_per_s},
                         {"window_nll", r.window_nll}};
+    j["quantization"] = nullptr;
+    if (quantized)
+      j["quantization"] = {{"method", "rtn"}, {"wbits", a.wbits}, {"abits", a.abits}, {"kvbits", a.kvbits}};
     std::cout << j.dump(2) << "\n";
     return 0;
   }
@@ -186,6 +198,9 @@ int run_eval(const EvalArgs& a) {
               static_cast<long long>(r.tokens_total));
   std::printf("windows:     %lld x %lld tokens, %s, %d threads\n", static_cast<long long>(r.windows),
               static_cast<long long>(r.seq_len), a.dtype.c_str(), compute_threads());
+  if (quantized)
+    std::printf("quantized:   RTN W%dA%dKV%d (weights per channel sym + MSE clip; activations per token asym)\n",
+                a.wbits, a.abits, a.kvbits);
   std::printf("perplexity:  %.4f\n", r.perplexity);
   std::printf("throughput:  %.1f tokens/s (%.2f s)\n", r.tokens_per_s, r.seconds);
   return 0;

@@ -27,6 +27,7 @@ struct EvalArgs {
   std::string dtype = "f32";
   int threads = 0;
   bool json = false;
+  int wbits = 16, abits = 16, kvbits = 16;  // RTN fake quantization (16 = off)
 };
 struct InitModelArgs {
   std::string out;

@@ -45,6 +45,13 @@ int main(int argc, char** argv) {
   c_eval->add_option("--threads", ev.threads, "Compute threads (0 = all cores)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   c_eval->add_flag("--json", ev.json, "Machine-readable output");
+  auto bits_check = CLI::IsMember({2, 3, 4, 5, 6, 7, 8, 16});
+  c_eval->add_option("--wbits", ev.wbits, "RTN weight bits, per output channel with MSE clipping (16 = off)")
+      ->capture_default_str()->check(bits_check);
+  c_eval->add_option("--abits", ev.abits, "RTN activation bits, per token asymmetric (16 = off)")
+      ->capture_default_str()->check(bits_check);
+  c_eval->add_option("--kvbits", ev.kvbits, "RTN KV-cache bits, per token per head asymmetric (16 = off)")
+      ->capture_default_str()->check(bits_check);
 
   InitModelArgs im;
   auto* c_init = app.add_subcommand(

@@ -153,6 +153,16 @@ TEST_F(Cli, EvalMatchesLibraryAndCapsSeqLen) {
   EXPECT_NEAR(j["perplexity"].get<double>() / ref.perplexity, 1.0, 1e-6);
   EXPECT_GT(j["tokens_per_s"].get<double>(), 0.0);
 
+  // RTN fake quantization changes the result and is reported; invalid bit widths are usage errors.
+  r = run("eval --json --model " + model + " --text-file " + dir.file("text.txt") +
+          " --seq-len 16 --threads 1 --wbits 3 --abits 3 --kvbits 3");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto jq = nlohmann::json::parse(r.out);
+  EXPECT_EQ(jq["quantization"]["wbits"], 3);
+  EXPECT_NE(jq["perplexity"].get<double>(), j["perplexity"].get<double>());
+  EXPECT_TRUE(j["quantization"].is_null());
+  EXPECT_EQ(run("eval --model " + model + " --text-file x --wbits 1").code, 2);
+
   r = run("eval --model " + model + " --text-file " + dir.file("text.txt") + " --seq-len 4096 --dtype bf16");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.err.find("capped at the model's max_position_embeddings 64"), std::string::npos) << r.err;

@@ -1,0 +1,48 @@
+// RTN baseline (see rtn.h).
+#include "core/methods/rtn.h"
+
+#include <ATen/ATen.h>
+
+namespace respin {
+
+void QuantConfig::validate() const {
+  validate_quant_spec(weight, "weight quantizer");
+  validate_quant_spec(activation, "activation quantizer");
+  validate_quant_spec(kv, "KV-cache quantizer");
+}
+
+ActivationHook activation_quant_hook(const QuantConfig& config) {
+  return [config](HookSite site, int, at::Tensor& x) {
+    switch (site) {
+      case HookSite::AttnInput:
+      case HookSite::OProjInput:
+      case HookSite::MlpInput:
+      case HookSite::DownProjInput:
+        if (config.activation.enabled()) x = fake_quantize_activation(x, config.activation);
+        break;
+      case HookSite::Key:
+      case HookSite::Value:
+        if (config.kv.enabled()) x = fake_quantize_kv(x, config.kv);
+        break;
+      default:  // queries, skip paths and the lm_head input stay in full precision
+        break;
+    }
+  };
+}
+
+LlamaModel quantize_rtn(const LlamaModel& model, const QuantConfig& config) {
+  config.validate();
+  at::NoGradGuard no_grad;
+  ModelWeights w = model.weights();
+  auto quantize = [&](at::Tensor& t) {
+    if (config.weight.enabled()) t = fake_quantize_weight(t, config.weight, config.weight_mse_clip);
+  };
+  for (LayerWeights& L : w.layers)
+    for (at::Tensor* t : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
+      quantize(*t);
+  LlamaModel q(model.config(), std::move(w));
+  q.set_hook(activation_quant_hook(config));
+  return q;
+}
+
+}  // namespace respin

@@ -1,0 +1,26 @@
+// RTN: round-to-nearest quantization without any rotation, the baseline every rotation method is
+// compared against. Linear weights (not the embeddings or lm_head) are fake-quantized per output
+// channel; a hook fake-quantizes every linear layer's input (not lm_head's, following the papers'
+// protocol) and the KV cache (K after RoPE, V), per token.
+#pragma once
+
+#include "core/model/llama.h"
+#include "core/quant/quantizer.h"
+
+namespace respin {
+
+struct QuantConfig {
+  QuantSpec weight{4, true, 0, 1.0};       // per output channel, symmetric
+  bool weight_mse_clip = true;             // MSE clip search (methods.md 2.5)
+  QuantSpec activation{4, false, 0, 1.0};  // per token, asymmetric
+  QuantSpec kv{4, false, 0, 1.0};          // per token per head, asymmetric
+  void validate() const;
+};
+
+// The hook that fake-quantizes linear inputs and K/V according to `config` (no-op for 16 bits).
+ActivationHook activation_quant_hook(const QuantConfig& config);
+
+// A copy of `model` with fake-quantized weights and the activation hook installed.
+LlamaModel quantize_rtn(const LlamaModel& model, const QuantConfig& config);
+
+}  // namespace respin
