@@ -1,0 +1,71 @@
+// RMSNorm fusion and residual rotation (see fusion.h).
+#include "core/rotation/fusion.h"
+
+#include <ATen/ATen.h>
+
+#include "core/util/error.h"
+
+namespace respin {
+
+namespace {
+
+// W * diag(gamma): scales input columns, in float64, back to W's dtype.
+at::Tensor scale_columns(const at::Tensor& w, const at::Tensor& gamma) {
+  return (w.to(at::kDouble) * gamma.to(at::kDouble).unsqueeze(0)).to(w.scalar_type());
+}
+
+at::Tensor times(const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
+  return at::matmul(a.to(at::kDouble), b.to(at::kDouble)).to(out);
+}
+
+bool all_ones(const at::Tensor& t) { return at::equal(t, at::ones_like(t)); }
+
+}  // namespace
+
+LlamaModel fuse_rms_norms(const LlamaModel& model, const FusionOptions& options) {
+  at::NoGradGuard no_grad;
+  ModelConfig c = model.config();
+  ModelWeights w = model.weights();
+  w.lm_head = w.lm_head.clone();  // untie: lm_head gets the final norm folded in, embeddings do not
+  c.tie_word_embeddings = false;
+  if (options.center_embeddings) {
+    at::Tensor e = w.embed_tokens.to(at::kDouble);
+    w.embed_tokens = (e - e.mean(-1, /*keepdim=*/true)).to(w.embed_tokens.scalar_type());
+  }
+  for (LayerWeights& L : w.layers) {
+    for (at::Tensor* t : {&L.q_proj, &L.k_proj, &L.v_proj}) *t = scale_columns(*t, L.input_norm);
+    for (at::Tensor* t : {&L.gate_proj, &L.up_proj}) *t = scale_columns(*t, L.post_attention_norm);
+    L.input_norm = at::ones_like(L.input_norm);
+    L.post_attention_norm = at::ones_like(L.post_attention_norm);
+  }
+  w.lm_head = scale_columns(w.lm_head, w.final_norm);
+  w.final_norm = at::ones_like(w.final_norm);
+  return LlamaModel(c, std::move(w));
+}
+
+LlamaModel rotate_residual(const LlamaModel& fused, const at::Tensor& r) {
+  at::NoGradGuard no_grad;
+  const ModelConfig& c = fused.config();
+  const int64_t d = c.hidden_size;
+  if (r.dim() != 2 || r.size(0) != d || r.size(1) != d)
+    throw Error("residual rotation must be [" + std::to_string(d) + ", " + std::to_string(d) + "]");
+  ModelWeights w = fused.weights();
+  if (c.tie_word_embeddings || !all_ones(w.final_norm))
+    throw Error("rotate_residual needs a model whose RMSNorms are fused (fuse_rms_norms)");
+  const at::Tensor R = r.to(at::kDouble), Rt = R.t();
+  const at::ScalarType dt = w.embed_tokens.scalar_type();
+  w.embed_tokens = times(w.embed_tokens, R, dt);
+  w.lm_head = times(w.lm_head, R, dt);
+  for (LayerWeights& L : w.layers) {
+    if (!all_ones(L.input_norm) || !all_ones(L.post_attention_norm))
+      throw Error("rotate_residual needs a model whose RMSNorms are fused (fuse_rms_norms)");
+    for (at::Tensor* t : {&L.q_proj, &L.k_proj, &L.v_proj, &L.gate_proj, &L.up_proj}) *t = times(*t, R, dt);
+    L.o_proj = times(Rt, L.o_proj, dt);
+    L.down_proj = times(Rt, L.down_proj, dt);
+    if (L.o_bias.defined()) L.o_bias = times(L.o_bias.unsqueeze(0), R, dt).squeeze(0);
+    if (L.down_bias.defined()) L.down_bias = times(L.down_bias.unsqueeze(0), R, dt).squeeze(0);
+  }
+  return LlamaModel(c, std::move(w));
+}
+
+}  // namespace respin
