@@ -207,21 +207,9 @@ int run_eval(const EvalArgs& a) {
 }
 
 int run_init_model(const InitModelArgs& a) {
-  ModelConfig c;
-  c.architecture = a.arch == "qwen2"     ? "Qwen2ForCausalLM"
-                   : a.arch == "mistral" ? "MistralForCausalLM"
-                                         : "LlamaForCausalLM";
-  c.model_type = a.arch;
-  c.qkv_bias = a.arch == "qwen2";
-  c.hidden_size = a.hidden;
-  c.intermediate_size = a.intermediate;
-  c.num_hidden_layers = a.layers;
-  c.num_attention_heads = a.heads;
-  c.num_key_value_heads = a.kv_heads;
-  c.max_position_embeddings = a.max_positions;
+  ModelConfig c = make_model_config(a.arch, a.hidden, a.intermediate, a.layers, a.heads, a.kv_heads, a.vocab,
+                                    a.max_positions);
   c.tie_word_embeddings = a.tied;
-  c.rms_norm_eps = 1e-5;
-  c.vocab_size = a.vocab;
   if (!a.tokenizer.empty()) {
     Tokenizer tok = Tokenizer::from_file(a.tokenizer);
     if (c.vocab_size == 0) c.vocab_size = tok.vocab_size();

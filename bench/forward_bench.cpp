@@ -73,16 +73,7 @@ int main(int argc, char** argv) {
   ModelConfig config;
   ModelWeights f32_weights;
   if (model_dir.empty()) {
-    config.architecture = "LlamaForCausalLM";
-    config.model_type = "llama";
-    config.hidden_size = 512;
-    config.intermediate_size = 1536;
-    config.num_hidden_layers = 8;
-    config.num_attention_heads = 8;
-    config.num_key_value_heads = 4;
-    config.head_dim = 64;
-    config.vocab_size = 4096;
-    config.max_position_embeddings = 2048;
+    config = make_model_config("llama", 512, 1536, 8, 8, 4, 4096, 2048);
     f32_weights = random_weights(config);
   } else {
     LlamaModel m = load_model(model_dir, {at::kFloat});
@@ -100,17 +91,7 @@ int main(int argc, char** argv) {
               "frac of peak", "vs f32");
   double f32_tps = 0;
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
-    ModelWeights w = f32_weights;
-    auto cast = [&](at::Tensor& t) { if (t.defined()) t = t.to(dtype); };
-    cast(w.embed_tokens);
-    cast(w.final_norm);
-    for (auto& L : w.layers)
-      for (at::Tensor* t : {&L.input_norm, &L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.q_bias,
-                            &L.k_bias, &L.v_bias, &L.o_bias, &L.post_attention_norm, &L.gate_proj,
-                            &L.up_proj, &L.down_proj, &L.gate_bias, &L.up_bias, &L.down_bias})
-        cast(*t);
-    w.lm_head = config.tie_word_embeddings ? w.embed_tokens : w.lm_head.to(dtype);
-    LlamaModel model(config, w);
+    LlamaModel model(config, cast_weights(f32_weights, dtype));
     const double peak = matmul_peak_gflops(dtype, reps);
     const double s = seconds_of([&] { model.forward(ids); }, reps);
     const double tps = B * T / s;

@@ -15,19 +15,7 @@ using namespace respin;
 namespace {
 
 ModelConfig eval_config() {
-  ModelConfig c;
-  c.architecture = "LlamaForCausalLM";
-  c.model_type = "llama";
-  c.hidden_size = 32;
-  c.intermediate_size = 64;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 4;
-  c.head_dim = 8;
-  c.vocab_size = 40;
-  c.max_position_embeddings = 64;
-  c.rms_norm_eps = 1e-5;
-  return c;
+  return make_model_config("llama", 32, 64, 2, 4, 4, 40, 64);  // head_dim 8
 }
 
 LlamaModel eval_model() {

@@ -14,20 +14,10 @@ using namespace respin;
 namespace {
 
 LlamaModel model_of(const std::string& arch, bool tied, bool biases) {
-  ModelConfig c;
-  c.architecture = arch == "qwen2" ? "Qwen2ForCausalLM" : "LlamaForCausalLM";
-  c.model_type = arch;
-  c.qkv_bias = arch == "qwen2";
+  // hidden 48 = 12 * 4 exercises a non-power-of-two Hadamard; head_dim 12.
+  ModelConfig c = make_model_config(arch, 48, 96, 2, 4, 2, 60, 64);
   c.attention_bias = biases;
   c.mlp_bias = biases;
-  c.hidden_size = 48;  // 12 * 4: exercises a non-power-of-two Hadamard
-  c.intermediate_size = 96;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 12;
-  c.vocab_size = 60;
-  c.max_position_embeddings = 64;
   c.rms_norm_eps = 1e-6;
   c.tie_word_embeddings = tied;
   RandomInitOptions o;

@@ -14,18 +14,7 @@ using namespace respin;
 namespace {
 
 LlamaModel test_model() {
-  ModelConfig c;
-  c.architecture = "LlamaForCausalLM";
-  c.model_type = "llama";
-  c.hidden_size = 64;
-  c.intermediate_size = 128;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 16;
-  c.vocab_size = 100;
-  c.max_position_embeddings = 64;
-  c.rms_norm_eps = 1e-5;
+  ModelConfig c = make_model_config("llama", 64, 128, 2, 4, 2, 100, 64);  // head_dim 16
   RandomInitOptions o;
   o.seed = 2;
   o.std = 0.2;

@@ -23,21 +23,7 @@ using respin::test::TempDir;
 namespace {
 
 ModelConfig tiny_config(const std::string& arch = "llama") {
-  ModelConfig c;
-  c.architecture = arch == "qwen2" ? "Qwen2ForCausalLM" : arch == "mistral" ? "MistralForCausalLM" : "LlamaForCausalLM";
-  c.model_type = arch;
-  c.qkv_bias = arch == "qwen2";
-  c.hidden_size = 32;
-  c.intermediate_size = 48;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.vocab_size = 50;
-  c.max_position_embeddings = 64;
-  c.rms_norm_eps = 1e-5;
-  c.rope_theta = 10000;
-  return c;
+  return make_model_config(arch, 32, 48, 2, 4, 2, 50, 64);  // head_dim 8
 }
 
 // Larger-than-default init so the layers do something measurable in a tiny model.

@@ -110,6 +110,28 @@ int64_t ModelConfig::parameter_count() const {
   return embed + num_hidden_layers * per_layer + d + (tie_word_embeddings ? 0 : embed);
 }
 
+ModelConfig make_model_config(const std::string& model_type, int64_t hidden_size, int64_t intermediate_size,
+                              int64_t num_layers, int64_t num_heads, int64_t num_kv_heads, int64_t vocab_size,
+                              int64_t max_position_embeddings) {
+  ModelConfig c;
+  for (const auto& r : kSupported)
+    if (model_type == r.model_type) c.architecture = r.architecture;
+  if (c.architecture.empty()) throw Error("model family '" + model_type + "' is not supported (llama, mistral, qwen2)");
+  c.model_type = model_type;
+  c.qkv_bias = model_type == "qwen2";
+  c.hidden_size = hidden_size;
+  c.intermediate_size = intermediate_size;
+  c.num_hidden_layers = num_layers;
+  c.num_attention_heads = num_heads;
+  c.num_key_value_heads = num_kv_heads;
+  c.head_dim = num_heads > 0 && hidden_size % num_heads == 0 ? hidden_size / num_heads : 0;
+  c.vocab_size = vocab_size;
+  c.max_position_embeddings = max_position_embeddings;
+  c.rms_norm_eps = 1e-5;
+  c.rope_theta = 10000;
+  return c;
+}
+
 ModelConfig parse_model_config(const std::string& text, const std::string& source) {
   json j;
   try {

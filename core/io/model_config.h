@@ -46,6 +46,13 @@ struct ModelConfig {
   int64_t parameter_count() const;  // including embeddings and (untied) lm_head
 };
 
+// A config of the given family ("llama", "mistral" or "qwen2") and sizes with the defaults of the
+// project's own models: head_dim = hidden / heads (0, i.e. invalid, when that does not divide),
+// RMSNorm eps 1e-5, RoPE theta 10000, untied, float32. Throws respin::Error for other families.
+ModelConfig make_model_config(const std::string& model_type, int64_t hidden_size, int64_t intermediate_size,
+                              int64_t num_layers, int64_t num_heads, int64_t num_kv_heads, int64_t vocab_size,
+                              int64_t max_position_embeddings);
+
 // Parses config.json text; `source` is the file name used in error messages.
 ModelConfig parse_model_config(const std::string& json_text, const std::string& source);
 ModelConfig load_model_config(const std::string& path);

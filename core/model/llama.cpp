@@ -41,6 +41,25 @@ void check_shape(const at::Tensor& t, std::vector<int64_t> expect, const std::st
 
 }  // namespace
 
+std::vector<at::Tensor*> layer_tensors(LayerWeights& L) {
+  return {&L.input_norm, &L.q_proj, &L.k_proj, &L.v_proj, &L.q_bias, &L.k_bias, &L.v_bias, &L.o_proj, &L.o_bias,
+          &L.post_attention_norm, &L.gate_proj, &L.up_proj, &L.down_proj, &L.gate_bias, &L.up_bias, &L.down_bias};
+}
+
+ModelWeights cast_weights(const ModelWeights& w, at::ScalarType dtype) {
+  auto cast = [&](at::Tensor& t) {
+    if (t.defined()) t = t.to(dtype);
+  };
+  const bool tied = w.lm_head.is_same(w.embed_tokens);
+  ModelWeights c = w;
+  cast(c.embed_tokens);
+  cast(c.final_norm);
+  c.lm_head = tied ? c.embed_tokens : w.lm_head.to(dtype);
+  for (LayerWeights& L : c.layers)
+    for (at::Tensor* t : layer_tensors(L)) cast(*t);
+  return c;
+}
+
 const char* hook_site_name(HookSite site) {
   switch (site) {
     case HookSite::AttnInput: return "attn_input";

@@ -48,6 +48,10 @@ struct LayerWeights {
   at::Tensor gate_bias, up_bias, down_bias;  // undefined when absent
 };
 
+// Every tensor slot of a layer (defined or not), in a fixed order: for code that treats all
+// weights alike (casting, collecting parameters).
+std::vector<at::Tensor*> layer_tensors(LayerWeights& layer);
+
 struct ModelWeights {
   at::Tensor embed_tokens;  // [vocab, hidden]
   std::vector<LayerWeights> layers;
@@ -89,6 +93,9 @@ class LlamaModel {
   ModelWeights weights_;
   ActivationHook hook_;
 };
+
+// A copy of `weights` in `dtype`; a tied lm_head stays the same tensor as the embeddings.
+ModelWeights cast_weights(const ModelWeights& weights, at::ScalarType dtype);
 
 // RoPE inverse frequencies [head_dim/2] (float32) including rope_scaling (linear, llama3).
 at::Tensor rope_inv_freq(const ModelConfig& config);

@@ -58,19 +58,8 @@ using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 ModelConfig config_for(const ForgePreset& p, const Tokenizer& tok) {
-  ModelConfig c;
-  c.architecture = "LlamaForCausalLM";
-  c.model_type = "llama";
-  c.hidden_size = p.hidden_size;
-  c.intermediate_size = p.intermediate_size;
-  c.num_hidden_layers = p.num_layers;
-  c.num_attention_heads = p.num_heads;
-  c.num_key_value_heads = p.num_kv_heads;
-  c.head_dim = p.hidden_size / p.num_heads;
-  c.vocab_size = tok.vocab_size();
-  c.max_position_embeddings = p.seq_len;
-  c.rms_norm_eps = 1e-5;
-  c.rope_theta = 10000;
+  ModelConfig c = make_model_config("llama", p.hidden_size, p.intermediate_size, p.num_layers, p.num_heads,
+                                    p.num_kv_heads, tok.vocab_size(), p.seq_len);
   c.tie_word_embeddings = p.tied;
   c.torch_dtype = "bfloat16";
   if (auto eos = tok.token_to_id("<|endoftext|>")) c.eos_token_ids = {*eos};
@@ -91,33 +80,13 @@ std::string pick_compute(const std::string& requested, int64_t width) {
   return time_of(at::kBFloat16) < 0.8 * time_of(at::kFloat) ? "bf16" : "f32";
 }
 
-std::vector<at::Tensor> parameters_of(const ModelWeights& w, bool tied) {
+std::vector<at::Tensor> parameters_of(ModelWeights& w, bool tied) {
   std::vector<at::Tensor> out = {w.embed_tokens, w.final_norm};
   if (!tied) out.push_back(w.lm_head);
-  for (const auto& L : w.layers)
-    for (const at::Tensor& t : {L.input_norm, L.q_proj, L.k_proj, L.v_proj, L.o_proj, L.q_bias, L.k_bias,
-                                L.v_bias, L.o_bias, L.post_attention_norm, L.gate_proj, L.up_proj, L.down_proj,
-                                L.gate_bias, L.up_bias, L.down_bias})
-      if (t.defined()) out.push_back(t);
+  for (auto& L : w.layers)
+    for (at::Tensor* t : layer_tensors(L))
+      if (t->defined()) out.push_back(*t);
   return out;
-}
-
-ModelWeights cast_weights(const ModelWeights& w, at::ScalarType dtype, bool tied) {
-  auto cast = [&](const at::Tensor& t) { return t.defined() ? t.to(dtype) : t; };
-  ModelWeights c;
-  c.embed_tokens = cast(w.embed_tokens);
-  c.final_norm = cast(w.final_norm);
-  c.lm_head = tied ? c.embed_tokens : cast(w.lm_head);
-  for (const auto& L : w.layers) {
-    LayerWeights o;
-    o.input_norm = cast(L.input_norm), o.post_attention_norm = cast(L.post_attention_norm);
-    o.q_proj = cast(L.q_proj), o.k_proj = cast(L.k_proj), o.v_proj = cast(L.v_proj), o.o_proj = cast(L.o_proj);
-    o.q_bias = cast(L.q_bias), o.k_bias = cast(L.k_bias), o.v_bias = cast(L.v_bias), o.o_bias = cast(L.o_bias);
-    o.gate_proj = cast(L.gate_proj), o.up_proj = cast(L.up_proj), o.down_proj = cast(L.down_proj);
-    o.gate_bias = cast(L.gate_bias), o.up_bias = cast(L.up_bias), o.down_bias = cast(L.down_bias);
-    c.layers.push_back(std::move(o));
-  }
-  return c;
 }
 
 // The training windows of step `step`: a function of (seed, step) only.
@@ -347,7 +316,7 @@ ForgeResult forge(const ForgeOptions& o, RunControl* control) {
     for (auto& g : opt.param_groups())
       static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr_at(p, st.step));
     at::Tensor batch = sample_batch(ids_tensor, p.batch_size, p.seq_len, o.seed, st.step);
-    LlamaModel model(r.config, compute_type == at::kFloat ? w : cast_weights(w, compute_type, p.tied));
+    LlamaModel model(r.config, compute_type == at::kFloat ? w : cast_weights(w, compute_type));
     at::Tensor logits = model.forward(batch.narrow(1, 0, p.seq_len));
     at::Tensor loss = at::cross_entropy_loss(logits.reshape({-1, r.config.vocab_size}).to(at::kFloat),
                                              batch.narrow(1, 1, p.seq_len).reshape(-1));
