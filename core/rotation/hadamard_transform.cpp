@@ -59,7 +59,7 @@ at::Tensor HadamardTransform::transform(const at::Tensor& x, bool inverse) const
   at::Tensor v = xf.reshape({-1, k_, m_});
   if (m_ > 1) v = fwht(v);  // the Sylvester factor is symmetric: same for the inverse
   if (k_ > 1) {
-    at::Tensor core = core_.to(v.scalar_type());
+    at::Tensor core = core_.to(v.device(), v.scalar_type());
     // Row-vector form: Y = H_K^T X (forward) or H_K X (inverse, H^T) on X = [k, m].
     v = at::matmul(inverse ? core : core.t(), v);
   }

@@ -1,0 +1,218 @@
+// Rotated model: offline fusion of residual/head rotations and the online hook (see rotated_model.h).
+#include "core/methods/rotated_model.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <memory>
+#include <optional>
+
+#include "core/quant/quantizer.h"
+#include "core/rotation/hadamard_transform.h"
+#include "core/util/error.h"
+
+namespace respin {
+
+ResidualRotations ResidualRotations::global(const at::Tensor& r, std::vector<at::Tensor> head, int layers) {
+  ResidualRotations out;
+  out.attn_in.assign(layers, r);
+  out.mlp_in.assign(layers, r);
+  out.final_basis = r;
+  out.head = std::move(head);
+  if (out.head.empty()) out.head.resize(layers);
+  return out;
+}
+
+bool ResidualRotations::is_global() const {
+  auto same = [&](const at::Tensor& t) { return t.is_same(final_basis); };
+  return std::all_of(attn_in.begin(), attn_in.end(), same) && std::all_of(mlp_in.begin(), mlp_in.end(), same);
+}
+
+std::vector<at::Tensor> ResidualRotations::unique_tensors() const {
+  std::vector<at::Tensor> out;
+  auto add = [&](const at::Tensor& t) {
+    if (!t.defined()) return;
+    for (const at::Tensor& u : out)
+      if (u.is_same(t)) return;
+    out.push_back(t);
+  };
+  for (int i = 0; i < layers(); ++i) add(attn_in[i]), add(mlp_in[i]);
+  add(final_basis);
+  for (const at::Tensor& h : head) add(h);
+  return out;
+}
+
+namespace {
+
+bool all_ones(const at::Tensor& t) { return at::equal(t, at::ones_like(t)); }
+
+void check_square(const at::Tensor& t, int64_t n, const std::string& what) {
+  if (!t.defined() || t.dim() != 2 || t.size(0) != n || t.size(1) != n)
+    throw Error(what + " must be a [" + std::to_string(n) + ", " + std::to_string(n) + "] matrix");
+}
+
+// The basis the output of layer i's MLP is written in.
+const at::Tensor& mlp_out_basis(const ResidualRotations& r, int i) {
+  return i + 1 < r.layers() ? r.attn_in[i + 1] : r.final_basis;
+}
+
+}  // namespace
+
+ModelWeights rotate_weights(const LlamaModel& fused, const ResidualRotations& rot,
+                            const OnlineTransforms& online, at::ScalarType out_dtype) {
+  const ModelConfig& c = fused.config();
+  const int L = static_cast<int>(c.num_hidden_layers);
+  const int64_t D = c.hidden_size, hd = c.head_dim, nh = c.num_attention_heads, nkv = c.num_key_value_heads;
+  if (rot.layers() != L || static_cast<int>(rot.mlp_in.size()) != L || static_cast<int>(rot.head.size()) != L)
+    throw Error("rotations cover " + std::to_string(rot.layers()) + " layers, the model has " + std::to_string(L));
+  check_square(rot.final_basis, D, "final residual rotation");
+  for (int i = 0; i < L; ++i) {
+    check_square(rot.attn_in[i], D, "attention-input rotation of layer " + std::to_string(i));
+    check_square(rot.mlp_in[i], D, "MLP-input rotation of layer " + std::to_string(i));
+    if (rot.head[i].defined()) check_square(rot.head[i], hd, "head rotation of layer " + std::to_string(i));
+  }
+  ModelWeights w = fused.weights();
+  if (c.tie_word_embeddings || !all_ones(w.final_norm))
+    throw Error("rotating a model needs its RMSNorms fused first (fuse_rms_norms)");
+  const at::ScalarType ct = rot.final_basis.scalar_type();
+  auto in = [&](const at::Tensor& t) { return t.to(ct); };
+  auto out = [&](const at::Tensor& t) { return t.to(out_dtype); };
+
+  std::optional<HadamardTransform> heads_h, down_h;
+  at::Tensor heads_dense;
+  if (online.heads_hadamard) {
+    heads_h = HadamardTransform::of_size(nh);
+    heads_dense = heads_h->dense().to(ct);
+  }
+  if (online.down_hadamard) down_h = HadamardTransform::of_size(c.intermediate_size);
+
+  w.embed_tokens = out(at::matmul(in(w.embed_tokens), rot.attn_in[0]));
+  w.lm_head = out(at::matmul(in(w.lm_head), rot.final_basis));
+  for (int i = 0; i < L; ++i) {
+    LayerWeights& l = w.layers[i];
+    if (!all_ones(l.input_norm) || !all_ones(l.post_attention_norm))
+      throw Error("rotating a model needs its RMSNorms fused first (fuse_rms_norms)");
+    const at::Tensor &A = rot.attn_in[i], &B = rot.mlp_in[i], &C = mlp_out_basis(rot, i), &Rh = rot.head[i];
+    l.q_proj = out(at::matmul(in(l.q_proj), A));
+    l.k_proj = out(at::matmul(in(l.k_proj), A));
+    at::Tensor v = at::matmul(in(l.v_proj), A);
+    if (Rh.defined()) {
+      v = at::matmul(Rh.t(), v.view({nkv, hd, D})).reshape({nkv * hd, D});
+      if (l.v_bias.defined()) l.v_bias = out(at::matmul(in(l.v_bias).view({nkv, hd}), Rh).reshape({nkv * hd}));
+    }
+    l.v_proj = out(v);
+    at::Tensor o = in(l.o_proj);  // [D, nh * hd]
+    if (Rh.defined()) o = at::matmul(o.view({D, nh, hd}), Rh).reshape({D, nh * hd});
+    if (online.heads_hadamard)
+      o = at::matmul(o.view({D, nh, hd}).transpose(1, 2), heads_dense).transpose(1, 2).reshape({D, nh * hd});
+    l.o_proj = out(at::matmul(B.t(), o));
+    if (l.o_bias.defined()) l.o_bias = out(at::matmul(in(l.o_bias).unsqueeze(0), B).squeeze(0));
+    l.gate_proj = out(at::matmul(in(l.gate_proj), B));
+    l.up_proj = out(at::matmul(in(l.up_proj), B));
+    at::Tensor d = in(l.down_proj);  // [D, F]
+    if (down_h) d = down_h->apply(d);
+    l.down_proj = out(at::matmul(C.t(), d));
+    if (l.down_bias.defined()) l.down_bias = out(at::matmul(in(l.down_bias).unsqueeze(0), C).squeeze(0));
+  }
+  return w;
+}
+
+SkipTransitions dense_transitions(const ResidualRotations& rot) {
+  SkipTransitions s;
+  for (int i = 0; i < rot.layers(); ++i) {
+    s.attn_dense.push_back(at::matmul(rot.attn_in[i].t(), rot.mlp_in[i]));
+    s.mlp_dense.push_back(at::matmul(rot.mlp_in[i].t(), mlp_out_basis(rot, i)));
+  }
+  return s;
+}
+
+SkipTransitions rank_r_transitions(const ResidualRotations& rot, int64_t rank, std::vector<double>* errors) {
+  at::NoGradGuard no_grad;
+  SkipTransitions s;
+  const int64_t D = rot.final_basis.size(0);
+  const int64_t r = std::clamp<int64_t>(rank, 0, D);
+  TransitionOptions opt;
+  opt.exact_error = D <= 1024;
+  auto make = [&](const at::Tensor& a, const at::Tensor& b) {
+    ResidualCorrection c = approximate_transition(a.detach(), b.detach(), r, opt);
+    if (errors) errors->push_back(c.spectral_error);
+    c.q = c.q.to(at::kFloat);
+    c.m = c.m.to(at::kFloat);
+    return c;
+  };
+  for (int i = 0; i < rot.layers(); ++i) {
+    s.attn_rank_r.push_back(make(rot.attn_in[i], rot.mlp_in[i]));
+    s.mlp_rank_r.push_back(make(rot.mlp_in[i], mlp_out_basis(rot, i)));
+  }
+  return s;
+}
+
+ActivationHook online_hook(const ModelConfig& config, OnlineHookOptions o) {
+  o.quant.validate();
+  struct State {
+    OnlineHookOptions o;
+    std::optional<HadamardTransform> qk, down, heads;
+    QuantSpec o_proj_spec;
+    int64_t nh = 0, hd = 0;
+  };
+  auto st = std::make_shared<State>();
+  st->nh = config.num_attention_heads;
+  st->hd = config.head_dim;
+  if (o.online.qk_hadamard) st->qk = HadamardTransform::of_size(config.head_dim);
+  if (o.online.down_hadamard) st->down = HadamardTransform::of_size(config.intermediate_size);
+  if (o.online.heads_hadamard) st->heads = HadamardTransform::of_size(config.num_attention_heads);
+  st->o_proj_spec = o.quant.activation;
+  st->o_proj_spec.group_size = o.o_proj_group;
+  st->o = std::move(o);
+
+  return [st](HookSite site, int layer, at::Tensor& x) {
+    const OnlineHookOptions& o = st->o;
+    auto act = [&](const QuantSpec& spec) {
+      if (o.observer) o.observer(site, layer, x);
+      if (!spec.enabled()) return;
+      x = o.ste ? fake_quantize_activation_ste(x, spec) : fake_quantize_activation(x, spec);
+    };
+    auto kv = [&]() {
+      if (o.observer) o.observer(site, layer, x);
+      if (!o.quant.kv.enabled()) return;
+      if (o.ste) x = fake_quantize_ste(x, fake_quantize_kv(x.detach(), o.quant.kv));
+      else x = fake_quantize_kv(x, o.quant.kv);
+    };
+    auto skip = [&](const std::vector<at::Tensor>& dense, const std::vector<ResidualCorrection>& rr) {
+      if (layer < static_cast<int>(dense.size()) && dense[layer].defined())
+        x = at::matmul(x, dense[layer].to(x.scalar_type()));
+      else if (layer < static_cast<int>(rr.size()) && rr[layer].rank > 0)
+        x = apply_correction(x, rr[layer]);
+    };
+    switch (site) {
+      case HookSite::AttnInput:
+      case HookSite::MlpInput: act(o.quant.activation); break;
+      case HookSite::DownProjInput:
+        if (st->down) x = st->down->apply(x);
+        act(o.quant.activation);
+        break;
+      case HookSite::OProjInput:
+        if (st->heads) {
+          const auto shape = x.sizes().vec();
+          at::Tensor v = x.reshape({-1, st->nh, st->hd}).transpose(1, 2);  // [N, hd, nh]
+          x = st->heads->apply(v).transpose(1, 2).reshape(shape);
+        }
+        act(st->o_proj_spec);
+        break;
+      case HookSite::Query:
+        if (st->qk) x = st->qk->apply(x);
+        if (o.observer) o.observer(site, layer, x);
+        break;
+      case HookSite::Key:
+        if (st->qk) x = st->qk->apply(x);
+        kv();
+        break;
+      case HookSite::Value: kv(); break;
+      case HookSite::AttnSkip: skip(o.skip.attn_dense, o.skip.attn_rank_r); break;
+      case HookSite::MlpSkip: skip(o.skip.mlp_dense, o.skip.mlp_rank_r); break;
+      case HookSite::LmHeadInput: break;
+    }
+  };
+}
+
+}  // namespace respin

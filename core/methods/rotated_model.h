@@ -1,0 +1,101 @@
+// The rotated model shared by QuaRot, SpinQuant and ReSpinQuant (methods.md 1.3, 1.10, 2.1, 3.1),
+// in the row-vector convention of the rest of core (y = x W^T, rotated residual h~ = h R).
+//
+// Offline part (rotate_weights): starting from a model whose RMSNorms are fused, every residual
+// rotation, head rotation and the inverse of the online Hadamards is folded into the weights:
+//   embed <- E A_0                      A_i = basis of the stream entering layer i's attention
+//   q/k/v <- W A_i                      B_i = basis of the stream entering layer i's MLP
+//   v rows of kv head h <- R_h^T W_v[h] (value heads rotated by R_h, the per-layer head rotation)
+//   o_proj <- B_i^T W_o (Hn (x) R_h)    Hn = normalized Hadamard across heads (QuaRot) or I
+//   gate/up <- W B_i
+//   down  <- C_i^T W_down H_f           C_i = A_{i+1} (or F after the last layer), H_f = Hadamard
+//                                        over the intermediate size when R4 is on, else I
+//   lm_head <- W F
+// QuaRot and SpinQuant use one global matrix (A_i = B_i = F = R1); ReSpinQuant learns them per layer,
+// and then each residual add changes basis: the skip path must carry h~ T with T = A_i^T B_i after
+// attention and T = B_i^T A_{i+1} after the MLP (exact, dense, during training; a rank-r
+// correction I + Q M Q^T at inference, residual_approx.h).
+//
+// Online part (online_hook): at the hook sites of LlamaModel, in this order: the online transforms
+// (Hadamard on Q/K after RoPE = R3, Hadamard before down_proj = R4, Hadamard across heads before
+// o_proj), the skip-path transition, then an optional observer (activation statistics of what the
+// quantizers see), then the activation / KV fake quantizers (with a straight-through gradient when
+// training).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <functional>
+#include <vector>
+
+#include "core/methods/rtn.h"
+#include "core/model/llama.h"
+#include "core/rotation/residual_approx.h"
+
+namespace respin {
+
+// Row-form rotations. Residual ones are [hidden, hidden], head ones [head_dim, head_dim]. For a
+// global rotation every residual entry holds the same tensor.
+struct ResidualRotations {
+  std::vector<at::Tensor> attn_in;  // A_i, per layer
+  std::vector<at::Tensor> mlp_in;   // B_i, per layer
+  at::Tensor final_basis;           // F
+  std::vector<at::Tensor> head;     // R_h per layer; undefined = no head rotation
+
+  static ResidualRotations global(const at::Tensor& r, std::vector<at::Tensor> head, int layers);
+  // True when every residual basis is the same tensor (no skip-path transition needed).
+  bool is_global() const;
+  int layers() const { return static_cast<int>(attn_in.size()); }
+  // The distinct tensors, in a fixed order (residual ones first); for optimizers.
+  std::vector<at::Tensor> unique_tensors() const;
+};
+
+// Online transforms that are not folded into the weights.
+struct OnlineTransforms {
+  bool qk_hadamard = false;     // R3: Hadamard over head_dim on Q and K after RoPE
+  bool down_hadamard = false;   // R4: Hadamard over the intermediate size on down_proj's input
+  bool heads_hadamard = false;  // QuaRot: Hadamard across heads on o_proj's input
+};
+
+// Weights of the rotated model. `fused` must come from fuse_rms_norms. The products are formed in
+// the rotations' dtype (float64 for the final model; float32 with autograd while training, when
+// gradients flow from the returned weights to the rotations) and cast to `out_dtype`.
+// Throws respin::Error for wrong shapes, unfused norms, or Hadamard sizes with no construction.
+ModelWeights rotate_weights(const LlamaModel& fused, const ResidualRotations& rotations,
+                            const OnlineTransforms& online, at::ScalarType out_dtype);
+
+// What the skip path of each residual add carries. Empty vectors (or undefined entries / rank-0
+// corrections) mean identity.
+struct SkipTransitions {
+  std::vector<at::Tensor> attn_dense, mlp_dense;                // exact T per layer (training)
+  std::vector<ResidualCorrection> attn_rank_r, mlp_rank_r;      // rank-r corrections (inference)
+  bool empty() const {
+    return attn_dense.empty() && mlp_dense.empty() && attn_rank_r.empty() && mlp_rank_r.empty();
+  }
+};
+
+// Exact transitions T_row (dense) for layer-wise rotations, in the rotations' dtype, keeping
+// autograd: attention add A_i^T B_i, MLP add B_i^T A_{i+1} (F after the last layer).
+SkipTransitions dense_transitions(const ResidualRotations& rotations);
+
+// Rank-r corrections (float32 copies of Q and M are stored) for every residual add; rank >= hidden
+// gives the exact transition. Also returns each add's spectral error through `errors` if non-null
+// (attention adds then MLP adds interleaved per layer: layer 0 attn, layer 0 mlp, ...).
+SkipTransitions rank_r_transitions(const ResidualRotations& rotations, int64_t rank,
+                                   std::vector<double>* errors = nullptr);
+
+struct OnlineHookOptions {
+  OnlineTransforms online;
+  SkipTransitions skip;
+  QuantConfig quant;           // weight part ignored; activation and kv used (bits 16 = off)
+  int64_t o_proj_group = 0;    // activation quantizer group size on o_proj's input (0 = per token)
+  bool ste = false;            // straight-through gradients (rotation training)
+  // Called with what each quantizer sees (after the online transforms, before quantization).
+  ActivationHook observer;
+};
+
+// The hook for a model built by rotate_weights. Throws respin::Error if a Hadamard size has no
+// construction.
+ActivationHook online_hook(const ModelConfig& config, OnlineHookOptions options);
+
+}  // namespace respin

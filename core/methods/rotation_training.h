@@ -1,0 +1,47 @@
+// Learning rotations with Cayley SGD (SpinQuant, ReSpinQuant; methods.md 1.6, 2.3).
+//
+// Each step rebuilds the rotated weights from the (frozen) fused model and the current rotations
+// with autograd (rotate_weights in float32), runs the model with the online transforms and the
+// fake quantizers active (straight-through gradients), and minimizes next-token cross-entropy on
+// calibration windows. Layer-wise rotations (ReSpinQuant) carry the exact dense transition on every
+// skip path while training; the rank-r approximation is applied only afterwards. The learning rate
+// follows a cosine schedule from `lr` to 0, as the SpinQuant scripts do. The rotations are
+// re-orthonormalized (CayleySgd::retract) at the end.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <vector>
+
+#include "core/methods/rotated_model.h"
+#include "core/util/run_control.h"
+
+namespace respin {
+
+struct RotationTrainingOptions {
+  int64_t iterations = 100;
+  double lr = 1.5;
+  int64_t batch = 1;  // windows per step; windows are taken in order, cycling
+  // Quantizers active while learning. The weight quantizer, if enabled, is plain round-to-nearest
+  // with a straight-through gradient (no MSE clip search, which would dominate the step time).
+  QuantConfig quant;
+  OnlineTransforms online;
+  int64_t o_proj_group = 0;
+};
+
+struct RotationTrainingResult {
+  std::vector<double> loss;      // per step
+  double seconds = 0;
+  int64_t tokens = 0;            // tokens forwarded (and back-propagated)
+  double max_orthogonality_error = 0;  // max ||R R^T - I||_F after retraction
+};
+
+// `rotations` must hold float32 leaf tensors (as initial_rotations returns); they are updated in
+// place. `windows`: [N, T] int64 token ids. Progress: phase "rotate", done/total = steps,
+// value = loss of the step. Throws respin::Cancelled on stop (rotations are then partly trained;
+// the caller discards them) and respin::Error on a non-finite loss.
+RotationTrainingResult train_rotations(const LlamaModel& fused, ResidualRotations& rotations,
+                                       const at::Tensor& windows, const RotationTrainingOptions& options,
+                                       RunControl* control = nullptr);
+
+}  // namespace respin
