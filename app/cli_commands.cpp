@@ -8,10 +8,12 @@
 #include <cmath>
 #include <csignal>
 #include <memory>
+#include <optional>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "core/calib/calibrate.h"
 #include "core/data/corpus.h"
 #include "core/eval/generate.h"
 #include "core/eval/perplexity.h"
@@ -64,6 +66,12 @@ RunControl::ProgressFn progress_printer() {
     if (!tty && e.phase == *last_phase && !done && now - *last_line < std::chrono::seconds(10)) return;
     *last_line = now;
     *last_phase = e.phase;
+    if (e.total == 0 && e.done == 0) {  // a phase starts
+      if (tty) std::fprintf(stderr, "\r%-100s", (e.phase + "...").c_str());
+      else std::fprintf(stderr, "%s...\n", e.phase.c_str());
+      std::fflush(stderr);
+      return;
+    }
     std::string bar;
     if (e.total > 0) {
       const int width = 24, filled = static_cast<int>(width * double(e.done) / e.total);
@@ -72,7 +80,8 @@ RunControl::ProgressFn progress_printer() {
     char line[256];
     std::snprintf(line, sizeof line, "%-9s %s%lld/%lld", e.phase.c_str(), bar.c_str(), e.done, e.total);
     std::string text = line;
-    if (e.phase == "train") std::snprintf(line, sizeof line, "  loss %.3f", e.value), text += line;
+    if (e.phase == "train" || e.phase == "rotate") std::snprintf(line, sizeof line, "  loss %.3f", e.value), text += line;
+    if (e.phase == "gptq") std::snprintf(line, sizeof line, "  layer %d loss %.4g", e.layer, e.value), text += line;
     if (e.phase == "eval") std::snprintf(line, sizeof line, "  ppl %.3f", e.value), text += line;
     if (e.tokens_per_s > 0) std::snprintf(line, sizeof line, "  %.0f tokens/s", e.tokens_per_s), text += line;
     if (e.eta_s >= 0 && !done) text += "  ETA " + duration_text(e.eta_s);
@@ -146,12 +155,20 @@ int run_tokenize(const TokenizeArgs& a) {
 
 int run_eval(const EvalArgs& a) {
   set_compute_threads(a.threads);
-  ModelFolder folder = ModelFolder::open(a.model);
+  std::optional<LoadedRun> run;
+  std::string model_dir = a.model;
+  if (!a.run.empty()) {
+    run = load_run(a.run);
+    model_dir = a.run + "/model";
+  }
+  ModelFolder folder = ModelFolder::open(model_dir);
   Tokenizer tok = Tokenizer::from_file(folder.require_tokenizer());
   LoadOptions lo;
   lo.dtype = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
-  LlamaModel model = load_model(folder.dir, lo);
+  LlamaModel model = run ? run->model : load_model(folder.dir, lo);
+  if (run && a.dtype != "f32") throw Error("eval --run computes in f32 (the fake-quantized grid is float32)");
   const bool quantized = a.wbits != 16 || a.abits != 16 || a.kvbits != 16;
+  if (quantized && run) throw Error("eval --run uses the run's quantizers; --wbits/--abits/--kvbits apply to --model only");
   if (quantized) {
     QuantConfig qc;
     qc.weight.bits = a.wbits;
@@ -159,7 +176,17 @@ int run_eval(const EvalArgs& a) {
     qc.kv.bits = a.kvbits;
     model = quantize_rtn(model, qc);
   }
-  const std::string text = read_text_file(a.text_file);
+  std::string text_source = a.text_file;
+  std::string text;
+  if (!a.text_file.empty()) {
+    text = read_text_file(a.text_file);
+  } else if (!run->config.eval_text.empty()) {
+    text_source = run->config.eval_text;
+    text = read_text_file(text_source);
+  } else {
+    text_source = "corpus test split";
+    text = Corpus::load(default_corpus_dir()).text_of(Split::Test);
+  }
   std::vector<int> ids = tok.encode(text, /*add_special_tokens=*/false);
 
   PerplexityOptions po;
@@ -174,7 +201,7 @@ int run_eval(const EvalArgs& a) {
 
   if (a.json) {
     nlohmann::json j = {{"model", folder.dir},
-                        {"text_file", a.text_file},
+                        {"text_file", text_source},
                         {"dtype", a.dtype},
                         {"threads", compute_threads()},
                         {"seq_len", r.seq_len},
@@ -187,6 +214,7 @@ int run_eval(const EvalArgs& a) {
                         {"tokens_per_s", r.tokens_per_s},
                         {"window_nll", r.window_nll}};
     j["quantization"] = nullptr;
+    if (run) j["quantization"] = {{"run", a.run}, {"config", nlohmann::json::parse(calib_config_to_json(run->config))}};
     if (quantized)
       j["quantization"] = {{"method", "rtn"}, {"wbits", a.wbits}, {"abits", a.abits}, {"kvbits", a.kvbits}};
     std::cout << j.dump(2) << "\n";
@@ -194,15 +222,44 @@ int run_eval(const EvalArgs& a) {
   }
   std::printf("model:       %s (%s, %s parameters)\n", folder.dir.c_str(),
               model.config().architecture.c_str(), human_count(model.config().parameter_count()).c_str());
-  std::printf("text:        %s (%zu bytes, %lld tokens)\n", a.text_file.c_str(), text.size(),
+  std::printf("text:        %s (%zu bytes, %lld tokens)\n", text_source.c_str(), text.size(),
               static_cast<long long>(r.tokens_total));
   std::printf("windows:     %lld x %lld tokens, %s, %d threads\n", static_cast<long long>(r.windows),
               static_cast<long long>(r.seq_len), a.dtype.c_str(), compute_threads());
+  if (run)
+    std::printf("quantized:   run %s: %s W%dA%dKV%d%s\n", a.run.c_str(), run->config.method.c_str(), run->config.wbits,
+                run->config.abits, run->config.kvbits,
+                run->config.method == "respin" ? (" rank " + std::to_string(run->config.rank)).c_str() : "");
   if (quantized)
     std::printf("quantized:   RTN W%dA%dKV%d (weights per channel sym + MSE clip; activations per token asym)\n",
                 a.wbits, a.abits, a.kvbits);
   std::printf("perplexity:  %.4f\n", r.perplexity);
   std::printf("throughput:  %.1f tokens/s (%.2f s)\n", r.tokens_per_s, r.seconds);
+  return 0;
+}
+
+int run_calibrate(const CalibrateArgs& a) {
+  CalibConfig c = a.config;
+  if (a.gptq) c.weight_quantizer = "gptq";
+  g_control.set_progress_callback(progress_printer(), 100);
+  CalibResult r = run_calibration(c, a.out, &g_control);
+  if (a.json) {
+    std::cout << r.run.dump(2) << "\n";
+    return 0;
+  }
+  std::string name = c.method;
+  if (c.method == "respin") name += " r=" + (c.rank < 0 ? std::string("full") : std::to_string(c.rank));
+  std::printf("run:                  %s\n", r.run_dir.c_str());
+  std::printf("method:               %s W%dA%dKV%d, weights %s\n", name.c_str(), c.wbits, c.abits, c.kvbits,
+              c.weight_quantizer.c_str());
+  std::printf("held-out perplexity:  FP %.4f -> quantized %.4f (%lld windows x %lld tokens)\n", r.fp_perplexity,
+              r.quant_perplexity, static_cast<long long>(r.eval_windows),
+              static_cast<long long>(r.run["results"]["eval_seq_len"].get<int64_t>()));
+  if (!r.loss_curve.empty())
+    std::printf("rotation loss:        %.4f -> %.4f over %zu steps\n", r.loss_curve.front(), r.loss_curve.back(),
+                r.loss_curve.size());
+  std::printf("calibration time:     %s (total %s), peak memory %.0f MiB\n", duration_text(r.calibration_seconds).c_str(),
+              duration_text(r.total_seconds).c_str(), r.peak_rss_bytes / 1048576.0);
   return 0;
 }
 

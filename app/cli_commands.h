@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "core/calib/calib_config.h"
+
 namespace respin::cli {
 
 struct InfoArgs {
@@ -28,6 +30,7 @@ struct EvalArgs {
   int threads = 0;
   bool json = false;
   int wbits = 16, abits = 16, kvbits = 16;  // RTN fake quantization (16 = off)
+  std::string run;  // a calibration run directory (instead of --model)
 };
 struct InitModelArgs {
   std::string out;
@@ -69,7 +72,15 @@ struct GenerateArgs {
   int threads = 0;
 };
 
+struct CalibrateArgs {
+  CalibConfig config;
+  std::string out;
+  bool gptq = false;
+  bool json = false;
+};
+
 int run_info(const InfoArgs& a);
+int run_calibrate(const CalibrateArgs& a);
 int run_forge(const ForgeArgs& a);
 int run_corpus(const CorpusArgs& a);
 int run_generate(const GenerateArgs& a);

@@ -8,6 +8,7 @@
 #include "core/util/version.h"
 
 using namespace respin::cli;
+using respin::CalibConfig;
 
 int main(int argc, char** argv) {
   CLI::App app{"respin: rotation-based post-training quantization for LLaMA-family models"};
@@ -32,8 +33,12 @@ int main(int argc, char** argv) {
 
   EvalArgs ev;
   auto* c_eval = app.add_subcommand("eval", "Perplexity and throughput of a model on a text file");
-  c_eval->add_option("--model", ev.model, "Hugging Face model folder")->required();
-  c_eval->add_option("--text-file", ev.text_file, "UTF-8 text file")->required();
+  auto* e_model = c_eval->add_option("--model", ev.model, "Hugging Face model folder");
+  auto* e_run = c_eval->add_option("--run", ev.run,
+                                   "Calibration run directory: evaluates its quantized model with its online "
+                                   "rotations and quantizers (default text: the run's evaluation text)");
+  e_model->excludes(e_run);
+  c_eval->add_option("--text-file", ev.text_file, "UTF-8 text file (required with --model)");
   c_eval->add_option("--seq-len", ev.seq_len, "Window length in tokens (capped at the model's maximum)")
       ->capture_default_str()->check(CLI::Range(2LL, 1LL << 20));
   c_eval->add_option("--max-windows", ev.max_windows, "Evaluate at most this many windows (0 = all)")
@@ -52,6 +57,46 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(bits_check);
   c_eval->add_option("--kvbits", ev.kvbits, "RTN KV-cache bits, per token per head asymmetric (16 = off)")
       ->capture_default_str()->check(bits_check);
+
+  CalibrateArgs cal;
+  CalibConfig& cc = cal.config;
+  auto* c_cal = app.add_subcommand(
+      "calibrate", "Quantize a model with a method (rtn, quarot, spinquant, respin); writes a run directory");
+  c_cal->add_option("--model", cc.model, "Hugging Face model folder")->required();
+  c_cal->add_option("--method", cc.method, "Quantization method")
+      ->capture_default_str()->check(CLI::IsMember({"rtn", "quarot", "spinquant", "respin"}));
+  c_cal->add_option("--out", cal.out, "Run directory to create (must not exist)")->required();
+  c_cal->add_option("--wbits", cc.wbits, "Weight bits (16 = off)")->capture_default_str()->check(bits_check);
+  c_cal->add_option("--abits", cc.abits, "Activation bits (16 = off)")->capture_default_str()->check(bits_check);
+  c_cal->add_option("--kvbits", cc.kvbits, "KV-cache bits (16 = off)")->capture_default_str()->check(bits_check);
+  c_cal->add_option("--rank", cc.rank, "ReSpinQuant skip-path rank r (-1 = full)")
+      ->capture_default_str()->check(CLI::Range(-1LL, 1LL << 20));
+  c_cal->add_flag("--gptq", cal.gptq, "Quantize weights with GPTQ instead of RTN");
+  c_cal->add_option("--samples", cc.samples, "Calibration windows")->capture_default_str()->check(CLI::PositiveNumber);
+  c_cal->add_option("--seq-len", cc.seq_len, "Tokens per window (capped at the model's maximum)")
+      ->capture_default_str()->check(CLI::Range(2LL, 1LL << 20));
+  c_cal->add_option("--iters", cc.iters, "Rotation-learning steps (spinquant, respin)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  c_cal->add_option("--lr", cc.lr, "Cayley SGD learning rate")->capture_default_str()->check(CLI::PositiveNumber);
+  c_cal->add_option("--batch", cc.batch, "Windows per rotation-learning step")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  c_cal->add_option("--seed", cc.seed, "Seed of the random Hadamard rotations")->capture_default_str();
+  c_cal->add_option("--calib-text", cc.calib_text, "Calibration text file (default: the corpus training split)");
+  c_cal->add_option("--eval-text", cc.eval_text, "Evaluation text file (default: the corpus test split)");
+  c_cal->add_option("--eval-windows", cc.eval_windows, "Evaluate at most this many windows (0 = all)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  c_cal->add_option("--stats-windows", cc.stats_windows, "Windows for the activation statistics")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  c_cal->add_option("--w-group", cc.w_group, "Weight group size (0 = per output channel)")->capture_default_str();
+  c_cal->add_option("--a-group", cc.a_group, "Activation group size (0 = per token)")->capture_default_str();
+  c_cal->add_option("--a-clip", cc.a_clip, "Activation clip ratio")->capture_default_str();
+  c_cal->add_option("--kv-clip", cc.kv_clip, "KV-cache clip ratio")->capture_default_str();
+  c_cal->add_flag("--a-sym", cc.a_sym, "Symmetric activation quantizer (default asymmetric)");
+  c_cal->add_option("--device", cc.device, "Compute device")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  c_cal->add_option("--threads", cc.threads, "Compute threads (0 = all cores)")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  c_cal->add_flag("--json", cal.json, "Print run.json instead of the summary");
 
   InitModelArgs im;
   auto* c_init = app.add_subcommand(
@@ -119,6 +164,14 @@ int main(int argc, char** argv) {
     std::cerr << "error: tokenize needs exactly one of --model or --tokenizer\n";
     return 2;
   }
+  if (c_eval->parsed() && ev.model.empty() == ev.run.empty()) {
+    std::cerr << "error: eval needs --model (with --text-file) or --run\n";
+    return 2;
+  }
+  if (c_eval->parsed() && !ev.model.empty() && ev.text_file.empty()) {
+    std::cerr << "error: eval --model needs --text-file\n";
+    return 2;
+  }
   if (c_tok->parsed() && tok.text.empty() && tok.file.empty() && !t_text->count()) {
     std::cerr << "error: tokenize needs --text or --file\n";
     return 2;
@@ -129,6 +182,7 @@ int main(int argc, char** argv) {
     if (c_info->parsed()) return run_info(info);
     if (c_tok->parsed()) return run_tokenize(tok);
     if (c_eval->parsed()) return run_eval(ev);
+    if (c_cal->parsed()) return run_calibrate(cal);
     if (c_init->parsed()) return run_init_model(im);
     if (c_forge->parsed()) return run_forge(fg);
     if (c_corpus->parsed()) return run_corpus(cp);

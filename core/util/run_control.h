@@ -21,7 +21,8 @@ struct ProgressEvent {
   long long total = 0;      // total units (0 if unknown)
   double tokens_per_s = 0;  // throughput so far, 0 if not meaningful
   double eta_s = -1;        // estimated seconds left, -1 if unknown
-  double value = 0;         // phase-specific running figure (e.g. running perplexity)
+  double value = 0;         // phase-specific running figure (running perplexity, step loss)
+  int layer = -1;           // layer being processed, -1 when not layer-wise
 };
 
 class RunControl {

@@ -1,0 +1,46 @@
+// The configuration of one calibration run: everything needed to reproduce it, serialized to JSON
+// and stored in the run's run.json.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/methods/rtn.h"
+
+namespace respin {
+
+struct CalibConfig {
+  std::string model;             // Hugging Face model folder
+  std::string method = "respin"; // rtn | quarot | spinquant | respin
+  int wbits = 4, abits = 4, kvbits = 4;  // 2..8, 16 = off
+  int64_t w_group = 0, a_group = 0, kv_group = 0;  // 0 = per channel / per token (per head for KV)
+  bool w_sym = true, a_sym = false, kv_sym = false;
+  bool w_mse_clip = true;        // MSE clip search for the weight grids
+  double a_clip = 1.0, kv_clip = 1.0;
+  int64_t rank = 32;             // ReSpinQuant skip-path rank; -1 (or >= hidden) = full
+  std::string weight_quantizer = "rtn";  // rtn | gptq
+  std::string calib_text;        // text file; empty = the corpus training split
+  std::string eval_text;         // text file; empty = the corpus test split
+  int64_t samples = 128;         // calibration windows (rotation learning and GPTQ)
+  int64_t seq_len = 512;         // tokens per window (calibration and evaluation)
+  int64_t iters = 100;           // rotation-learning steps (spinquant, respin)
+  double lr = 1.5;               // Cayley SGD learning rate
+  int64_t batch = 1;             // windows per rotation-learning step
+  int64_t eval_windows = 0;      // 0 = every window of the evaluation text
+  int64_t stats_windows = 4;     // windows for the activation statistics
+  uint64_t seed = 0;
+  std::string device = "auto";   // auto | cpu | cuda
+  int threads = 0;               // 0 = all cores
+
+  // Throws respin::Error naming the field for any invalid value.
+  void validate() const;
+  // The quantizers this config asks for.
+  QuantConfig quant_config() const;
+};
+
+std::string calib_config_to_json(const CalibConfig& c);  // pretty-printed object
+// Throws respin::Error naming `source` and the field: "model" and "method" are required, other
+// fields default; unknown fields and wrong types are errors.
+CalibConfig calib_config_from_json(const std::string& text, const std::string& source);
+
+}  // namespace respin

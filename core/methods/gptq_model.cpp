@@ -1,0 +1,82 @@
+// Layer-by-layer GPTQ (see gptq_model.h).
+#include "core/methods/gptq_model.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+
+#include "core/util/error.h"
+
+namespace respin {
+
+ModelWeights gptq_quantize_model(const LlamaModel& model, const ActivationHook& online, const at::Tensor& windows,
+                                 const GptqModelOptions& o, RunControl* control, GptqModelReport* report) {
+  at::NoGradGuard no_grad;
+  if (windows.dim() != 2 || windows.size(0) < 1) throw Error("GPTQ needs calibration windows [N, T]");
+  if (o.batch < 1) throw Error("GPTQ: batch must be >= 1");
+  validate_quant_spec(o.weight, "weight quantizer");
+  const auto t0 = std::chrono::steady_clock::now();
+  const ModelConfig& c = model.config();
+  const int L = static_cast<int>(c.num_hidden_layers);
+  ModelWeights w = model.weights();
+  GptqModelReport rep;
+  if (!o.weight.enabled()) return w;
+
+  const ForwardContext ctx = model.make_context(windows.size(1));
+  std::vector<at::Tensor> hidden;
+  for (int64_t b = 0; b < windows.size(0); b += o.batch)
+    hidden.push_back(model.embed(windows.narrow(0, b, std::min(o.batch, windows.size(0) - b))));
+
+  struct Group {
+    HookSite site;
+    std::vector<at::Tensor LayerWeights::*> members;
+  };
+  const std::vector<Group> groups = {
+      {HookSite::AttnInput, {&LayerWeights::q_proj, &LayerWeights::k_proj, &LayerWeights::v_proj}},
+      {HookSite::OProjInput, {&LayerWeights::o_proj}},
+      {HookSite::MlpInput, {&LayerWeights::gate_proj, &LayerWeights::up_proj}},
+      {HookSite::DownProjInput, {&LayerWeights::down_proj}},
+  };
+  for (int i = 0; i < L; ++i) {
+    double layer_loss = 0;
+    for (const Group& g : groups) {
+      if (control) control->check();
+      LlamaModel cur(c, w);
+      HessianAccumulator acc(g.site == HookSite::OProjInput   ? c.num_attention_heads * c.head_dim
+                             : g.site == HookSite::DownProjInput ? c.intermediate_size
+                                                                 : c.hidden_size);
+      cur.set_hook([&](HookSite site, int layer, at::Tensor& x) {
+        if (online) online(site, layer, x);
+        if (layer == i && site == g.site) acc.add(x);
+      });
+      for (const at::Tensor& h : hidden) cur.layer_forward(i, h, ctx);
+      for (auto member : g.members) {
+        at::Tensor& t = w.layers[i].*member;
+        GptqResult r = gptq_quantize(t, acc.hessian(), o.weight, o.gptq);
+        t = r.weight;
+        layer_loss += r.loss;
+        rep.dead_columns += r.dead_columns;
+      }
+    }
+    LlamaModel cur(c, w);
+    if (online) cur.set_hook(online);
+    for (at::Tensor& h : hidden) h = cur.layer_forward(i, h, ctx);
+    rep.layer_loss.push_back(layer_loss);
+    if (control) {
+      ProgressEvent ev;
+      ev.phase = "gptq";
+      ev.done = i + 1;
+      ev.total = L;
+      ev.layer = i;
+      ev.value = layer_loss;
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      ev.eta_s = s / (i + 1) * (L - i - 1);
+      control->report(ev, i + 1 == L);
+    }
+  }
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (report) *report = rep;
+  return w;
+}
+
+}  // namespace respin

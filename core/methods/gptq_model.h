@@ -1,0 +1,40 @@
+// GPTQ over a whole model, layer by layer with bounded memory (methods.md 2.5): the calibration
+// windows are embedded once; for each layer the Hessians of its linear inputs are accumulated in
+// GPTQ's sequential groups -- [q, k, v], then o_proj, then [gate, up], then down_proj, each group
+// seeing the inputs produced by the already-quantized groups before it -- and the layer's output
+// (from its quantized weights) becomes the next layer's input. The online part of a rotated model
+// (Hadamards, skip transitions) is active through `online`; activation quantizers are not (GPTQ
+// sees full-precision activations, as in QuaRot and SpinQuant). Memory: the hidden states of the
+// calibration set plus one layer's Hessians.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <vector>
+
+#include "core/model/llama.h"
+#include "core/quant/gptq.h"
+#include "core/util/run_control.h"
+
+namespace respin {
+
+struct GptqModelOptions {
+  QuantSpec weight{4, true, 0, 1.0};
+  GptqOptions gptq;
+  int64_t batch = 4;  // windows per layer forward
+};
+
+struct GptqModelReport {
+  std::vector<double> layer_loss;  // sum of GPTQ losses of each layer's seven linears
+  int64_t dead_columns = 0;
+  double seconds = 0;
+};
+
+// Returns the model's weights with every linear layer of every decoder layer GPTQ-quantized
+// (embeddings and lm_head untouched). `online` may be empty. windows: [N, T] int64.
+// Progress: phase "gptq", done/total = layers. Throws respin::Cancelled on stop.
+ModelWeights gptq_quantize_model(const LlamaModel& model, const ActivationHook& online, const at::Tensor& windows,
+                                 const GptqModelOptions& options, RunControl* control = nullptr,
+                                 GptqModelReport* report = nullptr);
+
+}  // namespace respin
