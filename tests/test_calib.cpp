@@ -1,0 +1,232 @@
+// core/calib: the calibration pipeline end to end on a small random model folder written here
+// (with a BPE tokenizer trained on real text): every method with quantizers off reproduces the
+// full-precision perplexity through the run directory; a quantized run directory reloads to the
+// same perplexity; GPTQ runs layer by layer; configs round-trip through JSON and bad ones are
+// refused; a cancelled or failing run leaves nothing on disk and an existing run is never touched.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/calib/calibrate.h"
+#include "core/eval/perplexity.h"
+#include "core/io/atomic_file.h"
+#include "core/model/random_init.h"
+#include "core/model/weights.h"
+#include "core/stats/activation_stats.h"
+#include "core/tokenizer/bpe_trainer.h"
+#include "core/tokenizer/tokenizer.h"
+#include "core/util/error.h"
+#include "tests/test_util.h"
+
+using namespace respin;
+using respin::test::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+class Calib : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();
+    const std::string text = read_text_file("/usr/share/common-licenses/GPL-3");  // Debian base-files
+    const size_t cut = text.size() * 2 / 3;
+    write_file_atomically(dir_->file("calib.txt"), text.substr(0, cut));
+    write_file_atomically(dir_->file("eval.txt"), text.substr(cut));
+    BpeTrainOptions bo;
+    bo.vocab_size = 320;
+    BpeTrainResult tok = train_byte_level_bpe(text, bo);
+    write_file_atomically(dir_->file("tokenizer.json"), tok.tokenizer_json);
+    // hidden 64, head_dim 16, intermediate 96 = 12 * 8 (non-power-of-two down_proj Hadamard).
+    ModelConfig c = make_model_config("llama", 64, 96, 2, 4, 2, tok.vocab_size, 64);
+    RandomInitOptions ro;
+    ro.seed = 4;
+    ro.std = 0.1;
+    ro.norm_jitter = 0.3;
+    SaveOptions so;
+    so.file_dtype = DType::F32;
+    so.tokenizer_json = dir_->file("tokenizer.json");
+    save_model(dir_->file("model"), c, random_weights(c, ro), so);
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  static CalibConfig config(const std::string& method, int bits) {
+    CalibConfig c;
+    c.model = dir_->file("model");
+    c.method = method;
+    c.wbits = c.abits = c.kvbits = bits;
+    c.calib_text = dir_->file("calib.txt");
+    c.eval_text = dir_->file("eval.txt");
+    c.samples = 8;
+    c.seq_len = 32;
+    c.iters = 3;
+    c.lr = 1.0;
+    c.batch = 2;
+    c.eval_windows = 20;
+    c.stats_windows = 2;
+    c.seed = 1;
+    c.threads = 1;
+    return c;
+  }
+  std::string out(const std::string& name) const { return run_dir_.file(name); }
+
+  static TempDir* dir_;
+  TempDir run_dir_;
+};
+TempDir* Calib::dir_ = nullptr;
+
+}  // namespace
+
+TEST_F(Calib, EveryMethodWithQuantizersOffKeepsThePerplexity) {
+  for (const char* method : {"rtn", "quarot", "spinquant", "respin"}) {
+    CalibConfig c = config(method, 16);
+    c.kvbits = 4;  // switches the Q/K Hadamard on for the rotating methods...
+    CalibResult r = run_calibration(c, out(std::string(method) + "-kvon"));
+    // ...which then quantizes K and V: not equal, but close.
+    EXPECT_NEAR(r.quant_perplexity / r.fp_perplexity, 1.0, 0.05) << method;
+    c.kvbits = 16;
+    c.rank = -1;
+    r = run_calibration(c, out(method));
+    EXPECT_NEAR(r.quant_perplexity / r.fp_perplexity, 1.0, 1e-5) << method;
+    EXPECT_EQ(r.eval_windows, 20);
+    // The written run reproduces it.
+    LoadedRun lr = load_run(out(method));
+    Tokenizer tok = Tokenizer::from_file(dir_->file("tokenizer.json"));
+    PerplexityOptions po;
+    po.seq_len = 32;
+    po.max_windows = 20;
+    const double ppl = evaluate_perplexity(lr.model, tok.encode(read_text_file(dir_->file("eval.txt")), false), po).perplexity;
+    EXPECT_NEAR(ppl / r.fp_perplexity, 1.0, 1e-5) << method;
+  }
+}
+
+TEST_F(Calib, QuantizedRunDirectoryReloadsToTheSamePerplexity) {
+  CalibConfig c = config("respin", 4);
+  c.rank = 8;
+  RunControl control;
+  std::vector<std::string> phases;
+  control.set_progress_callback([&](const ProgressEvent& e) {
+    if (phases.empty() || phases.back() != e.phase) phases.push_back(e.phase);
+  }, 0);
+  CalibResult r = run_calibration(c, out("run"), &control);
+  // 4-bit everything changes the model's predictions (on a random model not necessarily for the worse).
+  EXPECT_GT(std::abs(r.quant_perplexity / r.fp_perplexity - 1), 1e-3);
+  EXPECT_EQ(r.loss_curve.size(), 3u);
+  for (const char* p : {"load", "eval-fp", "stats", "rotate", "quantize", "eval", "write"})
+    EXPECT_NE(std::find(phases.begin(), phases.end(), p), phases.end()) << p;
+  for (const char* f : {"run.json", "model/config.json", "model/model.safetensors", "model/tokenizer.json",
+                        "rotations.safetensors", "online.safetensors", "stats.json"})
+    EXPECT_TRUE(fs::exists(out("run") + "/" + f)) << f;
+  nlohmann::json run = nlohmann::json::parse(read_text_file(out("run") + "/run.json"));
+  EXPECT_EQ(run["config"]["method"], "respin");
+  EXPECT_EQ(run["method"]["rank"], 8);
+  EXPECT_EQ(run["method"]["transition_spectral_error"].size(), 4u);
+  EXPECT_DOUBLE_EQ(run["results"]["quantized_perplexity"].get<double>(), r.quant_perplexity);
+  EXPECT_GT(run["peak_rss_bytes"].get<int64_t>(), 0);
+  EXPECT_LT(run["method"]["training"]["max_orthogonality_error"].get<double>(), 1e-4);
+  EXPECT_TRUE(run["online"]["skip_correction"].get<bool>());
+
+  LoadedRun lr = load_run(out("run"));
+  EXPECT_EQ(lr.config.rank, 8);
+  Tokenizer tok = Tokenizer::from_file(out("run") + "/model/tokenizer.json");
+  PerplexityOptions po;
+  po.seq_len = 32;
+  po.max_windows = 20;
+  const double ppl = evaluate_perplexity(lr.model, tok.encode(read_text_file(dir_->file("eval.txt")), false), po).perplexity;
+  EXPECT_NEAR(ppl / r.quant_perplexity, 1.0, 1e-6);
+
+  // Statistics before and after rotation cover the same sites; rotation changes them.
+  nlohmann::json stats = nlohmann::json::parse(read_text_file(out("run") + "/stats.json"));
+  std::vector<SiteStats> before = stats_from_json(stats["before"]), after = stats_from_json(stats["after"]);
+  ASSERT_EQ(before.size(), after.size());
+  EXPECT_EQ(before.size(), 2u * 7);
+  bool changed = false;
+  for (size_t i = 0; i < before.size(); ++i) {
+    EXPECT_EQ(before[i].site, after[i].site);
+    EXPECT_EQ(before[i].count, after[i].count);
+    changed |= std::abs(before[i].kurtosis() - after[i].kurtosis()) > 1e-3;
+  }
+  EXPECT_TRUE(changed);
+
+  // A damaged file is reported by name.
+  const std::string online = out("run") + "/online.safetensors";
+  std::string bytes = read_text_file(online);
+  write_file_atomically(online, bytes.substr(0, bytes.size() / 2));
+  try {
+    load_run(out("run"));
+    FAIL() << "a truncated online.safetensors loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("online.safetensors"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(Calib, GptqRunsLayerByLayerAndBeatsRtnOnWeights) {
+  CalibConfig c = config("quarot", 16);
+  c.wbits = 3;
+  CalibResult rtn = run_calibration(c, out("rtn"));
+  c.weight_quantizer = "gptq";
+  CalibResult gptq = run_calibration(c, out("gptq"));
+  EXPECT_EQ(gptq.run["method"]["gptq"]["layer_loss"].size(), 2u);
+  EXPECT_TRUE(std::isfinite(gptq.quant_perplexity));
+  // Weight-only 3-bit: GPTQ's error compensation should not lose to round-to-nearest.
+  EXPECT_LT(gptq.quant_perplexity - gptq.fp_perplexity, (rtn.quant_perplexity - rtn.fp_perplexity) * 1.05)
+      << "rtn " << rtn.quant_perplexity << " gptq " << gptq.quant_perplexity << " fp " << gptq.fp_perplexity;
+}
+
+TEST_F(Calib, CancelledOrFailedRunsLeaveNothingBehind) {
+  CalibConfig c = config("spinquant", 4);
+  RunControl control;
+  control.set_progress_callback([&](const ProgressEvent& e) {
+    if (e.phase == "rotate" && e.done == 1) control.request_stop();
+  }, 0);
+  EXPECT_THROW(run_calibration(c, out("cancelled"), &control), Cancelled);
+  EXPECT_TRUE(fs::is_empty(run_dir_.path())) << "left: " << fs::directory_iterator(run_dir_.path())->path();
+
+  // An existing directory is refused before any work and left untouched.
+  fs::create_directories(out("existing"));
+  write_file_atomically(out("existing") + "/keep.txt", "mine");
+  EXPECT_THROW(run_calibration(c, out("existing")), Error);
+  EXPECT_EQ(read_text_file(out("existing") + "/keep.txt"), "mine");
+
+  // Too few calibration windows: a clear error, nothing written.
+  c.samples = 100000;
+  try {
+    run_calibration(c, out("toofew"));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--samples"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(out("toofew")));
+}
+
+TEST(CalibConfigJson, RoundTripsAndRefusesBadInput) {
+  CalibConfig c;
+  c.model = "/m";
+  c.method = "spinquant";
+  c.wbits = 3;
+  c.rank = -1;
+  c.lr = 0.25;
+  c.seed = 123456789012345ull;
+  c.weight_quantizer = "gptq";
+  CalibConfig d = calib_config_from_json(calib_config_to_json(c), "x");
+  EXPECT_EQ(calib_config_to_json(d), calib_config_to_json(c));
+  EXPECT_EQ(d.seed, c.seed);
+  auto error_of = [](const std::string& text) {
+    try {
+      calib_config_from_json(text, "cfg.json");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error_of(R"({"method": "rtn"})").find("missing field 'model'"), std::string::npos);
+  EXPECT_NE(error_of(R"({"model": "m", "method": "rtn", "wbitz": 4})").find("unknown field 'wbitz'"), std::string::npos);
+  EXPECT_NE(error_of(R"({"model": "m", "method": "rtn", "wbits": "4"})").find("'wbits' has the wrong type"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"model": "m", "method": "rtn", "wbits": 1})").find("wbits"), std::string::npos);
+  EXPECT_NE(error_of(R"({"model": "m", "method": "gptq"})").find("unknown method"), std::string::npos);
+  EXPECT_NE(error_of("{").find("not valid JSON"), std::string::npos);
+  EXPECT_EQ(error_of(R"({"model": "m", "method": "quarot"})"), "no error");
+}
