@@ -158,7 +158,7 @@ int run_eval(const EvalArgs& a) {
   std::optional<LoadedRun> run;
   std::string model_dir = a.model;
   if (!a.run.empty()) {
-    run = load_run(a.run);
+    run = load_run(a.run, a.rank);
     model_dir = a.run + "/model";
   }
   ModelFolder folder = ModelFolder::open(model_dir);
@@ -214,7 +214,10 @@ int run_eval(const EvalArgs& a) {
                         {"tokens_per_s", r.tokens_per_s},
                         {"window_nll", r.window_nll}};
     j["quantization"] = nullptr;
-    if (run) j["quantization"] = {{"run", a.run}, {"config", nlohmann::json::parse(calib_config_to_json(run->config))}};
+    if (run)
+      j["quantization"] = {{"run", a.run},
+                           {"rank_rebuilt", a.rank >= 0},
+                           {"config", nlohmann::json::parse(calib_config_to_json(run->config))}};
     if (quantized)
       j["quantization"] = {{"method", "rtn"}, {"wbits", a.wbits}, {"abits", a.abits}, {"kvbits", a.kvbits}};
     std::cout << j.dump(2) << "\n";
@@ -229,7 +232,7 @@ int run_eval(const EvalArgs& a) {
   if (run)
     std::printf("quantized:   run %s: %s W%dA%dKV%d%s\n", a.run.c_str(), run->config.method.c_str(), run->config.wbits,
                 run->config.abits, run->config.kvbits,
-                run->config.method == "respin" ? (" rank " + std::to_string(run->config.rank)).c_str() : "");
+                run->config.method == "respin" ? (" rank " + std::to_string(run->config.rank) + (a.rank >= 0 ? " (rebuilt)" : "")).c_str() : "");
   if (quantized)
     std::printf("quantized:   RTN W%dA%dKV%d (weights per channel sym + MSE clip; activations per token asym)\n",
                 a.wbits, a.abits, a.kvbits);

@@ -31,6 +31,7 @@ struct EvalArgs {
   bool json = false;
   int wbits = 16, abits = 16, kvbits = 16;  // RTN fake quantization (16 = off)
   std::string run;  // a calibration run directory (instead of --model)
+  long long rank = -1;  // with --run (respin): rebuild the skip corrections at this rank
 };
 struct InitModelArgs {
   std::string out;

@@ -38,6 +38,10 @@ int main(int argc, char** argv) {
                                    "Calibration run directory: evaluates its quantized model with its online "
                                    "rotations and quantizers (default text: the run's evaluation text)");
   e_model->excludes(e_run);
+  c_eval->add_option("--rank", ev.rank,
+                     "With --run of a respin run: rebuild the skip-path corrections at this rank from the stored "
+                     "rotations (a rank sweep without re-learning; >= hidden = exact)")
+      ->check(CLI::NonNegativeNumber);
   c_eval->add_option("--text-file", ev.text_file, "UTF-8 text file (required with --model)");
   c_eval->add_option("--seq-len", ev.seq_len, "Window length in tokens (capped at the model's maximum)")
       ->capture_default_str()->check(CLI::Range(2LL, 1LL << 20));

@@ -137,6 +137,16 @@ TEST_F(Calib, QuantizedRunDirectoryReloadsToTheSamePerplexity) {
   const double ppl = evaluate_perplexity(lr.model, tok.encode(read_text_file(dir_->file("eval.txt")), false), po).perplexity;
   EXPECT_NEAR(ppl / r.quant_perplexity, 1.0, 1e-6);
 
+  // Rebuilding the corrections from the stored rotations at the run's rank gives the same model;
+  // another rank gives another one.
+  auto ppl_of = [&](const LlamaModel& m) {
+    return evaluate_perplexity(m, tok.encode(read_text_file(dir_->file("eval.txt")), false), po).perplexity;
+  };
+  EXPECT_NEAR(ppl_of(load_run(out("run"), 8).model) / r.quant_perplexity, 1.0, 1e-6);
+  LoadedRun full = load_run(out("run"), 1000);
+  EXPECT_EQ(full.config.rank, 64);
+  EXPECT_GT(std::abs(ppl_of(full.model) / r.quant_perplexity - 1), 1e-6);
+
   // Statistics before and after rotation cover the same sites; rotation changes them.
   nlohmann::json stats = nlohmann::json::parse(read_text_file(out("run") + "/stats.json"));
   std::vector<SiteStats> before = stats_from_json(stats["before"]), after = stats_from_json(stats["after"]);
@@ -169,6 +179,7 @@ TEST_F(Calib, GptqRunsLayerByLayerAndBeatsRtnOnWeights) {
   c.weight_quantizer = "gptq";
   CalibResult gptq = run_calibration(c, out("gptq"));
   EXPECT_EQ(gptq.run["method"]["gptq"]["layer_loss"].size(), 2u);
+  EXPECT_THROW(load_run(out("gptq"), 8), Error);  // a rank applies to respin runs only
   EXPECT_TRUE(std::isfinite(gptq.quant_perplexity));
   // Weight-only 3-bit: GPTQ's error compensation should not lose to round-to-nearest.
   EXPECT_LT(gptq.quant_perplexity - gptq.fp_perplexity, (rtn.quant_perplexity - rtn.fp_perplexity) * 1.05)

@@ -422,7 +422,7 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
 
 bool is_run_dir(const std::string& dir) { return fs::is_regular_file(fs::path(dir) / "run.json"); }
 
-LoadedRun load_run(const std::string& dir) {
+LoadedRun load_run(const std::string& dir, int64_t rank) {
   const std::string run_path = (fs::path(dir) / "run.json").string();
   if (!fs::is_regular_file(run_path)) throw Error(dir + ": not a run directory (no run.json)");
   nlohmann::json run;
@@ -453,7 +453,27 @@ LoadedRun load_run(const std::string& dir) {
   LlamaModel model = load_model((fs::path(dir) / "model").string(), {at::kFloat});
   const ModelConfig& mc = model.config();
   SkipTransitions skip;
-  if (on.value("skip_correction", false)) {
+  if (rank >= 0) {
+    if (method != Method::ReSpin) throw Error("a rank applies to respin runs only; " + run_path + " is a " + cfg.method + " run");
+    const std::string path = (fs::path(dir) / "rotations.safetensors").string();
+    std::map<std::string, at::Tensor> t = load_tensors(path);
+    auto get = [&](const std::string& name) {
+      auto it = t.find(name);
+      if (it == t.end()) throw Error(path + ": missing tensor '" + name + "'");
+      if (it->second.dim() != 2 || it->second.size(0) != mc.hidden_size || it->second.size(1) != mc.hidden_size)
+        throw Error(path + ": tensor '" + name + "' is not [hidden, hidden]");
+      return it->second.to(at::kDouble);
+    };
+    ResidualRotations rot;
+    for (int i = 0; i < mc.num_hidden_layers; ++i) {
+      rot.attn_in.push_back(get("attn_in." + std::to_string(i)));
+      rot.mlp_in.push_back(get("mlp_in." + std::to_string(i)));
+      rot.head.emplace_back();
+    }
+    rot.final_basis = get("final");
+    skip = rank_r_transitions(rot, std::min<int64_t>(rank, mc.hidden_size));
+    cfg.rank = std::min<int64_t>(rank, mc.hidden_size);
+  } else if (on.value("skip_correction", false)) {
     const std::string path = (fs::path(dir) / "online.safetensors").string();
     std::map<std::string, at::Tensor> t = load_tensors(path);
     for (int i = 0; i < mc.num_hidden_layers; ++i) {
@@ -474,7 +494,6 @@ LoadedRun load_run(const std::string& dir) {
       }
     }
   }
-  (void)method;
   model.set_hook(final_hook(mc, online, skip, cfg.quant_config(), o_group));
   return LoadedRun{dir, cfg, std::move(run), std::move(model)};
 }

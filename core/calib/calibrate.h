@@ -60,7 +60,10 @@ struct LoadedRun {
 };
 
 bool is_run_dir(const std::string& dir);  // has a run.json
-// Throws respin::Error naming the file and the problem.
-LoadedRun load_run(const std::string& dir);
+// Throws respin::Error naming the file and the problem. `rank` >= 0 (ReSpinQuant runs only)
+// rebuilds the skip-path corrections at that rank from the stored rotations instead of using the
+// stored ones (rank >= hidden = exact transitions): a rank sweep without re-learning. The weights
+// stay those of the run (with GPTQ they were calibrated with the run's own rank).
+LoadedRun load_run(const std::string& dir, int64_t rank = -1);
 
 }  // namespace respin
