@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 
+#include "core/ops/hot_ops.h"
 #include "core/quant/quantizer.h"
 #include "core/rotation/hadamard_transform.h"
 #include "core/util/error.h"
@@ -170,41 +171,40 @@ ActivationHook online_hook(const ModelConfig& config, OnlineHookOptions o) {
     auto act = [&](const QuantSpec& spec) {
       if (o.observer) o.observer(site, layer, x);
       if (!spec.enabled()) return;
-      x = o.ste ? fake_quantize_activation_ste(x, spec) : fake_quantize_activation(x, spec);
+      x = ops::fake_quantize_tokens(x, spec, o.ste);
     };
     auto kv = [&]() {
       if (o.observer) o.observer(site, layer, x);
       if (!o.quant.kv.enabled()) return;
-      if (o.ste) x = fake_quantize_ste(x, fake_quantize_kv(x.detach(), o.quant.kv));
-      else x = fake_quantize_kv(x, o.quant.kv);
+      x = ops::fake_quantize_kv(x, o.quant.kv, o.ste);
     };
     auto skip = [&](const std::vector<at::Tensor>& dense, const std::vector<ResidualCorrection>& rr) {
       if (layer < static_cast<int>(dense.size()) && dense[layer].defined())
         x = at::matmul(x, dense[layer].to(x.scalar_type()));
       else if (layer < static_cast<int>(rr.size()) && rr[layer].rank > 0)
-        x = apply_correction(x, rr[layer]);
+        x = ops::residual_correction(x, rr[layer]);
     };
     switch (site) {
       case HookSite::AttnInput:
       case HookSite::MlpInput: act(o.quant.activation); break;
       case HookSite::DownProjInput:
-        if (st->down) x = st->down->apply(x);
+        if (st->down) x = ops::hadamard(x, *st->down);
         act(o.quant.activation);
         break;
       case HookSite::OProjInput:
         if (st->heads) {
           const auto shape = x.sizes().vec();
           at::Tensor v = x.reshape({-1, st->nh, st->hd}).transpose(1, 2);  // [N, hd, nh]
-          x = st->heads->apply(v).transpose(1, 2).reshape(shape);
+          x = ops::hadamard(v, *st->heads).transpose(1, 2).reshape(shape);
         }
         act(st->o_proj_spec);
         break;
       case HookSite::Query:
-        if (st->qk) x = st->qk->apply(x);
+        if (st->qk) x = ops::hadamard(x, *st->qk);
         if (o.observer) o.observer(site, layer, x);
         break;
       case HookSite::Key:
-        if (st->qk) x = st->qk->apply(x);
+        if (st->qk) x = ops::hadamard(x, *st->qk);
         kv();
         break;
       case HookSite::Value: kv(); break;

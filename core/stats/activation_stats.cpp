@@ -2,7 +2,6 @@
 #include "core/stats/activation_stats.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <array>
@@ -29,8 +28,9 @@ constexpr int kFirstOctave = 2 * kHistogramMinExp2;  // log2 of bin 1's lower ed
 static_assert(kHistogramBins == 2 * (kHistogramMaxExp2 - kHistogramMinExp2) + 2, "bin layout");
 // float64 biased exponent of x^2 for bin 0 (and below): exponent = biased - 1023.
 constexpr int64_t kBiasedExpBin0 = 1023 + kFirstOctave - 1;
-// Rows of the [N, C] activation processed per task, so the float64 temporaries stay in cache.
-constexpr int64_t kChunkElements = int64_t(1) << 16;
+// Values per slab of the [N, C] activation in observe(): big enough for libtorch's intra-op
+// threads, small enough that the two slab buffers (16 MiB) stay in a server's L3 cache.
+constexpr int64_t kSlabElements = int64_t(1) << 20;
 constexpr double kSqrt2 = 1.41421356237309504880;  // rounds to the double nearest sqrt(2) (M_SQRT2)
 
 void check_bin(int bin) {
@@ -275,63 +275,59 @@ void ActivationStatsCollector::observe(HookSite site, int layer, const at::Tenso
                 std::to_string(it->second.channel_absmax.size()));
   const at::Tensor x = x_in.detach().reshape({-1, channels});
 
-  // Row chunks processed in parallel; each works on its own float64 copy (so the caller's tensor is
-  // only read) small enough to stay in cache, and the partial results are combined in chunk order
-  // (deterministic whatever the thread count).
+  // Row slabs of about kSlabElements values, one after the other; the libtorch ops on a slab run
+  // in parallel. Each slab is copied into a reused float64 buffer (so the caller's tensor is only
+  // read), small enough to stay in cache across the passes below, whatever the activation's size.
   const int64_t rows = x.size(0);
-  const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkElements / channels);
-  const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
-  struct Partial {
-    double sum_sq = 0, sum_4th = 0;
-    int64_t nonfinite = 0;
-    at::Tensor cmax;  // [C] float64
-    std::array<int64_t, kHistogramBins> hist{};
-  };
-  std::vector<Partial> part(chunks);
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      Partial& p = part[c];
-      const int64_t r0 = c * rows_per_chunk;
-      at::Tensor d = x.narrow(0, r0, std::min(rows_per_chunk, rows - r0))
-                         .to(at::kDouble, /*non_blocking=*/false, /*copy=*/true)
-                         .contiguous()
-                         .abs_();
-      p.cmax = d.amax(0);
-      if (!p.cmax.isfinite().all().item<bool>()) {  // NaN propagates through amax, Inf shows
-        const at::Tensor bad = d.isfinite().logical_not_();
-        p.nonfinite = bad.sum().item<int64_t>();
-        d.masked_fill_(bad, 0.0);  // now counted in bin 0; taken out below
-        p.cmax = d.amax(0);
-      }
-      d.square_();
-      p.sum_sq = d.sum().item<double>();
-      // Bin = biased float64 exponent of x^2 minus kBiasedExpBin0, clamped to [0, bins).
-      const at::Tensor bins = d.view(at::kLong).__rshift__(52).clamp_(kBiasedExpBin0, kBiasedExpBin0 + kHistogramBins - 1);
-      const at::Tensor counts =
-          at::bincount(bins.reshape({-1}), {}, kBiasedExpBin0 + kHistogramBins).narrow(0, kBiasedExpBin0, kHistogramBins).contiguous();
-      const int64_t* cp = counts.data_ptr<int64_t>();
-      std::copy(cp, cp + kHistogramBins, p.hist.begin());
-      p.hist[0] -= p.nonfinite;
-      d.square_();
-      p.sum_4th = d.sum().item<double>();
+  const int64_t rows_per_slab = std::max<int64_t>(1, kSlabElements / channels);
+  const at::Tensor dbuf = at::empty({std::min(rows_per_slab, rows), channels}, at::kDouble);
+  const at::Tensor bbuf = at::empty({dbuf.numel()}, at::kLong);
+  double sum_sq = 0, sum_4th = 0;
+  int64_t nonfinite = 0;
+  std::array<int64_t, kHistogramBins> hist{};
+  at::Tensor cmax;  // [C] float64
+  for (int64_t r0 = 0; r0 < rows; r0 += rows_per_slab) {
+    const int64_t n = std::min(rows_per_slab, rows - r0);
+    at::Tensor d = dbuf.narrow(0, 0, n);
+    d.copy_(x.narrow(0, r0, n));
+    d.abs_();
+    at::Tensor cm = d.amax(0);
+    if (!cm.isfinite().all().item<bool>()) {  // NaN propagates through amax, Inf shows
+      const at::Tensor bad = d.isfinite().logical_not_();
+      const int64_t nf = bad.sum().item<int64_t>();
+      nonfinite += nf;
+      hist[0] -= nf;  // they are zeroed, so counted in bin 0 below
+      d.masked_fill_(bad, 0.0);
+      cm = d.amax(0);
     }
-  });
+    cmax = cmax.defined() ? at::maximum(cmax, cm) : cm;
+    d.square_();
+    sum_sq += d.sum().item<double>();
+    // Bin = biased float64 exponent of x^2 minus kBiasedExpBin0, clamped to [0, bins).
+    at::Tensor bins = bbuf.narrow(0, 0, d.numel());
+    at::bitwise_right_shift_out(bins, d.view(at::kLong).reshape({-1}), 52);
+    bins.clamp_(kBiasedExpBin0, kBiasedExpBin0 + kHistogramBins - 1);
+    const at::Tensor counts = at::bincount(bins, {}, kBiasedExpBin0 + kHistogramBins)
+                                  .narrow(0, kBiasedExpBin0, kHistogramBins)
+                                  .contiguous();
+    const int64_t* cp = counts.data_ptr<int64_t>();
+    for (int k = 0; k < kHistogramBins; ++k) hist[k] += cp[k];
+    d.square_();
+    sum_4th += d.sum().item<double>();
+  }
 
   SiteStats& s = stats_[key];
   s.layer = layer;
   s.site = site;
   if (s.histogram.size() != size_t(kHistogramBins)) s.histogram.assign(kHistogramBins, 0);
-  if (s.channel_absmax.empty()) s.channel_absmax.assign(channels, 0.0);
-  int64_t nonfinite = 0;
-  for (const Partial& p : part) {
-    nonfinite += p.nonfinite;
-    s.sum_sq += p.sum_sq;
-    s.sum_4th += p.sum_4th;
-    for (int k = 0; k < kHistogramBins; ++k) s.histogram[k] += p.hist[k];
-    const at::Tensor cm = p.cmax.contiguous();
-    const double* cmp = cm.data_ptr<double>();
+  for (int k = 0; k < kHistogramBins; ++k) s.histogram[k] += hist[k];
+  const at::Tensor cm = cmax.contiguous();
+  const double* cmp = cm.data_ptr<double>();
+  if (s.channel_absmax.empty()) s.channel_absmax.assign(cmp, cmp + channels);
+  else
     for (int64_t i = 0; i < channels; ++i) s.channel_absmax[i] = std::max(s.channel_absmax[i], cmp[i]);
-  }
+  s.sum_sq += sum_sq;
+  s.sum_4th += sum_4th;
   s.nonfinite += nonfinite;
   s.count += x.numel() - nonfinite;
 }
