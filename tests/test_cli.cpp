@@ -169,6 +169,48 @@ TEST_F(Cli, EvalMatchesLibraryAndCapsSeqLen) {
   EXPECT_NE(r.out.find("perplexity:"), std::string::npos) << r.out;
 }
 
+TEST_F(Cli, CalibrateWritesARunThatEvalReproduces) {
+  std::string text;
+  for (int i = 0; i < 30; ++i) text += kText;
+  write_bytes(dir.file("long.txt"), text);
+  const std::string common = " --model " + model + " --calib-text " + dir.file("long.txt") + " --eval-text " +
+                             dir.file("long.txt") + " --seq-len 16 --samples 4 --iters 2 --batch 2 --threads 1";
+  Result r = run("calibrate --method respin --rank 4 --wbits 4 --abits 4 --kvbits 4 --json --out " + dir.file("run") + common);
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["config"]["rank"], 4);
+  EXPECT_EQ(j["method"]["training"]["loss"].size(), 2u);
+  const double q = j["results"]["quantized_perplexity"].get<double>();
+
+  // eval --run evaluates the stored model with its rotations and quantizers: the same number.
+  r = run("eval --json --run " + dir.file("run") + " --text-file " + dir.file("long.txt") + " --seq-len 16 --threads 1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto e = nlohmann::json::parse(r.out);
+  EXPECT_NEAR(e["perplexity"].get<double>() / q, 1.0, 1e-6);
+  EXPECT_EQ(e["quantization"]["config"]["method"], "respin");
+  // A rank sweep from the stored rotations.
+  r = run("eval --json --run " + dir.file("run") + " --rank 32 --text-file " + dir.file("long.txt") + " --seq-len 16");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(nlohmann::json::parse(r.out)["quantization"]["rank_rebuilt"].get<bool>());
+
+  // Human output names both perplexities; an existing run directory is refused, untouched.
+  r = run("calibrate --method quarot --out " + dir.file("run2") + common);
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("held-out perplexity:  FP "), std::string::npos) << r.out;
+  const std::string before = read_bytes(dir.file("run2") + "/run.json");
+  r = run("calibrate --method quarot --out " + dir.file("run2") + common);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("already exists"), std::string::npos) << r.err;
+  EXPECT_EQ(read_bytes(dir.file("run2") + "/run.json"), before);
+  // Usage errors.
+  EXPECT_EQ(run("calibrate --method gptq --out x" + common).code, 2);
+  EXPECT_EQ(run("calibrate --method rtn --wbits 1 --out x" + common).code, 2);
+  EXPECT_EQ(run("eval --run " + dir.file("run") + " --model " + model).code, 2);
+  r = run("eval --run " + dir.file("run2") + " --rank 4");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("respin runs only"), std::string::npos) << r.err;
+}
+
 TEST_F(Cli, FailuresAreOneLineErrorsNamingTheFile) {
   Result r = run("eval --model /nonexistent/model --text-file " + dir.file("text.txt"));
   EXPECT_EQ(r.code, 1);

@@ -511,3 +511,29 @@ TEST(Collector, HookNeverModifiesItsInput) {
 
 }  // namespace
 }  // namespace respin
+
+#include "core/ops/hot_ops.h"
+
+namespace respin {
+
+TEST(HotOps, HistogramAndQuantizersMatchTheModules) {
+  at::manual_seed(31);
+  at::Tensor x = at::randn({3, 17, 40}) * 5;
+  ActivationStatsCollector c({HookSite::MlpInput});
+  c.observe(HookSite::MlpInput, 0, x);
+  EXPECT_EQ(ops::abs_histogram(x), c.results()[0].histogram);
+  int64_t total = 0;
+  for (int64_t v : ops::abs_histogram(x)) total += v;
+  EXPECT_EQ(total, x.numel());
+  QuantSpec spec{4, false, 0, 1.0};
+  EXPECT_TRUE(at::equal(ops::fake_quantize_tokens(x, spec), fake_quantize_activation(x, spec)));
+  at::Tensor xs = x.clone().requires_grad_(true);
+  ops::fake_quantize_tokens(xs, spec, true).sum().backward();
+  EXPECT_TRUE(at::equal(xs.grad(), at::ones_like(x)));  // straight through
+  at::Tensor kv = at::randn({2, 2, 5, 8});
+  EXPECT_TRUE(at::equal(ops::fake_quantize_kv(kv, spec), fake_quantize_kv(kv, spec)));
+  HadamardTransform h = HadamardTransform::of_size(40);
+  EXPECT_TRUE(at::allclose(ops::hadamard(x, h), at::matmul(x.to(at::kDouble), h.dense()).to(at::kFloat), 1e-5, 1e-5));
+}
+
+}  // namespace respin
