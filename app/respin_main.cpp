@@ -95,7 +95,11 @@ int main(int argc, char** argv) {
   c_cal->add_option("--a-group", cc.a_group, "Activation group size (0 = per token)")->capture_default_str();
   c_cal->add_option("--a-clip", cc.a_clip, "Activation clip ratio")->capture_default_str();
   c_cal->add_option("--kv-clip", cc.kv_clip, "KV-cache clip ratio")->capture_default_str();
+  c_cal->add_option("--kv-group", cc.kv_group, "KV-cache group size within a head (0 = whole head)")
+      ->capture_default_str();
   c_cal->add_flag("--a-sym", cc.a_sym, "Symmetric activation quantizer (default asymmetric)");
+  c_cal->add_flag("--kv-sym", cc.kv_sym, "Symmetric KV-cache quantizer (default asymmetric)");
+  c_cal->add_flag("--w-asym{false}", cc.w_sym, "Asymmetric weight quantizer (default symmetric)");
   c_cal->add_option("--device", cc.device, "Compute device")
       ->capture_default_str()->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   c_cal->add_option("--threads", cc.threads, "Compute threads (0 = all cores)")

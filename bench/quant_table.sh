@@ -28,7 +28,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 if [[ -z "$respin" ]]; then
-  for b in "$here/build/cuda/app/respin" "$here/build/cpu/app/respin"; do [[ -x "$b" ]] && respin="$b" && break; done
+  # the most recently built of the presets' binaries
+  respin=$(ls -t "$here"/build/{cuda,cpu}/app/respin 2>/dev/null | head -1 || true)
 fi
 [[ -x "$respin" ]] || { echo "error: no respin binary; run scripts/build.sh first" >&2; exit 1; }
 [[ -f "$model/config.json" ]] || { echo "error: no model at $model (scripts/run.sh trains the default one)" >&2; exit 1; }
@@ -59,7 +60,9 @@ for bits in $bits_list; do
     fi
     fp=$(field "$dir/run.json" results.fp_perplexity)
     ppl=$(field "$dir/run.json" results.quantized_perplexity)
-    secs=$(field "$dir/run.json" timing.calibration_seconds)
+    # the method's own cost: rotations (incl. learning), GPTQ or RTN weight quantization
+    secs=$(python3 -c "import json,sys; p=json.load(open(sys.argv[1]))['timing']['phases_seconds']
+print(sum(p.get(k, 0) for k in ('rotate', 'gptq', 'quantize')))" "$dir/run.json")
     mem=$(field "$dir/run.json" peak_rss_bytes)
     name="$method"
     [[ "$method" == respin ]] && name="respin r=32"
@@ -68,7 +71,10 @@ for bits in $bits_list; do
     if [[ "$method" == respin ]]; then
       for rank in 0 8 128 "$hidden"; do
         json="$out/$tag-respin-r$rank.json"
-        [[ -f "$json" ]] || "$respin" eval --run "$dir" --rank "$rank" --seq-len 512 --max-windows 100 --json > "$json"
+        if [[ ! -s "$json" ]]; then
+          "$respin" eval --run "$dir" --rank "$rank" --seq-len 512 --max-windows 100 --json > "$json.tmp"
+          mv "$json.tmp" "$json"
+        fi
         p=$(field "$json" perplexity)
         label="respin r=$rank"
         [[ "$rank" == "$hidden" ]] && label="respin r=$rank (full)"

@@ -114,6 +114,8 @@ TEST_F(Calib, QuantizedRunDirectoryReloadsToTheSamePerplexity) {
   // 4-bit everything changes the model's predictions (on a random model not necessarily for the worse).
   EXPECT_GT(std::abs(r.quant_perplexity / r.fp_perplexity - 1), 1e-3);
   EXPECT_EQ(r.loss_curve.size(), 3u);
+  EXPECT_GT(r.calibration_seconds, 0);
+  EXPECT_LT(r.calibration_seconds, r.total_seconds);
   for (const char* p : {"load", "eval-fp", "stats", "rotate", "quantize", "eval", "write"})
     EXPECT_NE(std::find(phases.begin(), phases.end(), p), phases.end()) << p;
   for (const char* f : {"run.json", "model/config.json", "model/model.safetensors", "model/tokenizer.json",

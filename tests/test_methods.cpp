@@ -36,12 +36,14 @@ double relative_error(const at::Tensor& a, const at::Tensor& b) {
 }  // namespace
 
 TEST(Rtn, AllSixteenBitsIsTheOriginalModel) {
+  at::manual_seed(601);
   LlamaModel fp = test_model();
   at::Tensor ids = at::randint(100, {2, 24}, at::kLong);
   EXPECT_TRUE(at::equal(quantize_rtn(fp, wak(16, 16, 16)).forward(ids), fp.forward(ids)));
 }
 
 TEST(Rtn, WeightsLandOnTheGridAndEmbeddingsStayFullPrecision) {
+  at::manual_seed(602);
   LlamaModel fp = test_model();
   LlamaModel q = quantize_rtn(fp, wak(3, 16, 16));
   at::Tensor w = q.weights().layers[1].gate_proj;
@@ -52,6 +54,7 @@ TEST(Rtn, WeightsLandOnTheGridAndEmbeddingsStayFullPrecision) {
 }
 
 TEST(Rtn, ErrorGrowsAsBitsShrinkForEachQuantizer) {
+  at::manual_seed(603);
   LlamaModel fp = test_model();
   at::Tensor ids = at::randint(100, {2, 32}, at::kLong);
   at::Tensor ref = fp.forward(ids);
@@ -71,6 +74,7 @@ TEST(Rtn, ErrorGrowsAsBitsShrinkForEachQuantizer) {
 }
 
 TEST(Rtn, HookQuantizesLinearInputsAndKvButNotQueries) {
+  at::manual_seed(604);
   QuantConfig q = wak(16, 2, 2);
   ActivationHook hook = activation_quant_hook(q);
   at::Tensor x = at::randn({2, 5, 64});
@@ -93,6 +97,7 @@ TEST(Rtn, HookQuantizesLinearInputsAndKvButNotQueries) {
 }
 
 TEST(Rtn, InvalidBitsAreRejected) {
+  at::manual_seed(605);
   EXPECT_THROW(quantize_rtn(test_model(), wak(1, 16, 16)), Error);
   EXPECT_THROW(quantize_rtn(test_model(), wak(4, 9, 16)), Error);
 }

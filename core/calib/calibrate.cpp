@@ -21,6 +21,7 @@
 #include "core/methods/rotation_training.h"
 #include "core/model/weights.h"
 #include "core/rotation/fusion.h"
+#include "core/rotation/hadamard_transform.h"
 #include "core/stats/activation_stats.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/util/error.h"
@@ -224,11 +225,22 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
   const QuantConfig quant = cfg.quant_config();
   nlohmann::json details;
   OnlineTransforms online = method_online_transforms(method, quant);
-  const int64_t o_group = method_o_proj_group(method, mc);
+  if (online.heads_hadamard) {
+    try {
+      HadamardTransform::of_size(mc.num_attention_heads);
+    } catch (const Error&) {
+      // QuaRot's Hadamard across heads needs a Hadamard of order num_heads; without one the o_proj
+      // input keeps only the per-head rotation and is quantized per head instead.
+      online.heads_hadamard = false;
+      details["heads_hadamard"] = "skipped: no Hadamard matrix of order " + std::to_string(mc.num_attention_heads) +
+                                  "; o_proj input quantized per head";
+    }
+  }
+  int64_t o_group = method_o_proj_group(method, mc);
+  if (method == Method::QuaRot && !online.heads_hadamard) o_group = mc.head_dim;
   SkipTransitions skip;
   std::optional<ResidualRotations> final_rot;
   LlamaModel rotated = original;  // full precision, in the method's basis
-  const double t_calib0 = std::chrono::duration<double>(Clock::now() - t_start).count();
   if (method_rotates(method)) {
     timer.start("rotate", control);
     LlamaModel fused = fuse_rms_norms(original);
@@ -310,8 +322,8 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
           *t = fake_quantize_weight(*t, quant.weight, quant.weight_mse_clip);
     }
   }
-  res.calibration_seconds = std::chrono::duration<double>(Clock::now() - t_start).count() - t_calib0 -
-                            timer.seconds("stats");
+  timer.stop();
+  res.calibration_seconds = timer.seconds("rotate") + timer.seconds("gptq") + timer.seconds("quantize");
   LlamaModel quantized(mc, qw);
   quantized.set_hook(final_hook(mc, online, skip, quant, o_group));
 

@@ -41,7 +41,7 @@ struct CalibResult {
   int64_t eval_windows = 0;
   std::vector<double> loss_curve;  // rotation learning, per step (empty for rtn/quarot)
   std::vector<std::pair<std::string, double>> phase_seconds;
-  double calibration_seconds = 0;  // rotations + weight quantization (what the method costs)
+  double calibration_seconds = 0;  // phases rotate + gptq + quantize (what the method costs)
   double total_seconds = 0;
   int64_t peak_rss_bytes = 0;
   nlohmann::json run;  // the content of run.json

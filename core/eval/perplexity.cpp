@@ -13,8 +13,8 @@ namespace respin {
 std::vector<double> window_mean_nll(const at::Tensor& logits, const at::Tensor& ids) {
   const int64_t T = ids.size(1);
   at::Tensor lp = at::log_softmax(logits.narrow(1, 0, T - 1).to(at::kFloat), -1);
-  at::Tensor target = ids.narrow(1, 1, T - 1).unsqueeze(-1);
-  at::Tensor nll = -lp.gather(-1, target).squeeze(-1).to(at::kDouble).mean(1);  // [B]
+  at::Tensor target = ids.narrow(1, 1, T - 1).unsqueeze(-1).to(lp.device());
+  at::Tensor nll = -lp.gather(-1, target).squeeze(-1).to(at::kCPU, at::kDouble).mean(1).contiguous();  // [B]
   std::vector<double> out(nll.data_ptr<double>(), nll.data_ptr<double>() + nll.numel());
   return out;
 }

@@ -145,18 +145,20 @@ ForwardContext LlamaModel::make_context(int64_t seq_len) const {
   at::Tensor pos = at::arange(seq_len, at::kLong).to(at::kFloat);
   at::Tensor freqs = at::outer(pos, rope_inv_freq(config_));  // [T, d/2]
   at::Tensor emb = at::cat({freqs, freqs}, -1);
-  ctx.cos = emb.cos().to(dtype());
-  ctx.sin = emb.sin().to(dtype());
+  const at::Device device = weights_.embed_tokens.device();
+  ctx.cos = emb.cos().to(device, dtype());
+  ctx.sin = emb.sin().to(device, dtype());
   at::Tensor i = at::arange(seq_len, at::kLong).unsqueeze(1);
   at::Tensor j = at::arange(seq_len, at::kLong).unsqueeze(0);
   ctx.blocked = j > i;
   if (config_.sliding_window && *config_.sliding_window < seq_len)
     ctx.blocked = ctx.blocked.logical_or(j <= i - *config_.sliding_window);
+  ctx.blocked = ctx.blocked.to(device);
   return ctx;
 }
 
 at::Tensor LlamaModel::embed(const at::Tensor& ids) const {
-  return at::embedding(weights_.embed_tokens, ids);
+  return at::embedding(weights_.embed_tokens, ids.to(weights_.embed_tokens.device()));
 }
 
 at::Tensor LlamaModel::attention(int layer, const at::Tensor& x_in, const ForwardContext& ctx) const {
