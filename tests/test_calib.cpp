@@ -182,6 +182,17 @@ TEST_F(Calib, GptqRunsLayerByLayerAndBeatsRtnOnWeights) {
   CalibResult gptq = run_calibration(c, out("gptq"));
   EXPECT_EQ(gptq.run["method"]["gptq"]["layer_loss"].size(), 2u);
   EXPECT_THROW(load_run(out("gptq"), 8), Error);  // a rank applies to respin runs only
+
+  // Learned rotations for a GPTQ pipeline are learned with 16-bit weights (SpinQuant's protocol),
+  // for an RTN pipeline with the target bits.
+  CalibConfig s = config("spinquant", 4);
+  s.weight_quantizer = "gptq";
+  CalibResult sg = run_calibration(s, out("spin-gptq"));
+  EXPECT_EQ(sg.run["method"]["training"]["weight_bits_while_training"], 16);
+  EXPECT_EQ(sg.run["method"]["gptq"]["layer_loss"].size(), 2u);
+  EXPECT_TRUE(std::isfinite(sg.quant_perplexity));
+  s.weight_quantizer = "rtn";
+  EXPECT_EQ(run_calibration(s, out("spin-rtn")).run["method"]["training"]["weight_bits_while_training"], 4);
   EXPECT_TRUE(std::isfinite(gptq.quant_perplexity));
   // Weight-only 3-bit: GPTQ's error compensation should not lose to round-to-nearest.
   EXPECT_LT(gptq.quant_perplexity - gptq.fp_perplexity, (rtn.quant_perplexity - rtn.fp_perplexity) * 1.05)
