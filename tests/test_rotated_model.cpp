@@ -56,14 +56,6 @@ at::Tensor near(const at::Tensor& h, double eps, uint64_t seed) {
   return at::matmul(h, at::linalg_matrix_exp(s));
 }
 
-ResidualRotations to_double(ResidualRotations r) {
-  for (auto* v : {&r.attn_in, &r.mlp_in, &r.head})
-    for (at::Tensor& t : *v)
-      if (t.defined()) t = t.to(at::kDouble);
-  r.final_basis = r.final_basis.to(at::kDouble);
-  return r;
-}
-
 }  // namespace
 
 TEST(RotatedModel, QuaRotAndSpinQuantKeepTheFunction) {
@@ -81,7 +73,7 @@ TEST(RotatedModel, QuaRotAndSpinQuantKeepTheFunction) {
       EXPECT_EQ(online.heads_hadamard, method == Method::QuaRot);
       InitialRotations init = initial_rotations(method, m.config(), 5);
       EXPECT_TRUE(init.rotations.is_global());
-      LlamaModel r = rotated(fused, to_double(init.rotations), online, {}, method_o_proj_group(method, m.config()));
+      LlamaModel r = rotated(fused, init.rotations.to(at::kDouble), online, {}, method_o_proj_group(method, m.config()));
       EXPECT_LT(rel(r.forward(ids), ref), 1e-5) << method_name(method) << biases;
       EXPECT_GT((r.weights().layers[1].o_proj - fused.weights().layers[1].o_proj).abs().max().item<double>(), 1e-2);
     }

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <set>
+#include <string_view>
 
 #include "core/methods/methods.h"
 #include "core/util/error.h"
@@ -53,35 +54,46 @@ QuantConfig CalibConfig::quant_config() const {
   return q;
 }
 
+namespace {
+
+// Every serialized field, in one place: visit(name, member) for each (model and method first).
+template <class Config, class Visit>
+void for_each_field(Config& c, Visit&& visit) {
+  visit("model", c.model);
+  visit("method", c.method);
+  visit("wbits", c.wbits);
+  visit("abits", c.abits);
+  visit("kvbits", c.kvbits);
+  visit("w_group", c.w_group);
+  visit("a_group", c.a_group);
+  visit("kv_group", c.kv_group);
+  visit("w_sym", c.w_sym);
+  visit("a_sym", c.a_sym);
+  visit("kv_sym", c.kv_sym);
+  visit("w_mse_clip", c.w_mse_clip);
+  visit("a_clip", c.a_clip);
+  visit("kv_clip", c.kv_clip);
+  visit("rank", c.rank);
+  visit("weight_quantizer", c.weight_quantizer);
+  visit("calib_text", c.calib_text);
+  visit("eval_text", c.eval_text);
+  visit("samples", c.samples);
+  visit("seq_len", c.seq_len);
+  visit("iters", c.iters);
+  visit("lr", c.lr);
+  visit("batch", c.batch);
+  visit("eval_windows", c.eval_windows);
+  visit("stats_windows", c.stats_windows);
+  visit("seed", c.seed);
+  visit("device", c.device);
+  visit("threads", c.threads);
+}
+
+}  // namespace
+
 std::string calib_config_to_json(const CalibConfig& c) {
-  nlohmann::json j = {{"model", c.model},
-                      {"method", c.method},
-                      {"wbits", c.wbits},
-                      {"abits", c.abits},
-                      {"kvbits", c.kvbits},
-                      {"w_group", c.w_group},
-                      {"a_group", c.a_group},
-                      {"kv_group", c.kv_group},
-                      {"w_sym", c.w_sym},
-                      {"a_sym", c.a_sym},
-                      {"kv_sym", c.kv_sym},
-                      {"w_mse_clip", c.w_mse_clip},
-                      {"a_clip", c.a_clip},
-                      {"kv_clip", c.kv_clip},
-                      {"rank", c.rank},
-                      {"weight_quantizer", c.weight_quantizer},
-                      {"calib_text", c.calib_text},
-                      {"eval_text", c.eval_text},
-                      {"samples", c.samples},
-                      {"seq_len", c.seq_len},
-                      {"iters", c.iters},
-                      {"lr", c.lr},
-                      {"batch", c.batch},
-                      {"eval_windows", c.eval_windows},
-                      {"stats_windows", c.stats_windows},
-                      {"seed", c.seed},
-                      {"device", c.device},
-                      {"threads", c.threads}};
+  nlohmann::json j = nlohmann::json::object();
+  for_each_field(c, [&](const char* name, const auto& value) { j[name] = value; });
   return j.dump(2);
 }
 
@@ -95,11 +107,12 @@ CalibConfig calib_config_from_json(const std::string& text, const std::string& s
   if (!j.is_object()) throw Error(source + ": expected a JSON object");
   CalibConfig c;
   std::set<std::string> known;
-  auto field = [&](const char* name, auto& value, bool required = false) {
+  for_each_field(c, [&](const char* name, auto& value) {
     known.insert(name);
     auto it = j.find(name);
     if (it == j.end()) {
-      if (required) throw Error(source + ": missing field '" + name + "'");
+      const std::string_view n = name;
+      if (n == "model" || n == "method") throw Error(source + ": missing field '" + name + "'");
       return;
     }
     try {
@@ -113,39 +126,11 @@ CalibConfig calib_config_from_json(const std::string& text, const std::string& s
       } else {
         if (!it->is_number()) throw Error("");
       }
-      value = it->get<std::decay_t<decltype(value)>>();
+      value = it->get<T>();
     } catch (const std::exception&) {
       throw Error(source + ": field '" + name + "' has the wrong type (" + it->type_name() + ")");
     }
-  };
-  field("model", c.model, true);
-  field("method", c.method, true);
-  field("wbits", c.wbits);
-  field("abits", c.abits);
-  field("kvbits", c.kvbits);
-  field("w_group", c.w_group);
-  field("a_group", c.a_group);
-  field("kv_group", c.kv_group);
-  field("w_sym", c.w_sym);
-  field("a_sym", c.a_sym);
-  field("kv_sym", c.kv_sym);
-  field("w_mse_clip", c.w_mse_clip);
-  field("a_clip", c.a_clip);
-  field("kv_clip", c.kv_clip);
-  field("rank", c.rank);
-  field("weight_quantizer", c.weight_quantizer);
-  field("calib_text", c.calib_text);
-  field("eval_text", c.eval_text);
-  field("samples", c.samples);
-  field("seq_len", c.seq_len);
-  field("iters", c.iters);
-  field("lr", c.lr);
-  field("batch", c.batch);
-  field("eval_windows", c.eval_windows);
-  field("stats_windows", c.stats_windows);
-  field("seed", c.seed);
-  field("device", c.device);
-  field("threads", c.threads);
+  });
   for (auto it = j.begin(); it != j.end(); ++it)
     if (!known.count(it.key())) throw Error(source + ": unknown field '" + it.key() + "'");
   try {

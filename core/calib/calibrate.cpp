@@ -60,16 +60,6 @@ at::Tensor windows_of(const std::vector<int>& ids, int64_t seq_len, int64_t max_
   return at::tensor(v, at::kLong).view({n, seq_len});
 }
 
-void to_device(ModelWeights& w, const at::Device& d) {
-  auto mv = [&](at::Tensor& t) {
-    if (t.defined()) t = t.to(d);
-  };
-  mv(w.embed_tokens), mv(w.final_norm);
-  w.lm_head = w.lm_head.is_same(w.embed_tokens) ? w.embed_tokens : w.lm_head.to(d);
-  for (LayerWeights& l : w.layers)
-    for (at::Tensor* t : layer_tensors(l)) mv(*t);
-}
-
 void save_tensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
   std::vector<at::Tensor> keep;
   std::vector<TensorView> views;
@@ -171,11 +161,7 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
   Tokenizer tok = Tokenizer::from_file(tokenizer_path);
   LlamaModel original = load_model(folder.dir, {at::kFloat});
   const ModelConfig& mc = original.config();
-  if (device.is_cuda()) {
-    ModelWeights w = original.weights();
-    to_device(w, device);
-    original = LlamaModel(mc, std::move(w));
-  }
+  if (device.is_cuda()) original = LlamaModel(mc, move_weights(original.weights(), device));
   const int64_t seq_len = std::min<int64_t>(cfg.seq_len, mc.max_position_embeddings);
   std::optional<Corpus> corpus;
   auto corpus_text = [&](Split s) {
@@ -247,11 +233,7 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
     InitialRotations init = initial_rotations(method, mc, cfg.seed);
     details["residual_init"] = init.residual_init;
     details["head_init"] = init.head_init;
-    ResidualRotations rot = init.rotations;
-    for (auto* v : {&rot.attn_in, &rot.mlp_in, &rot.head})
-      for (at::Tensor& t : *v) t = t.to(device);
-    rot.final_basis = rot.final_basis.to(device);
-    if (rot.is_global()) rot = ResidualRotations::global(rot.final_basis, rot.head, rot.layers());
+    ResidualRotations rot = init.rotations.to(device);
     if (method_learns(method)) {
       RotationTrainingOptions to;
       to.iterations = cfg.iters;
@@ -274,12 +256,7 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
                              {"max_orthogonality_error", tr.max_orthogonality_error},
                              {"loss", tr.loss}};
     }
-    ResidualRotations r64 = rot;
-    for (auto* v : {&r64.attn_in, &r64.mlp_in, &r64.head})
-      for (at::Tensor& t : *v)
-        if (t.defined()) t = t.detach().to(at::kDouble);
-    r64.final_basis = r64.final_basis.detach().to(at::kDouble);
-    if (rot.is_global()) r64 = ResidualRotations::global(r64.final_basis, r64.head, r64.layers());
+    const ResidualRotations r64 = rot.to(at::kDouble);
     rotated = LlamaModel(mc, rotate_weights(fused, r64, online, at::kFloat));
     if (!rot.is_global()) {
       std::vector<double> errors;
@@ -292,10 +269,10 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
     final_rot = r64;
   }
 
-  // ---- statistics of what the quantizers see after rotation
-  timer.start("stats", control);
+  // ---- statistics of what the quantizers see after rotation (without rotation: the same as before)
   ActivationStatsCollector after(ActivationStatsCollector::all_linear_and_qkv_sites());
-  {
+  if (method_rotates(method)) {
+    timer.start("stats", control);
     LlamaModel m = rotated;
     ActivationHook observer = after.hook();
     m.set_hook(final_hook(mc, online, skip, without_activation_quant(quant), o_group, observer));
@@ -316,10 +293,7 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
       details["gptq"] = {{"layer_loss", rep.layer_loss}, {"dead_columns", rep.dead_columns}, {"seconds", rep.seconds}};
     } else {
       timer.start("quantize", control);
-      at::NoGradGuard no_grad;
-      for (LayerWeights& l : qw.layers)
-        for (at::Tensor* t : {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj})
-          *t = fake_quantize_weight(*t, quant.weight, quant.weight_mse_clip);
+      quantize_weights_rtn(qw, quant);
     }
   }
   timer.stop();
@@ -347,9 +321,7 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
     SaveOptions so;
     so.file_dtype = DType::F32;
     so.tokenizer_json = tokenizer_path;
-    ModelWeights cpu_w = qw;
-    to_device(cpu_w, at::Device(at::kCPU));
-    save_model((tmp / "model").string(), saved, cpu_w, so);
+    save_model((tmp / "model").string(), saved, move_weights(qw, at::Device(at::kCPU)), so);
     if (final_rot) {
       std::vector<std::pair<std::string, at::Tensor>> t;
       for (int i = 0; i < final_rot->layers(); ++i) {
@@ -374,7 +346,7 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
       if (!t.empty()) save_tensors((tmp / "online.safetensors").string(), t);
     }
     nlohmann::json stats = {{"before", stats_to_json(before.results())},
-                            {"after", stats_to_json(after.results())},
+                            {"after", stats_to_json(method_rotates(method) ? after.results() : before.results())},
                             {"windows", stats_windows.size(0)},
                             {"seq_len", seq_len}};
     write_file_atomically((tmp / "stats.json").string(), stats.dump());

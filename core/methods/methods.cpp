@@ -69,9 +69,10 @@ InitialRotations initial_rotations(Method m, const ModelConfig& c, uint64_t seed
   }
   r1 = r1.to(at::kFloat);
   std::vector<at::Tensor> heads(L);
-  const std::string hc = HadamardTransform::of_size(c.head_dim).construction();
+  const HadamardTransform head_h = HadamardTransform::of_size(c.head_dim);
+  const std::string hc = head_h.construction();
   for (int i = 0; i < L; ++i) {
-    if (m == Method::QuaRot) heads[i] = HadamardTransform::of_size(c.head_dim).dense().to(at::kFloat);
+    if (m == Method::QuaRot) heads[i] = head_h.dense().to(at::kFloat);
     else heads[i] = random_hadamard(c.head_dim, sub_seed(seed, 1 + i)).to(at::kFloat);
   }
   out.head_init = (m == Method::QuaRot ? "hadamard (" : "random hadamard per layer (") + hc + ")";

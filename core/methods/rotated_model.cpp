@@ -43,6 +43,23 @@ std::vector<at::Tensor> ResidualRotations::unique_tensors() const {
   return out;
 }
 
+ResidualRotations ResidualRotations::to(const at::TensorOptions& options) const {
+  std::vector<std::pair<at::Tensor, at::Tensor>> converted;
+  auto convert = [&](const at::Tensor& t) {
+    if (!t.defined()) return t;
+    for (const auto& [from, into] : converted)
+      if (from.is_same(t)) return into;
+    converted.emplace_back(t, t.detach().to(options));
+    return converted.back().second;
+  };
+  ResidualRotations out;
+  for (const at::Tensor& t : attn_in) out.attn_in.push_back(convert(t));
+  for (const at::Tensor& t : mlp_in) out.mlp_in.push_back(convert(t));
+  out.final_basis = convert(final_basis);
+  for (const at::Tensor& t : head) out.head.push_back(convert(t));
+  return out;
+}
+
 namespace {
 
 bool all_ones(const at::Tensor& t) { return at::equal(t, at::ones_like(t)); }

@@ -48,6 +48,9 @@ struct ResidualRotations {
   int layers() const { return static_cast<int>(attn_in.size()); }
   // The distinct tensors, in a fixed order (residual ones first); for optimizers.
   std::vector<at::Tensor> unique_tensors() const;
+  // Detached copies converted to `options` (dtype and/or device). Each distinct tensor is
+  // converted once, so entries that share a tensor (a global rotation) still share it.
+  ResidualRotations to(const at::TensorOptions& options) const;
 };
 
 // Online transforms that are not folded into the weights.

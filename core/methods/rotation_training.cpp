@@ -46,7 +46,7 @@ RotationTrainingResult train_rotations(const LlamaModel& fused, ResidualRotation
     ModelWeights w = rotate_weights(fused, rotations, o.online, at::kFloat);
     if (o.quant.weight.enabled())
       for (LayerWeights& l : w.layers)
-        for (at::Tensor* t : {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj})
+        for (at::Tensor* t : linear_weights(l))
           *t = fake_quantize_weight_ste(*t, o.quant.weight, /*mse_clip=*/false);
     LlamaModel model(c, std::move(w));
     OnlineHookOptions ho;

@@ -30,16 +30,17 @@ ActivationHook activation_quant_hook(const QuantConfig& config) {
   };
 }
 
+void quantize_weights_rtn(ModelWeights& weights, const QuantConfig& config) {
+  if (!config.weight.enabled()) return;
+  at::NoGradGuard no_grad;
+  for (LayerWeights& L : weights.layers)
+    for (at::Tensor* t : linear_weights(L)) *t = fake_quantize_weight(*t, config.weight, config.weight_mse_clip);
+}
+
 LlamaModel quantize_rtn(const LlamaModel& model, const QuantConfig& config) {
   config.validate();
-  at::NoGradGuard no_grad;
   ModelWeights w = model.weights();
-  auto quantize = [&](at::Tensor& t) {
-    if (config.weight.enabled()) t = fake_quantize_weight(t, config.weight, config.weight_mse_clip);
-  };
-  for (LayerWeights& L : w.layers)
-    for (at::Tensor* t : {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj})
-      quantize(*t);
+  quantize_weights_rtn(w, config);
   LlamaModel q(model.config(), std::move(w));
   q.set_hook(activation_quant_hook(config));
   return q;

@@ -20,6 +20,10 @@ struct QuantConfig {
 // The hook that fake-quantizes linear inputs and K/V according to `config` (no-op for 16 bits).
 ActivationHook activation_quant_hook(const QuantConfig& config);
 
+// Fake-quantizes every decoder layer's linear weights in place (round-to-nearest on the grid of
+// config.weight, with the MSE clip search if config.weight_mse_clip); embeddings and lm_head stay.
+void quantize_weights_rtn(ModelWeights& weights, const QuantConfig& config);
+
 // A copy of `model` with fake-quantized weights and the activation hook installed.
 LlamaModel quantize_rtn(const LlamaModel& model, const QuantConfig& config);
 

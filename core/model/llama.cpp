@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/util/error.h"
+#include "core/util/tensor_text.h"
 
 namespace respin {
 
@@ -31,12 +32,8 @@ at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep) {
 
 void check_shape(const at::Tensor& t, std::vector<int64_t> expect, const std::string& name) {
   if (!t.defined()) throw Error("weight '" + name + "' is missing");
-  if (t.sizes().vec() != expect) {
-    std::string got, want;
-    for (auto d : t.sizes()) got += (got.empty() ? "" : ", ") + std::to_string(d);
-    for (auto d : expect) want += (want.empty() ? "" : ", ") + std::to_string(d);
-    throw Error("weight '" + name + "' has shape [" + got + "], config expects [" + want + "]");
-  }
+  if (t.sizes().vec() != expect)
+    throw Error("weight '" + name + "' has shape " + shape_text(t) + ", config expects " + shape_text(expect));
 }
 
 }  // namespace
@@ -46,18 +43,36 @@ std::vector<at::Tensor*> layer_tensors(LayerWeights& L) {
           &L.post_attention_norm, &L.gate_proj, &L.up_proj, &L.down_proj, &L.gate_bias, &L.up_bias, &L.down_bias};
 }
 
-ModelWeights cast_weights(const ModelWeights& w, at::ScalarType dtype) {
-  auto cast = [&](at::Tensor& t) {
-    if (t.defined()) t = t.to(dtype);
+std::vector<at::Tensor*> linear_weights(LayerWeights& L) {
+  return {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj};
+}
+
+namespace {
+
+// `convert` applied to every defined tensor; a tied lm_head stays the embeddings' tensor.
+template <class Convert>
+ModelWeights convert_weights(const ModelWeights& w, Convert convert) {
+  auto apply = [&](at::Tensor& t) {
+    if (t.defined()) t = convert(t);
   };
   const bool tied = w.lm_head.is_same(w.embed_tokens);
   ModelWeights c = w;
-  cast(c.embed_tokens);
-  cast(c.final_norm);
-  c.lm_head = tied ? c.embed_tokens : w.lm_head.to(dtype);
+  apply(c.embed_tokens);
+  apply(c.final_norm);
+  c.lm_head = tied ? c.embed_tokens : convert(w.lm_head);
   for (LayerWeights& L : c.layers)
-    for (at::Tensor* t : layer_tensors(L)) cast(*t);
+    for (at::Tensor* t : layer_tensors(L)) apply(*t);
   return c;
+}
+
+}  // namespace
+
+ModelWeights cast_weights(const ModelWeights& w, at::ScalarType dtype) {
+  return convert_weights(w, [&](const at::Tensor& t) { return t.to(dtype); });
+}
+
+ModelWeights move_weights(const ModelWeights& w, at::Device device) {
+  return convert_weights(w, [&](const at::Tensor& t) { return t.to(device); });
 }
 
 const char* hook_site_name(HookSite site) {

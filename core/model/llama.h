@@ -51,6 +51,8 @@ struct LayerWeights {
 // Every tensor slot of a layer (defined or not), in a fixed order: for code that treats all
 // weights alike (casting, collecting parameters).
 std::vector<at::Tensor*> layer_tensors(LayerWeights& layer);
+// The seven linear weights of a layer (q, k, v, o, gate, up, down): what quantizers act on.
+std::vector<at::Tensor*> linear_weights(LayerWeights& layer);
 
 struct ModelWeights {
   at::Tensor embed_tokens;  // [vocab, hidden]
@@ -96,6 +98,8 @@ class LlamaModel {
 
 // A copy of `weights` in `dtype`; a tied lm_head stays the same tensor as the embeddings.
 ModelWeights cast_weights(const ModelWeights& weights, at::ScalarType dtype);
+// A copy of `weights` on `device`, likewise keeping a tied lm_head tied.
+ModelWeights move_weights(const ModelWeights& weights, at::Device device);
 
 // RoPE inverse frequencies [head_dim/2] (float32) including rope_scaling (linear, llama3).
 at::Tensor rope_inv_freq(const ModelConfig& config);

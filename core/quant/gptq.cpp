@@ -10,28 +10,15 @@
 
 #include <algorithm>
 #include <cmath>
-#include <sstream>
 #include <string>
 #include <tuple>
 
 #include "core/util/error.h"
+#include "core/util/tensor_text.h"
 
 namespace respin {
 namespace {
 
-std::string shape_str(const at::Tensor& t) {
-  std::ostringstream s;
-  s << '[';
-  for (int64_t i = 0; i < t.dim(); ++i) s << (i ? ", " : "") << t.size(i);
-  s << ']';
-  return s.str();
-}
-
-std::string num_str(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
 
 bool all_finite(const at::Tensor& t) {
   return t.numel() == 0 || at::isfinite(t).all().item<bool>();
@@ -71,10 +58,10 @@ void HessianAccumulator::add(const at::Tensor& x) {
                 std::string(c10::toString(x.scalar_type())));
   if (x.dim() < 1 || x.size(-1) != columns_)
     throw Error("Hessian accumulator: expected inputs [..., " + std::to_string(columns_) +
-                "] (the layer's input features), got " + shape_str(x));
+                "] (the layer's input features), got " + shape_text(x));
   if (x.numel() == 0) return;
   if (!all_finite(x))
-    throw Error("Hessian accumulator: input " + shape_str(x) +
+    throw Error("Hessian accumulator: input " + shape_text(x) +
                 " contains NaN or Inf values; the Hessian would be unusable");
   at::NoGradGuard no_grad;
   if (samples_ == 0 && hessian_.device() != x.device()) hessian_ = hessian_.to(x.device());
@@ -94,17 +81,17 @@ GptqResult gptq_quantize(const at::Tensor& w, const at::Tensor& hessian, const Q
                          const GptqOptions& options) {
   validate_quant_spec(spec, "GPTQ weight");
   if (!(std::isfinite(options.damp) && options.damp >= 0))
-    throw Error("GPTQ: damp must be finite and >= 0, got " + num_str(options.damp));
+    throw Error("GPTQ: damp must be finite and >= 0, got " + number_text(options.damp));
   if (options.block_size < 1)
     throw Error("GPTQ: block_size must be >= 1, got " + std::to_string(options.block_size));
   if (options.mse_clip && spec.clip_ratio != 1.0)
     throw Error("GPTQ: mse_clip searches the clip itself; clip_ratio must be 1, got " +
-                num_str(spec.clip_ratio));
+                number_text(spec.clip_ratio));
   if (!w.defined()) throw Error("GPTQ: weight is undefined");
   if (!at::isFloatingType(w.scalar_type()))
     throw Error("GPTQ: expected a floating-point weight, got " +
                 std::string(c10::toString(w.scalar_type())));
-  if (w.dim() != 2) throw Error("GPTQ: expected a 2-D [out, in] weight, got " + shape_str(w));
+  if (w.dim() != 2) throw Error("GPTQ: expected a 2-D [out, in] weight, got " + shape_text(w));
   const int64_t out = w.size(0), in = w.size(1);
   if (!hessian.defined()) throw Error("GPTQ: Hessian is undefined");
   if (!at::isFloatingType(hessian.scalar_type()))
@@ -112,13 +99,13 @@ GptqResult gptq_quantize(const at::Tensor& w, const at::Tensor& hessian, const Q
                 std::string(c10::toString(hessian.scalar_type())));
   if (hessian.dim() != 2 || hessian.size(0) != in || hessian.size(1) != in)
     throw Error("GPTQ: Hessian must be [" + std::to_string(in) + ", " + std::to_string(in) +
-                "] for weight " + shape_str(w) + ", got " + shape_str(hessian));
+                "] for weight " + shape_text(w) + ", got " + shape_text(hessian));
   if (spec.group_size > 0 && in % spec.group_size != 0)
     throw Error("GPTQ: group_size " + std::to_string(spec.group_size) +
                 " does not divide the weight's input dimension " + std::to_string(in));
-  if (!all_finite(w)) throw Error("GPTQ: weight " + shape_str(w) + " contains NaN or Inf values");
+  if (!all_finite(w)) throw Error("GPTQ: weight " + shape_text(w) + " contains NaN or Inf values");
   if (!all_finite(hessian))
-    throw Error("GPTQ: Hessian " + shape_str(hessian) + " contains NaN or Inf values");
+    throw Error("GPTQ: Hessian " + shape_text(hessian) + " contains NaN or Inf values");
 
   GptqResult result;
   if (!spec.enabled() || w.numel() == 0) {
@@ -160,9 +147,9 @@ GptqResult gptq_quantize(const at::Tensor& w, const at::Tensor& hessian, const Q
     if (hinv.defined()) break;
   }
   if (!hinv.defined())
-    throw Error("GPTQ: the Hessian " + shape_str(h) +
-                " is not positive definite even with damping " + num_str(rel_damp) +
-                " x mean(diag H) (mean(diag H) = " + num_str(mean_diag) +
+    throw Error("GPTQ: the Hessian " + shape_text(h) +
+                " is not positive definite even with damping " + number_text(rel_damp) +
+                " x mean(diag H) (mean(diag H) = " + number_text(mean_diag) +
                 "); check the calibration inputs");
 
   QuantSpec group_spec = spec;  // one group's columns are quantized as a per-row grid

@@ -7,27 +7,14 @@
 
 #include <cmath>
 #include <limits>
-#include <sstream>
 #include <string>
 
 #include "core/util/error.h"
+#include "core/util/tensor_text.h"
 
 namespace respin {
 namespace {
 
-std::string shape_str(const at::Tensor& t) {
-  std::ostringstream s;
-  s << '[';
-  for (int64_t i = 0; i < t.dim(); ++i) s << (i ? ", " : "") << t.size(i);
-  s << ']';
-  return s.str();
-}
-
-std::string num_str(double v) {
-  std::ostringstream s;
-  s << v;  // 0.9, 2, nan: shorter than std::to_string's fixed 6 decimals
-  return s.str();
-}
 
 // Largest integer level: signed grid [-(maxq+1), maxq] when symmetric, [0, maxq] otherwise.
 double max_level(const QuantSpec& spec) {
@@ -45,14 +32,14 @@ int64_t check_input(const at::Tensor& x, const QuantSpec& spec, const std::strin
   if (spec.group_size > 0 && n % spec.group_size != 0)
     throw Error(what + " quantizer: group_size " + std::to_string(spec.group_size) +
                 " does not divide the last dimension (" + std::to_string(n) + ") of " +
-                shape_str(x));
+                shape_text(x));
   return spec.group_size > 0 ? spec.group_size : n;
 }
 
 // One isfinite().all() per call: NaN/Inf would otherwise silently poison the row's scale.
 void check_finite(const at::Tensor& x, const std::string& what) {
   if (x.numel() > 0 && !at::isfinite(x).all().item<bool>())
-    throw Error(what + " contains NaN or Inf values (tensor " + shape_str(x) +
+    throw Error(what + " contains NaN or Inf values (tensor " + shape_text(x) +
                 "); quantization ranges would be meaningless");
 }
 
@@ -181,7 +168,7 @@ at::Tensor fake_quantize_rows(const at::Tensor& x, const QuantSpec& spec, const 
 void check_weight(const at::Tensor& w, const QuantSpec& spec) {
   check_input(w, spec, "weight");
   if (w.dim() != 2)
-    throw Error("weight quantizer: expected a 2-D [out, in] weight, got " + shape_str(w));
+    throw Error("weight quantizer: expected a 2-D [out, in] weight, got " + shape_text(w));
 }
 
 }  // namespace
@@ -191,7 +178,7 @@ void validate_quant_spec(const QuantSpec& spec, const char* what) {
   if (!((spec.bits >= 2 && spec.bits <= 8) || spec.bits == 16))
     throw Error(who + "bits must be 2..8 or 16 (off), got " + std::to_string(spec.bits));
   if (!(spec.clip_ratio > 0 && spec.clip_ratio <= 1))  // also rejects NaN
-    throw Error(who + "clip_ratio must be in (0, 1], got " + num_str(spec.clip_ratio));
+    throw Error(who + "clip_ratio must be in (0, 1], got " + number_text(spec.clip_ratio));
   if (spec.group_size < 0)
     throw Error(who + "group_size must be >= 0 (0 = per row), got " +
                 std::to_string(spec.group_size));
@@ -204,7 +191,7 @@ at::Tensor fake_quantize_activation(const at::Tensor& x, const QuantSpec& spec) 
 at::Tensor fake_quantize_kv(const at::Tensor& x, const QuantSpec& spec) {
   if (x.defined() && x.dim() != 4)
     throw Error("KV cache quantizer: expected [batch, heads, tokens, head_dim], got " +
-                shape_str(x));
+                shape_text(x));
   // The last dimension is head_dim, so per-row quantization is per token per head.
   return fake_quantize_rows(x, spec, "KV cache");
 }
@@ -215,7 +202,7 @@ WeightQuantParams compute_weight_params(const at::Tensor& w, const QuantSpec& sp
     throw Error("weight quantizer: bits = 16 means unquantized; there are no parameters");
   if (mse_clip && spec.clip_ratio != 1.0)
     throw Error("weight quantizer: mse_clip searches the clip itself; clip_ratio must be 1, got " +
-                num_str(spec.clip_ratio));
+                number_text(spec.clip_ratio));
   check_weight(w, spec);
   check_finite(w, "weight");
   at::NoGradGuard no_grad;
@@ -243,8 +230,8 @@ at::Tensor fake_quantize_weight_with(const at::Tensor& w, const WeightQuantParam
   for (const at::Tensor* t : {&params.scale, &params.zero})
     if (!t->defined() || t->dim() != 2 || t->size(0) != out || t->size(1) != groups)
       throw Error("weight quantizer: params must be [" + std::to_string(out) + ", " +
-                  std::to_string(groups) + "] for weight " + shape_str(w) + ", got " +
-                  (t->defined() ? shape_str(*t) : std::string("undefined")));
+                  std::to_string(groups) + "] for weight " + shape_text(w) + ", got " +
+                  (t->defined() ? shape_text(*t) : std::string("undefined")));
   if (w.numel() == 0) return w;
   at::NoGradGuard no_grad;
   const at::Tensor x = w.detach().to(at::kFloat).reshape({out, groups, in / groups});
@@ -277,7 +264,7 @@ at::Tensor fake_quantize_with_scale(const at::Tensor& x, const at::Tensor& scale
 at::Tensor fake_quantize_ste(const at::Tensor& x, const at::Tensor& quantized) {
   if (!x.defined() || !quantized.defined() || !x.sizes().equals(quantized.sizes()))
     throw Error("fake_quantize_ste: quantized tensor must have the shape of x " +
-                (x.defined() ? shape_str(x) : std::string("(undefined)")));
+                (x.defined() ? shape_text(x) : std::string("(undefined)")));
   return quantized.detach().to(x.scalar_type()) + (x - x.detach());
 }
 

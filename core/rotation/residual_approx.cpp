@@ -8,20 +8,15 @@
 #include <tuple>
 
 #include "core/util/error.h"
+#include "core/util/tensor_text.h"
 
 namespace respin {
 namespace {
 
-std::string shape_string(const at::Tensor& t) {
-  std::string s = "[";
-  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? ", " : "") + std::to_string(t.size(i));
-  return s + "]";
-}
-
 void check_rotation(const at::Tensor& r, const char* name) {
   if (!r.defined()) throw Error(std::string(name) + " is undefined");
   if (r.dim() != 2 || r.size(0) != r.size(1))
-    throw Error(std::string(name) + " must be a square [D, D] matrix, got " + shape_string(r));
+    throw Error(std::string(name) + " must be a square [D, D] matrix, got " + shape_text(r));
   if (!at::isFloatingType(r.scalar_type()))
     throw Error(std::string(name) + " must be a floating-point tensor");
 }
@@ -48,8 +43,8 @@ at::Tensor transition_matrix(const at::Tensor& r_in, const at::Tensor& r_out) {
   check_rotation(r_in, "residual transition: r_in");
   check_rotation(r_out, "residual transition: r_out");
   if (r_in.size(0) != r_out.size(0))
-    throw Error("residual transition: r_in " + shape_string(r_in) + " and r_out " +
-                shape_string(r_out) + " differ in size");
+    throw Error("residual transition: r_in " + shape_text(r_in) + " and r_out " +
+                shape_text(r_out) + " differ in size");
   const at::Tensor a = r_in.to(at::kDouble);
   const at::Tensor b = r_out.to(a.device(), at::kDouble);
   // Row form: h~_in = h R_in, h~_out = h R_out, so h~_out = h~_in R_in^T R_out.
@@ -120,7 +115,7 @@ at::Tensor apply_correction(const at::Tensor& h, const ResidualCorrection& corre
   const int64_t r = correction.q.size(1);
   if (!h.defined() || h.dim() < 1 || h.size(-1) != d)
     throw Error("apply_correction: expected h [..., " + std::to_string(d) + "], got " +
-                (h.defined() ? shape_string(h) : std::string("undefined")));
+                (h.defined() ? shape_text(h) : std::string("undefined")));
   if (!at::isFloatingType(h.scalar_type()))
     throw Error("apply_correction: h must be a floating-point tensor");
   if (r == 0) return h;
