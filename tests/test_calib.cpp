@@ -124,6 +124,8 @@ TEST_F(Calib, QuantizedRunDirectoryReloadsToTheSamePerplexity) {
   nlohmann::json run = nlohmann::json::parse(read_text_file(out("run") + "/run.json"));
   EXPECT_EQ(run["config"]["method"], "respin");
   EXPECT_EQ(run["method"]["rank"], 8);
+  EXPECT_EQ(run["method"]["online_parameters"], 2 * 2 * (64 * 8 + 8 * 8));
+  EXPECT_EQ(run["method"]["online_macs_per_token"], 2 * 2 * (2 * 64 * 8 + 8 * 8));
   EXPECT_EQ(run["method"]["transition_spectral_error"].size(), 4u);
   EXPECT_DOUBLE_EQ(run["results"]["quantized_perplexity"].get<double>(), r.quant_perplexity);
   EXPECT_GT(run["peak_rss_bytes"].get<int64_t>(), 0);

@@ -264,7 +264,9 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
       skip = rank_r_transitions(r64, rank, &errors);
       details["rank"] = rank;
       details["transition_spectral_error"] = errors;  // layer 0 attn, layer 0 mlp, layer 1 attn, ...
-      details["online_params_per_token"] = 2 * mc.num_hidden_layers * (mc.hidden_size * rank + rank * rank);
+      // Q [D, r] and M [r, r] per residual add; applying one costs 2 D r + r^2 MACs per token.
+      details["online_parameters"] = 2 * mc.num_hidden_layers * (mc.hidden_size * rank + rank * rank);
+      details["online_macs_per_token"] = 2 * mc.num_hidden_layers * (2 * mc.hidden_size * rank + rank * rank);
     }
     final_rot = r64;
   }
