@@ -155,16 +155,18 @@ int run_tokenize(const TokenizeArgs& a) {
 
 int run_eval(const EvalArgs& a) {
   set_compute_threads(a.threads);
+  const at::Device device = resolve_device(a.device);
   std::optional<LoadedRun> run;
   std::string model_dir = a.model;
   if (!a.run.empty()) {
-    run = load_run(a.run, a.rank);
+    run = load_run(a.run, a.rank, device);
     model_dir = a.run + "/model";
   }
   ModelFolder folder = ModelFolder::open(model_dir);
   Tokenizer tok = Tokenizer::from_file(folder.require_tokenizer());
   LoadOptions lo;
   lo.dtype = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+  lo.device = device;
   LlamaModel model = run ? run->model : load_model(folder.dir, lo);
   if (run && a.dtype != "f32") throw Error("eval --run computes in f32 (the fake-quantized grid is float32)");
   const bool quantized = a.wbits != 16 || a.abits != 16 || a.kvbits != 16;
@@ -203,6 +205,7 @@ int run_eval(const EvalArgs& a) {
     nlohmann::json j = {{"model", folder.dir},
                         {"text_file", text_source},
                         {"dtype", a.dtype},
+                        {"device", device.str()},
                         {"threads", compute_threads()},
                         {"seq_len", r.seq_len},
                         {"windows", r.windows},
@@ -227,8 +230,8 @@ int run_eval(const EvalArgs& a) {
               model.config().architecture.c_str(), human_count(model.config().parameter_count()).c_str());
   std::printf("text:        %s (%zu bytes, %lld tokens)\n", text_source.c_str(), text.size(),
               static_cast<long long>(r.tokens_total));
-  std::printf("windows:     %lld x %lld tokens, %s, %d threads\n", static_cast<long long>(r.windows),
-              static_cast<long long>(r.seq_len), a.dtype.c_str(), compute_threads());
+  std::printf("windows:     %lld x %lld tokens, %s on %s, %d threads\n", static_cast<long long>(r.windows),
+              static_cast<long long>(r.seq_len), a.dtype.c_str(), device.str().c_str(), compute_threads());
   if (run)
     std::printf("quantized:   run %s: %s W%dA%dKV%d%s\n", a.run.c_str(), run->config.method.c_str(), run->config.wbits,
                 run->config.abits, run->config.kvbits,
@@ -255,6 +258,9 @@ int run_calibrate(const CalibrateArgs& a) {
   std::printf("run:                  %s\n", r.run_dir.c_str());
   std::printf("method:               %s W%dA%dKV%d, weights %s\n", name.c_str(), c.wbits, c.abits, c.kvbits,
               c.weight_quantizer.c_str());
+  std::printf("device:               %s (rotation learning: %s)\n",
+              r.run["timing"]["device"].get<std::string>().c_str(),
+              r.run["compute"]["rotation_learning"].get<std::string>().c_str());
   std::printf("held-out perplexity:  FP %.4f -> quantized %.4f (%lld windows x %lld tokens)\n", r.fp_perplexity,
               r.quant_perplexity, static_cast<long long>(r.eval_windows),
               static_cast<long long>(r.run["results"]["eval_seq_len"].get<int64_t>()));
@@ -372,7 +378,7 @@ int run_generate(const GenerateArgs& a) {
   set_compute_threads(a.threads);
   ModelFolder folder = ModelFolder::open(a.model);
   Tokenizer tok = Tokenizer::from_file(folder.require_tokenizer());
-  LlamaModel model = load_model(folder.dir, {a.dtype == "bf16" ? at::kBFloat16 : at::kFloat});
+  LlamaModel model = load_model(folder.dir, {a.dtype == "bf16" ? at::kBFloat16 : at::kFloat, resolve_device(a.device)});
   GenerateOptions o;
   o.max_new_tokens = a.max_new_tokens;
   o.temperature = a.temperature;

@@ -32,6 +32,7 @@ struct EvalArgs {
   int wbits = 16, abits = 16, kvbits = 16;  // RTN fake quantization (16 = off)
   std::string run;  // a calibration run directory (instead of --model)
   long long rank = -1;  // with --run (respin): rebuild the skip corrections at this rank
+  std::string device = "auto";
 };
 struct InitModelArgs {
   std::string out;
@@ -71,6 +72,7 @@ struct GenerateArgs {
   unsigned long long seed = 0;
   std::string dtype = "f32";
   int threads = 0;
+  std::string device = "auto";
 };
 
 struct CalibrateArgs {

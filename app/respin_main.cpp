@@ -5,6 +5,7 @@
 
 #include "app/cli_commands.h"
 #include "core/util/error.h"
+#include "core/util/error_message.h"
 #include "core/util/version.h"
 
 using namespace respin::cli;
@@ -15,6 +16,10 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", std::string("respin ") + RESPIN_VERSION_STRING);
   app.require_subcommand(1);
   app.footer("Run 'respin VERB --help' for the options of a verb.");
+  bool verbose = false;
+  app.add_flag("--verbose", verbose,
+               "On failure, print libtorch's C++ backtrace too (same as RESPIN_BACKTRACE=1)");
+  app.fallthrough();  // --verbose may also follow the verb
 
   InfoArgs info;
   auto* c_info = app.add_subcommand("info", "Show a model folder's architecture, sizes and tokenizer");
@@ -51,6 +56,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::Range(1LL, 1024LL));
   c_eval->add_option("--dtype", ev.dtype, "Compute dtype")
       ->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
+  c_eval->add_option("--device", ev.device, "Compute device (auto: CUDA when available)")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   c_eval->add_option("--threads", ev.threads, "Compute threads (0 = all cores)")
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   c_eval->add_flag("--json", ev.json, "Machine-readable output");
@@ -160,6 +167,8 @@ int main(int argc, char** argv) {
   c_gen->add_option("--seed", gn.seed, "Sampling seed")->capture_default_str();
   c_gen->add_option("--dtype", gn.dtype, "Compute dtype")->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
   c_gen->add_option("--threads", gn.threads, "Compute threads (0 = all cores)")->capture_default_str();
+  c_gen->add_option("--device", gn.device, "Compute device (auto: CUDA when available)")
+      ->capture_default_str()->check(CLI::IsMember({"auto", "cpu", "cuda"}));
 
   try {
     app.parse(argc, argv);
@@ -185,6 +194,7 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  if (verbose) respin::set_verbose_errors(true);
   install_stop_handlers();
   try {
     if (c_info->parsed()) return run_info(info);
@@ -199,7 +209,7 @@ int main(int argc, char** argv) {
     std::cerr << "\ncancelled\n";
     return 130;
   } catch (const std::exception& e) {
-    std::cerr << "error: " << e.what() << "\n";
+    std::cerr << "error: " << respin::error_message(e) << "\n";
     return 1;
   }
   return 2;

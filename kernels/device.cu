@@ -21,4 +21,11 @@ std::string cuda_device_description() {
          ", " + std::to_string(prop.totalGlobalMem >> 20) + " MiB)";
 }
 
+int64_t cuda_memory_in_use_bytes() {
+  if (!cuda_available()) return -1;
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) return -1;
+  return static_cast<int64_t>(total_bytes - free_bytes);
+}
+
 }  // namespace respin::kernels

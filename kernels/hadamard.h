@@ -38,5 +38,9 @@ KernelStatus hadamard_cuda_host(const HadamardParams& p);
 // Whether a usable CUDA device is present (false in builds without CUDA), and a description.
 bool cuda_available();
 std::string cuda_device_description();
+// Memory in use on CUDA device 0 (total - free, as the driver reports it, all processes), or -1
+// without a device. libtorch's caching allocator keeps what it has reserved, so read at the end of
+// a run this approximates the run's peak reservation plus the CUDA context.
+int64_t cuda_memory_in_use_bytes();
 
 }  // namespace respin::kernels

@@ -19,6 +19,7 @@
 #include "core/tokenizer/bpe_trainer.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/util/error.h"
+#include "tests/calib_fixture.h"
 #include "tests/test_util.h"
 
 using namespace respin;
@@ -31,44 +32,12 @@ class Calib : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new TempDir();
-    const std::string text = read_text_file("/usr/share/common-licenses/GPL-3");  // Debian base-files
-    const size_t cut = text.size() * 2 / 3;
-    write_file_atomically(dir_->file("calib.txt"), text.substr(0, cut));
-    write_file_atomically(dir_->file("eval.txt"), text.substr(cut));
-    BpeTrainOptions bo;
-    bo.vocab_size = 320;
-    BpeTrainResult tok = train_byte_level_bpe(text, bo);
-    write_file_atomically(dir_->file("tokenizer.json"), tok.tokenizer_json);
-    // hidden 64, head_dim 16, intermediate 96 = 12 * 8 (non-power-of-two down_proj Hadamard).
-    ModelConfig c = make_model_config("llama", 64, 96, 2, 4, 2, tok.vocab_size, 64);
-    RandomInitOptions ro;
-    ro.seed = 4;
-    ro.std = 0.1;
-    ro.norm_jitter = 0.3;
-    SaveOptions so;
-    so.file_dtype = DType::F32;
-    so.tokenizer_json = dir_->file("tokenizer.json");
-    save_model(dir_->file("model"), c, random_weights(c, ro), so);
+    test::write_calibration_fixture(*dir_);
   }
   static void TearDownTestSuite() { delete dir_; }
 
   static CalibConfig config(const std::string& method, int bits) {
-    CalibConfig c;
-    c.model = dir_->file("model");
-    c.method = method;
-    c.wbits = c.abits = c.kvbits = bits;
-    c.calib_text = dir_->file("calib.txt");
-    c.eval_text = dir_->file("eval.txt");
-    c.samples = 8;
-    c.seq_len = 32;
-    c.iters = 3;
-    c.lr = 1.0;
-    c.batch = 2;
-    c.eval_windows = 20;
-    c.stats_windows = 2;
-    c.seed = 1;
-    c.threads = 1;
-    return c;
+    return test::small_calib_config(*dir_, method, bits);
   }
   std::string out(const std::string& name) const { return run_dir_.file(name); }
 

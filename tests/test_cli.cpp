@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 
@@ -181,12 +183,18 @@ TEST_F(Cli, CalibrateWritesARunThatEvalReproduces) {
   EXPECT_EQ(j["config"]["rank"], 4);
   EXPECT_EQ(j["method"]["training"]["loss"].size(), 2u);
   const double q = j["results"]["quantized_perplexity"].get<double>();
+  // On the CPU everything computes in float32 (TF32 learning is a CUDA-only choice), recorded.
+  EXPECT_EQ(j["timing"]["device"], "cpu");
+  EXPECT_EQ(j["compute"]["rotation_learning"], "float32");
+  EXPECT_EQ(j["compute"]["weight_fusion"], "float64");
+  EXPECT_TRUE(j["gpu_memory_in_use_bytes"].is_null());
 
   // eval --run evaluates the stored model with its rotations and quantizers: the same number.
   r = run("eval --json --run " + dir.file("run") + " --text-file " + dir.file("long.txt") + " --seq-len 16 --threads 1");
   ASSERT_EQ(r.code, 0) << r.err;
   auto e = nlohmann::json::parse(r.out);
   EXPECT_NEAR(e["perplexity"].get<double>() / q, 1.0, 1e-6);
+  EXPECT_EQ(e["device"], "cpu");
   EXPECT_EQ(e["quantization"]["config"]["method"], "respin");
   // A rank sweep from the stored rotations.
   r = run("eval --json --run " + dir.file("run") + " --rank 32 --text-file " + dir.file("long.txt") + " --seq-len 16");
@@ -234,4 +242,78 @@ TEST_F(Cli, FailuresAreOneLineErrorsNamingTheFile) {
   r = run("info --model " + model);
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.err.find("config.json: architecture 'GPT2LMHeadModel' is not supported"), std::string::npos) << r.err;
+}
+
+// Damaged inputs through the whole CLI: each failure is one line that names the file, the field or
+// tensor, and (for calibrate) the phase; nothing is left behind.
+TEST_F(Cli, DamagedConfigAndWeightsAreOneLineErrorsWithContext) {
+  // The error is the last line of stderr (calibrate reports its phases before it).
+  auto one_line = [](const Result& r) {
+    EXPECT_EQ(r.code, 1) << r.err;
+    const size_t at = r.err.find("error: ");
+    ASSERT_NE(at, std::string::npos) << r.err;
+    EXPECT_TRUE(at == 0 || r.err[at - 1] == '\n') << r.err;
+    const std::string error = r.err.substr(at);
+    EXPECT_EQ(std::count(error.begin(), error.end(), '\n'), 1) << r.err;
+    EXPECT_EQ(error.back(), '\n') << r.err;
+    EXPECT_EQ(r.err.find("frame #"), std::string::npos) << r.err;
+  };
+  const std::string config_path = model + "/config.json";
+  const std::string good_config = read_bytes(config_path);
+  const std::string eval = "eval --model " + model + " --text-file " + dir.file("text.txt");
+  const std::string calibrate = "calibrate --method quarot --model " + model + " --calib-text " + dir.file("text.txt") +
+                                " --eval-text " + dir.file("text.txt") + " --seq-len 8 --samples 2 --out " + dir.file("run");
+
+  // A transformers 5 config with a rope type the forward does not implement.
+  nlohmann::json c = nlohmann::json::parse(good_config);
+  c.erase("rope_theta");
+  c.erase("rope_scaling");
+  c["rope_parameters"] = {{"rope_type", "yarn"}, {"factor", 4.0}, {"rope_theta", 10000.0},
+                          {"original_max_position_embeddings", 64}};
+  write_bytes(config_path, c.dump());
+  Result r = run(eval);
+  one_line(r);
+  EXPECT_NE(r.err.find(config_path + ": field 'rope_parameters.rope_type' 'yarn' is not supported"), std::string::npos)
+      << r.err;
+  r = run(calibrate);
+  one_line(r);
+  EXPECT_NE(r.err.find("error: calibration (quarot), phase 'load': " + config_path), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("run")));
+
+  // The same config in the 5.x form with a supported rope type loads, and gives the 4.x numbers.
+  c["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 10000.0}};
+  c["dtype"] = c["torch_dtype"];
+  c.erase("torch_dtype");
+  write_bytes(config_path, c.dump());
+  r = run(eval + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const double ppl_5x = nlohmann::json::parse(r.out)["perplexity"].get<double>();
+  write_bytes(config_path, good_config);
+  r = run(eval + " --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["perplexity"].get<double>(), ppl_5x);
+
+  // A head_dim that contradicts the stored projections: the config is named, with the tensor.
+  c = nlohmann::json::parse(good_config);
+  c["head_dim"] = 4;
+  write_bytes(config_path, c.dump());
+  r = run("--verbose " + eval);  // --verbose changes nothing for errors without a backtrace
+  one_line(r);
+  EXPECT_NE(r.err.find(config_path + ": field 'head_dim' (4)"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("'model.layers.0.self_attn.q_proj.weight' of shape [32, 32] in " + model + "/model.safetensors"),
+            std::string::npos)
+      << r.err;
+  write_bytes(config_path, good_config);
+
+  // A damaged safetensors header: named file, phase, one line; the run directory never appears.
+  std::string st = read_bytes(model + "/model.safetensors");
+  std::string damaged = st;
+  damaged[8] = '#';  // the JSON header's opening brace
+  write_bytes(model + "/model.safetensors", damaged);
+  r = run(calibrate);
+  one_line(r);
+  EXPECT_NE(r.err.find("phase 'load': " + model + "/model.safetensors"), std::string::npos) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("run")));
+  write_bytes(model + "/model.safetensors", st);
+  EXPECT_EQ(run(calibrate).code, 0);
 }

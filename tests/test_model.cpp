@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <optional>
 #include <set>
 
 #include "core/io/model_config.h"
@@ -116,7 +117,9 @@ Mat reference_forward(const ModelConfig& c, const ModelWeights& w, const std::ve
   Mat x(T);
   for (int64_t t = 0; t < T; ++t) x[t] = emb[ids[t]];
   std::vector<double> inv = ref_inv_freq(c);
-  for (const LayerWeights& L : w.layers) {
+  for (size_t layer = 0; layer < w.layers.size(); ++layer) {
+    const LayerWeights& L = w.layers[layer];
+    const std::optional<int64_t> window = c.window_of_layer(static_cast<int64_t>(layer));
     Mat h = rmsnorm(x, L.input_norm, c.rms_norm_eps);
     Mat q = lin(h, L.q_proj, L.q_bias), k = lin(h, L.k_proj, L.k_bias), v = lin(h, L.v_proj, L.v_bias);
     Mat att(T, std::vector<double>(H * hd, 0.0));
@@ -132,7 +135,7 @@ Mat reference_forward(const ModelConfig& c, const ModelWeights& w, const std::ve
       for (int64_t i = 0; i < T; ++i) {
         std::vector<double> s;
         int64_t first = 0;
-        if (c.sliding_window && *c.sliding_window < T) first = std::max<int64_t>(0, i - *c.sliding_window + 1);
+        if (window && *window < T) first = std::max<int64_t>(0, i - *window + 1);
         double mx = -1e300;
         for (int64_t j = first; j <= i; ++j) {
           double dot = 0;
@@ -310,6 +313,46 @@ TEST_F(ModelTest, MistralSlidingWindow) {
   // Identical while the sequence fits in the window, different after.
   EXPECT_LT((windowed.narrow(1, 0, 4) - unwindowed.narrow(1, 0, 4)).abs().max().item<double>(), 1e-6);
   EXPECT_GT((windowed.narrow(1, 4, 8) - unwindowed.narrow(1, 4, 8)).abs().max().item<double>(), 1e-3);
+}
+
+TEST_F(ModelTest, Qwen2SlidingWindowOnSomeLayersOnly) {
+  // transformers' Qwen2: layers from max_window_layers on (or as layer_types says) slide, the
+  // others attend to the whole prefix.
+  TempDir dir;
+  ModelConfig c = tiny_config("qwen2");
+  c.sliding_window = 3;
+  c.layer_sliding = {false, true};
+  ModelWeights w = random_weights(c, strong_init());
+  LlamaModel m = write_and_load(dir, c, w);
+  EXPECT_EQ(m.config().layer_sliding, c.layer_sliding);  // through config.json's layer_types
+  std::vector<int64_t> ids = some_ids(10, c.vocab_size);
+  at::Tensor logits = m.forward(as_batch(ids));
+  EXPECT_LT(relative_error(logits, reference_forward(c, w, ids)), 2e-5);
+  // Differs from both all-sliding and no-sliding.
+  for (std::vector<bool> other : {std::vector<bool>{true, true}, std::vector<bool>{false, false}}) {
+    ModelConfig o = c;
+    o.layer_sliding = other;
+    EXPECT_GT((LlamaModel(o, m.weights()).forward(as_batch(ids)) - logits).abs().max().item<double>(), 1e-3);
+  }
+}
+
+TEST_F(ModelTest, LlamaAttentionAndMlpBiasesMatchReference) {
+  // attention_bias (q/k/v/o) and mlp_bias (gate/up/down), as transformers' LlamaConfig has them.
+  TempDir dir;
+  ModelConfig c = tiny_config();
+  c.attention_bias = true;
+  c.mlp_bias = true;
+  ModelWeights w = random_weights(c, strong_init());
+  LlamaModel m = write_and_load(dir, c, w);
+  SafetensorsFile f = SafetensorsFile::open(dir.file("model.safetensors"));
+  EXPECT_NE(f.find("model.layers.1.self_attn.o_proj.bias"), nullptr);
+  EXPECT_NE(f.find("model.layers.1.mlp.down_proj.bias"), nullptr);
+  std::vector<int64_t> ids = some_ids(9, c.vocab_size);
+  at::Tensor logits = m.forward(as_batch(ids));
+  EXPECT_LT(relative_error(logits, reference_forward(c, w, ids)), 2e-5);
+  ModelWeights w0 = m.weights();
+  for (auto& L : w0.layers) L.o_bias = at::zeros_like(L.o_bias), L.down_bias = at::zeros_like(L.down_bias);
+  EXPECT_GT((LlamaModel(c, w0).forward(as_batch(ids)) - logits).abs().max().item<double>(), 1e-3);
 }
 
 TEST_F(ModelTest, LongSequencesAcrossAttentionBlocks) {

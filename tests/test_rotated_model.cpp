@@ -71,7 +71,7 @@ TEST(RotatedModel, QuaRotAndSpinQuantKeepTheFunction) {
       OnlineTransforms online = method_online_transforms(method, q);
       EXPECT_TRUE(online.qk_hadamard && online.down_hadamard);
       EXPECT_EQ(online.heads_hadamard, method == Method::QuaRot);
-      InitialRotations init = initial_rotations(method, m.config(), 5);
+      InitialRotations init = initial_rotations(method, m.config(), 5, at::kCPU);
       EXPECT_TRUE(init.rotations.is_global());
       LlamaModel r = rotated(fused, init.rotations.to(at::kDouble), online, {}, method_o_proj_group(method, m.config()));
       EXPECT_LT(rel(r.forward(ids), ref), 1e-5) << method_name(method) << biases;
@@ -96,7 +96,7 @@ TEST(RotatedModel, RandomHadamardIsOrthogonalAndSeeded) {
 
 TEST(RotatedModel, InitialRotationsFollowTheMethods) {
   LlamaModel m = small_model();
-  InitialRotations re = initial_rotations(Method::ReSpin, m.config(), 7);
+  InitialRotations re = initial_rotations(Method::ReSpin, m.config(), 7, at::kCPU);
   EXPECT_FALSE(re.rotations.is_global());
   // ReSpinQuant: every residual basis starts from the same matrix, as separate parameters.
   EXPECT_TRUE(at::equal(re.rotations.attn_in[0], re.rotations.mlp_in[2]));
@@ -105,17 +105,17 @@ TEST(RotatedModel, InitialRotationsFollowTheMethods) {
   EXPECT_EQ(re.rotations.unique_tensors().size(), 2u * 3 + 1 + 3);
   // Head rotations are independent random Hadamards for the learned methods, plain for QuaRot.
   EXPECT_FALSE(at::equal(re.rotations.head[0], re.rotations.head[1]));
-  InitialRotations qr = initial_rotations(Method::QuaRot, m.config(), 7);
+  InitialRotations qr = initial_rotations(Method::QuaRot, m.config(), 7, at::kCPU);
   EXPECT_TRUE(at::equal(qr.rotations.head[0], qr.rotations.head[2]));
   EXPECT_EQ(qr.rotations.unique_tensors().size(), 1u + 3);  // one residual, one head matrix per layer
-  EXPECT_THROW(initial_rotations(Method::Rtn, m.config(), 7), Error);
+  EXPECT_THROW(initial_rotations(Method::Rtn, m.config(), 7, at::kCPU), Error);
   // A hidden size without a Hadamard construction falls back to a recorded random orthogonal.
   ModelConfig c = make_model_config("llama", 116, 96, 1, 4, 2, 80, 64);
   c.head_dim = 29;
-  EXPECT_THROW(initial_rotations(Method::QuaRot, c, 0), Error);  // head_dim 29: no Hadamard
+  EXPECT_THROW(initial_rotations(Method::QuaRot, c, 0, at::kCPU), Error);  // head_dim 29: no Hadamard
   c = make_model_config("llama", 116 * 2, 96, 1, 4, 2, 80, 64);  // 232 has none, head_dim 58 neither
   c.head_dim = 64;
-  InitialRotations fb = initial_rotations(Method::SpinQuant, c, 0);
+  InitialRotations fb = initial_rotations(Method::SpinQuant, c, 0, at::kCPU);
   EXPECT_NE(fb.residual_init.find("random orthogonal"), std::string::npos) << fb.residual_init;
 }
 
@@ -171,7 +171,7 @@ TEST(RotatedModel, ReSpinRankRErrorShrinksWithRank) {
 
 TEST(RotatedModel, RotateWeightsRefusesMisuse) {
   LlamaModel m = small_model();
-  InitialRotations init = initial_rotations(Method::QuaRot, m.config(), 1);
+  InitialRotations init = initial_rotations(Method::QuaRot, m.config(), 1, at::kCPU);
   EXPECT_THROW(rotate_weights(m, init.rotations, {}, at::kFloat), Error);  // norms not fused
   LlamaModel fused = fuse_rms_norms(m);
   ResidualRotations bad = init.rotations;
@@ -192,7 +192,7 @@ TEST(RotationTraining, LossFallsAndRotationsStayOrthogonal) {
     q.weight.bits = 16;
     q.activation.bits = 3;
     q.kv.bits = 3;
-    InitialRotations init = initial_rotations(method, m.config(), 2);
+    InitialRotations init = initial_rotations(method, m.config(), 2, at::kCPU);
     at::Tensor before = init.rotations.attn_in[1].clone();
     RotationTrainingOptions o;
     o.iterations = 24;
@@ -222,7 +222,7 @@ TEST(RotationTraining, LossFallsAndRotationsStayOrthogonal) {
 TEST(RotationTraining, StopsWhenCancelled) {
   LlamaModel m = small_model();
   LlamaModel fused = fuse_rms_norms(m);
-  InitialRotations init = initial_rotations(Method::SpinQuant, m.config(), 2);
+  InitialRotations init = initial_rotations(Method::SpinQuant, m.config(), 2, at::kCPU);
   RotationTrainingOptions o;
   o.iterations = 5;
   RunControl control;

@@ -4,6 +4,7 @@
 // application of SGDG's formulas plus three toy problems (orthogonality under large steps,
 // Procrustes fit, outlier spreading).
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
@@ -454,7 +455,7 @@ TEST(CayleySgd, SpreadsOutlierChannels) {
     opt.step();
   }
   opt.retract();
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const double max1 = max_abs(at::matmul(x, r)), kurt1 = kurtosis().item<double>();
   std::printf("  outliers d=%lld: max|XR| %.4g -> %.4g, kurtosis %.4g -> %.4g\n",
               static_cast<long long>(d), max0, max1, kurt0, kurt1);

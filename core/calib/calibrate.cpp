@@ -2,6 +2,9 @@
 #include "core/calib/calibrate.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <torch/version.h>
+#include <c10/core/GradMode.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -25,8 +28,10 @@
 #include "core/stats/activation_stats.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/util/error.h"
+#include "core/util/error_message.h"
 #include "core/util/threads.h"
 #include "core/util/version.h"
+#include "kernels/hadamard.h"
 
 namespace fs = std::filesystem;
 
@@ -86,10 +91,12 @@ nlohmann::json spec_json(const QuantSpec& s) {
 
 class PhaseTimer {
  public:
-  explicit PhaseTimer(CalibResult& r) : r_(r) {}
+  // `current` names the running phase for error messages (it keeps the last phase after stop()).
+  PhaseTimer(CalibResult& r, std::string& current) : r_(r), current_(current) {}
   void start(const std::string& phase, RunControl* control) {
     stop();
     phase_ = phase;
+    current_ = phase;
     t0_ = Clock::now();
     if (control) {
       control->check();
@@ -111,14 +118,17 @@ class PhaseTimer {
 
  private:
   CalibResult& r_;
+  std::string& current_;
   std::string phase_;
   Clock::time_point t0_;
 };
 
 // The hook for the final model: online transforms + quantizers, optionally observed.
-ActivationHook final_hook(const ModelConfig& c, const OnlineTransforms& online, const SkipTransitions& skip,
-                          const QuantConfig& quant, int64_t o_proj_group, ActivationHook observer = {}) {
+ActivationHook final_hook(const ModelConfig& c, at::Device device, const OnlineTransforms& online,
+                          const SkipTransitions& skip, const QuantConfig& quant, int64_t o_proj_group,
+                          ActivationHook observer = {}) {
   OnlineHookOptions ho;
+  ho.device = device;
   ho.online = online;
   ho.skip = skip;
   ho.quant = quant;
@@ -133,9 +143,50 @@ QuantConfig without_activation_quant(QuantConfig q) {
   return q;
 }
 
+// TF32 tensor-core matmuls for float32 work on CUDA while alive (the previous setting is restored).
+class Tf32Scope {
+ public:
+  explicit Tf32Scope(bool on) : previous_(at::globalContext().allowTF32CuBLAS()) {
+    at::globalContext().setAllowTF32CuBLAS(on);
+  }
+  ~Tf32Scope() { at::globalContext().setAllowTF32CuBLAS(previous_); }
+  Tf32Scope(const Tf32Scope&) = delete;
+  Tf32Scope& operator=(const Tf32Scope&) = delete;
+
+ private:
+  bool previous_;
+};
+
+CalibResult calibrate_in_phases(const CalibConfig& cfg, const std::string& out_dir, RunControl* control,
+                                std::string& phase);
+
 }  // namespace
 
+at::Device resolve_device(const std::string& name) {
+  if (name == "cpu") return at::Device(at::kCPU);
+  if (name != "cuda" && name != "auto")
+    throw Error("device '" + name + "' is not supported (auto, cpu or cuda)");
+  if (at::hasCUDA()) return at::Device(at::kCUDA);
+  if (name == "auto") return at::Device(at::kCPU);
+  throw Error("device cuda requested, but libtorch " TORCH_VERSION
+              " has no usable CUDA device here (a CPU-only build, or no GPU or driver)");
+}
+
 CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, RunControl* control) {
+  // Every failure leaves with the phase it happened in ("calibration (quarot), phase 'rotate':
+  // ..."), on one line (see core/util/error_message.h).
+  std::string phase = "setup";
+  try {
+    return calibrate_in_phases(cfg, out_dir, control, phase);
+  } catch (...) {
+    rethrow_with_context("calibration (" + cfg.method + "), phase '" + phase + "'");
+  }
+}
+
+namespace {
+
+CalibResult calibrate_in_phases(const CalibConfig& cfg, const std::string& out_dir, RunControl* control,
+                                std::string& phase) {
   cfg.validate();
   if (out_dir.empty()) throw Error("calibration: an output run directory is required");
   if (fs::exists(out_dir))
@@ -145,23 +196,23 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
 
   const auto t_start = Clock::now();
   CalibResult res;
-  PhaseTimer timer(res);
+  PhaseTimer timer(res, phase);
   const Method method = method_from_name(cfg.method);
   set_compute_threads(cfg.threads);
-  at::Device device(at::kCPU);
-  if (cfg.device == "cuda" || (cfg.device == "auto" && at::hasCUDA())) {
-    if (!at::hasCUDA()) throw Error("calibration: device cuda requested but this build of libtorch has no CUDA device");
-    device = at::Device(at::kCUDA);
-  }
+  const at::Device device = resolve_device(cfg.device);
+  // Compute precision: float32 everywhere; on CUDA the rotation learning (the long, gradient-noisy
+  // part) uses TF32 tensor-core matmuls, while the reported perplexities, statistics, GPTQ and the
+  // final float64 weight fusion stay in full float32/float64. Rotations and their Cayley updates
+  // are float32 tensors throughout. run.json records this.
+  const bool tf32_learning = device.is_cuda();
 
   // ---- load
   timer.start("load", control);
   ModelFolder folder = ModelFolder::open(cfg.model);
   const std::string tokenizer_path = folder.require_tokenizer();
   Tokenizer tok = Tokenizer::from_file(tokenizer_path);
-  LlamaModel original = load_model(folder.dir, {at::kFloat});
+  LlamaModel original = load_model(folder.dir, {at::kFloat, device});
   const ModelConfig& mc = original.config();
-  if (device.is_cuda()) original = LlamaModel(mc, move_weights(original.weights(), device));
   const int64_t seq_len = std::min<int64_t>(cfg.seq_len, mc.max_position_embeddings);
   std::optional<Corpus> corpus;
   auto corpus_text = [&](Split s) {
@@ -194,7 +245,7 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
   timer.start("stats", control);
   const at::Tensor stats_windows = calib.narrow(0, 0, std::min<int64_t>(std::max<int64_t>(cfg.stats_windows, 1), calib.size(0)));
   auto collect = [&](const LlamaModel& m) {
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     for (int64_t b = 0; b < stats_windows.size(0); ++b) {
       if (control) control->check();
       m.forward(stats_windows.narrow(0, b, 1));
@@ -230,10 +281,10 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
   if (method_rotates(method)) {
     timer.start("rotate", control);
     LlamaModel fused = fuse_rms_norms(original);
-    InitialRotations init = initial_rotations(method, mc, cfg.seed);
+    InitialRotations init = initial_rotations(method, mc, cfg.seed, device);
     details["residual_init"] = init.residual_init;
     details["head_init"] = init.head_init;
-    ResidualRotations rot = init.rotations.to(device);
+    ResidualRotations rot = std::move(init.rotations);
     if (method_learns(method)) {
       RotationTrainingOptions to;
       to.iterations = cfg.iters;
@@ -245,7 +296,11 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
       if (cfg.weight_quantizer == "gptq") to.quant.weight.bits = 16;
       to.online = online;
       to.o_proj_group = o_group;
-      RotationTrainingResult tr = train_rotations(fused, rot, calib_windows, to, control);
+      RotationTrainingResult tr;
+      {
+        Tf32Scope tf32(tf32_learning);
+        tr = train_rotations(fused, rot, calib_windows, to, control);
+      }
       res.loss_curve = tr.loss;
       details["training"] = {{"steps", cfg.iters},
                              {"lr", cfg.lr},
@@ -256,7 +311,7 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
                              {"max_orthogonality_error", tr.max_orthogonality_error},
                              {"loss", tr.loss}};
     }
-    const ResidualRotations r64 = rot.to(at::kDouble);
+    const ResidualRotations r64 = rot.to(at::TensorOptions().device(device).dtype(at::kDouble));
     rotated = LlamaModel(mc, rotate_weights(fused, r64, online, at::kFloat));
     if (!rot.is_global()) {
       std::vector<double> errors;
@@ -277,7 +332,7 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
     timer.start("stats", control);
     LlamaModel m = rotated;
     ActivationHook observer = after.hook();
-    m.set_hook(final_hook(mc, online, skip, without_activation_quant(quant), o_group, observer));
+    m.set_hook(final_hook(mc, device, online, skip, without_activation_quant(quant), o_group, observer));
     if (cfg.stats_windows > 0) collect(m);
   }
 
@@ -290,7 +345,7 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
       go.weight = quant.weight;
       go.gptq.mse_clip = quant.weight_mse_clip;
       GptqModelReport rep;
-      qw = gptq_quantize_model(rotated, final_hook(mc, online, skip, without_activation_quant(quant), o_group),
+      qw = gptq_quantize_model(rotated, final_hook(mc, device, online, skip, without_activation_quant(quant), o_group),
                                calib_windows, go, control, &rep);
       details["gptq"] = {{"layer_loss", rep.layer_loss}, {"dead_columns", rep.dead_columns}, {"seconds", rep.seconds}};
     } else {
@@ -301,7 +356,7 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
   timer.stop();
   res.calibration_seconds = timer.seconds("rotate") + timer.seconds("gptq") + timer.seconds("quantize");
   LlamaModel quantized(mc, qw);
-  quantized.set_hook(final_hook(mc, online, skip, quant, o_group));
+  quantized.set_hook(final_hook(mc, device, online, skip, quant, o_group));
 
   // ---- evaluation
   timer.start("eval", control);
@@ -392,7 +447,15 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
                     {"total_seconds", res.total_seconds},
                     {"threads", compute_threads()},
                     {"device", device.str()}}},
-        {"peak_rss_bytes", res.peak_rss_bytes}};
+        {"compute", {{"weights_and_activations", "float32"},
+                     {"rotation_learning", !method_learns(method) ? "none" : tf32_learning ? "tf32" : "float32"},
+                     {"rotations", "float32"},
+                     {"weight_fusion", "float64"},
+                     {"gptq_hessian", "float64"},
+                     {"libtorch", TORCH_VERSION}}},
+        {"peak_rss_bytes", res.peak_rss_bytes},
+        {"gpu_memory_in_use_bytes", device.is_cuda() ? nlohmann::json(kernels::cuda_memory_in_use_bytes())
+                                                     : nlohmann::json(nullptr)}};
     write_file_atomically((tmp / "run.json").string(), run.dump(2));
     if (control) control->check();
     fs::rename(tmp, final_dir);
@@ -406,9 +469,11 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
   return res;
 }
 
+}  // namespace
+
 bool is_run_dir(const std::string& dir) { return fs::is_regular_file(fs::path(dir) / "run.json"); }
 
-LoadedRun load_run(const std::string& dir, int64_t rank) {
+LoadedRun load_run(const std::string& dir, int64_t rank, at::Device device) {
   const std::string run_path = (fs::path(dir) / "run.json").string();
   if (!fs::is_regular_file(run_path)) throw Error(dir + ": not a run directory (no run.json)");
   nlohmann::json run;
@@ -436,7 +501,7 @@ LoadedRun load_run(const std::string& dir, int64_t rank) {
   } catch (const nlohmann::json::exception& e) {
     throw Error(run_path + ": bad online/quantizer fields (" + e.what() + ")");
   }
-  LlamaModel model = load_model((fs::path(dir) / "model").string(), {at::kFloat});
+  LlamaModel model = load_model((fs::path(dir) / "model").string(), {at::kFloat, device});
   const ModelConfig& mc = model.config();
   SkipTransitions skip;
   if (rank >= 0) {
@@ -448,7 +513,7 @@ LoadedRun load_run(const std::string& dir, int64_t rank) {
       if (it == t.end()) throw Error(path + ": missing tensor '" + name + "'");
       if (it->second.dim() != 2 || it->second.size(0) != mc.hidden_size || it->second.size(1) != mc.hidden_size)
         throw Error(path + ": tensor '" + name + "' is not [hidden, hidden]");
-      return it->second.to(at::kDouble);
+      return it->second.to(device, at::kDouble);
     };
     ResidualRotations rot;
     for (int i = 0; i < mc.num_hidden_layers; ++i) {
@@ -472,15 +537,15 @@ LoadedRun load_run(const std::string& dir, int64_t rank) {
           if (q->second.dim() != 2 || q->second.size(0) != mc.hidden_size || m->second.dim() != 2 ||
               m->second.size(0) != q->second.size(1) || m->second.size(1) != q->second.size(1))
             throw Error(path + ": correction " + prefix + std::to_string(i) + " has inconsistent shapes");
-          c.q = q->second;
-          c.m = m->second;
+          c.q = q->second.to(device);
+          c.m = m->second.to(device);
           c.rank = c.q.size(1);
         }
         vec->push_back(c);
       }
     }
   }
-  model.set_hook(final_hook(mc, online, skip, cfg.quant_config(), o_group));
+  model.set_hook(final_hook(mc, device, online, skip, cfg.quant_config(), o_group));
   return LoadedRun{dir, cfg, std::move(run), std::move(model)};
 }
 

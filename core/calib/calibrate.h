@@ -64,6 +64,11 @@ bool is_run_dir(const std::string& dir);  // has a run.json
 // rebuilds the skip-path corrections at that rank from the stored rotations instead of using the
 // stored ones (rank >= hidden = exact transitions): a rank sweep without re-learning. The weights
 // stay those of the run (with GPTQ they were calibrated with the run's own rank).
-LoadedRun load_run(const std::string& dir, int64_t rank = -1);
+// The model, its corrections and the hook's state go to `device`.
+LoadedRun load_run(const std::string& dir, int64_t rank = -1, at::Device device = at::kCPU);
+
+// "cpu", "cuda" or "auto" (CUDA when libtorch has a usable device) -> a device. Throws
+// respin::Error for cuda without a usable device, and for other names.
+at::Device resolve_device(const std::string& name);
 
 }  // namespace respin

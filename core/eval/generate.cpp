@@ -2,6 +2,7 @@
 #include "core/eval/generate.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
@@ -11,7 +12,8 @@
 namespace respin {
 
 int choose_token(const at::Tensor& logits_in, const GenerateOptions& o, at::Generator& gen) {
-  at::Tensor logits = logits_in.to(at::kFloat);
+  // Sampling runs on the CPU with a CPU generator: the same tokens for a seed on every device.
+  at::Tensor logits = logits_in.to(at::kCPU, at::kFloat);
   if (o.temperature <= 0) return static_cast<int>(logits.argmax().item<int64_t>());
   at::Tensor probs = at::softmax(logits / o.temperature, -1);
   if (o.top_p < 1.0) {
@@ -29,7 +31,7 @@ std::vector<int> generate(const LlamaModel& model, const std::vector<int>& promp
                           RunControl* control) {
   if (prompt.empty()) throw Error("generation needs a non-empty prompt");
   if (!(o.top_p > 0 && o.top_p <= 1)) throw Error("top-p must be in (0, 1]");
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   at::Generator gen = at::detail::createCPUGenerator(o.seed);
   const int64_t max_ctx = model.config().max_position_embeddings;
   std::vector<int64_t> ids(prompt.begin(), prompt.end());

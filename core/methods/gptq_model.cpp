@@ -2,16 +2,18 @@
 #include "core/methods/gptq_model.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <chrono>
 
 #include "core/util/error.h"
+#include "core/util/error_message.h"
 
 namespace respin {
 
 ModelWeights gptq_quantize_model(const LlamaModel& model, const ActivationHook& online, const at::Tensor& windows,
                                  const GptqModelOptions& o, RunControl* control, GptqModelReport* report) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   if (windows.dim() != 2 || windows.size(0) < 1) throw Error("GPTQ needs calibration windows [N, T]");
   if (o.batch < 1) throw Error("GPTQ: batch must be >= 1");
   validate_quant_spec(o.weight, "weight quantizer");
@@ -37,14 +39,15 @@ ModelWeights gptq_quantize_model(const LlamaModel& model, const ActivationHook& 
       {HookSite::MlpInput, {&LayerWeights::gate_proj, &LayerWeights::up_proj}},
       {HookSite::DownProjInput, {&LayerWeights::down_proj}},
   };
-  for (int i = 0; i < L; ++i) {
+  for (int i = 0; i < L; ++i) try {
     double layer_loss = 0;
     for (const Group& g : groups) {
       if (control) control->check();
       LlamaModel cur(c, w);
       HessianAccumulator acc(g.site == HookSite::OProjInput   ? c.num_attention_heads * c.head_dim
                              : g.site == HookSite::DownProjInput ? c.intermediate_size
-                                                                 : c.hidden_size);
+                                                                 : c.hidden_size,
+                             model.device());
       cur.set_hook([&](HookSite site, int layer, at::Tensor& x) {
         if (online) online(site, layer, x);
         if (layer == i && site == g.site) acc.add(x);
@@ -73,6 +76,8 @@ ModelWeights gptq_quantize_model(const LlamaModel& model, const ActivationHook& 
       ev.eta_s = s / (i + 1) * (L - i - 1);
       control->report(ev, i + 1 == L);
     }
+  } catch (...) {
+    rethrow_with_context("GPTQ, layer " + std::to_string(i));
   }
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (report) *report = rep;

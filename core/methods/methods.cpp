@@ -2,6 +2,7 @@
 #include "core/methods/methods.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <random>
 
@@ -53,9 +54,9 @@ uint64_t sub_seed(uint64_t seed, uint64_t k) { return seed * 0x9E3779B97F4A7C15u
 
 }  // namespace
 
-InitialRotations initial_rotations(Method m, const ModelConfig& c, uint64_t seed) {
+InitialRotations initial_rotations(Method m, const ModelConfig& c, uint64_t seed, at::Device device) {
   if (!method_rotates(m)) throw Error(std::string("method ") + method_name(m) + " has no rotations");
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   InitialRotations out;
   const int L = static_cast<int>(c.num_hidden_layers);
   at::Tensor r1;
@@ -67,13 +68,13 @@ InitialRotations initial_rotations(Method m, const ModelConfig& c, uint64_t seed
     out.residual_init = "random orthogonal (no Hadamard matrix of order " + std::to_string(c.hidden_size) +
                         " is known)";
   }
-  r1 = r1.to(at::kFloat);
+  r1 = r1.to(device, at::kFloat);
   std::vector<at::Tensor> heads(L);
   const HadamardTransform head_h = HadamardTransform::of_size(c.head_dim);
   const std::string hc = head_h.construction();
   for (int i = 0; i < L; ++i) {
-    if (m == Method::QuaRot) heads[i] = head_h.dense().to(at::kFloat);
-    else heads[i] = random_hadamard(c.head_dim, sub_seed(seed, 1 + i)).to(at::kFloat);
+    if (m == Method::QuaRot) heads[i] = head_h.dense().to(device, at::kFloat);
+    else heads[i] = random_hadamard(c.head_dim, sub_seed(seed, 1 + i)).to(device, at::kFloat);
   }
   out.head_init = (m == Method::QuaRot ? "hadamard (" : "random hadamard per layer (") + hc + ")";
   if (m == Method::ReSpin) {

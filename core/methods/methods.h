@@ -11,6 +11,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <cstdint>
 #include <string>
@@ -26,9 +27,9 @@ bool method_rotates(Method m);                     // everything but rtn
 bool method_learns(Method m);                      // spinquant, respin
 
 // diag(s) H / sqrt(n) with signs s from a seeded generator (deterministic across platforms and
-// libtorch versions), float64. Throws respin::Error when no Hadamard of order n is known.
+// libtorch versions), float64, on the CPU (callers move it; initial_rotations does). Throws respin::Error when no Hadamard of order n is known.
 at::Tensor random_hadamard(int64_t n, uint64_t seed);
-// Haar-random orthogonal matrix (sign-fixed QR of a seeded Gaussian), float64.
+// Haar-random orthogonal matrix (sign-fixed QR of a seeded Gaussian), float64, on the CPU.
 at::Tensor random_orthogonal(int64_t n, uint64_t seed);
 
 struct InitialRotations {
@@ -40,7 +41,8 @@ struct InitialRotations {
 // The starting rotations of a rotating method. The residual init is a random Hadamard; when the
 // hidden size has no known Hadamard construction it falls back to a random orthogonal matrix and
 // says so in residual_init (the run records it). Head rotations need a Hadamard of head_dim.
-InitialRotations initial_rotations(Method m, const ModelConfig& config, uint64_t seed);
+// Built on the CPU (the same matrices on every device) and returned on `device`, the model's.
+InitialRotations initial_rotations(Method m, const ModelConfig& config, uint64_t seed, at::Device device);
 
 // The online transforms of a method given its quantizers (R3 only when the KV cache is quantized,
 // as QuaRot and SpinQuant do).

@@ -2,6 +2,7 @@
 #include "core/methods/rotated_model.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <algorithm>
 #include <memory>
@@ -60,6 +61,12 @@ ResidualRotations ResidualRotations::to(const at::TensorOptions& options) const 
   return out;
 }
 
+void ResidualRotations::check_device(at::Device device, const std::string& what) const {
+  for (const at::Tensor& t : unique_tensors())
+    if (t.device() != device)
+      throw Error(what + ": the rotations are on " + t.device().str() + " but the model is on " + device.str());
+}
+
 namespace {
 
 bool all_ones(const at::Tensor& t) { return at::equal(t, at::ones_like(t)); }
@@ -96,13 +103,12 @@ ModelWeights rotate_weights(const LlamaModel& fused, const ResidualRotations& ro
   auto in = [&](const at::Tensor& t) { return t.to(ct); };
   auto out = [&](const at::Tensor& t) { return t.to(out_dtype); };
 
-  std::optional<HadamardTransform> heads_h, down_h;
+  const at::Device device = fused.device();
+  rot.check_device(device, "rotate_weights");
+  std::optional<HadamardTransform> down_h;
   at::Tensor heads_dense;
-  if (online.heads_hadamard) {
-    heads_h = HadamardTransform::of_size(nh);
-    heads_dense = heads_h->dense().to(ct);
-  }
-  if (online.down_hadamard) down_h = HadamardTransform::of_size(c.intermediate_size);
+  if (online.heads_hadamard) heads_dense = HadamardTransform::of_size(nh).to(device).dense().to(ct);
+  if (online.down_hadamard) down_h = HadamardTransform::of_size(c.intermediate_size).to(device);
 
   w.embed_tokens = out(at::matmul(in(w.embed_tokens), rot.attn_in[0]));
   w.lm_head = out(at::matmul(in(w.lm_head), rot.final_basis));
@@ -145,7 +151,7 @@ SkipTransitions dense_transitions(const ResidualRotations& rot) {
 }
 
 SkipTransitions rank_r_transitions(const ResidualRotations& rot, int64_t rank, std::vector<double>* errors) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   SkipTransitions s;
   const int64_t D = rot.final_basis.size(0);
   const int64_t r = std::clamp<int64_t>(rank, 0, D);
@@ -176,9 +182,9 @@ ActivationHook online_hook(const ModelConfig& config, OnlineHookOptions o) {
   auto st = std::make_shared<State>();
   st->nh = config.num_attention_heads;
   st->hd = config.head_dim;
-  if (o.online.qk_hadamard) st->qk = HadamardTransform::of_size(config.head_dim);
-  if (o.online.down_hadamard) st->down = HadamardTransform::of_size(config.intermediate_size);
-  if (o.online.heads_hadamard) st->heads = HadamardTransform::of_size(config.num_attention_heads);
+  if (o.online.qk_hadamard) st->qk = HadamardTransform::of_size(config.head_dim).to(o.device);
+  if (o.online.down_hadamard) st->down = HadamardTransform::of_size(config.intermediate_size).to(o.device);
+  if (o.online.heads_hadamard) st->heads = HadamardTransform::of_size(config.num_attention_heads).to(o.device);
   st->o_proj_spec = o.quant.activation;
   st->o_proj_spec.group_size = o.o_proj_group;
   st->o = std::move(o);

@@ -26,6 +26,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "core/methods/rtn.h"
@@ -51,6 +52,8 @@ struct ResidualRotations {
   // Detached copies converted to `options` (dtype and/or device). Each distinct tensor is
   // converted once, so entries that share a tensor (a global rotation) still share it.
   ResidualRotations to(const at::TensorOptions& options) const;
+  // Throws respin::Error unless every defined rotation lives on `device` (`what` names the user).
+  void check_device(at::Device device, const std::string& what) const;
 };
 
 // Online transforms that are not folded into the weights.
@@ -93,6 +96,9 @@ struct OnlineHookOptions {
   QuantConfig quant;           // weight part ignored; activation and kv used (bits 16 = off)
   int64_t o_proj_group = 0;    // activation quantizer group size on o_proj's input (0 = per token)
   bool ste = false;            // straight-through gradients (rotation training)
+  // The model's device: the online Hadamards' small cores are placed there once (activations on
+  // another device still work, at the cost of a copy per call).
+  at::Device device = at::kCPU;
   // Called with what each quantizer sees (after the online transforms, before quantization).
   ActivationHook observer;
 };

@@ -2,6 +2,7 @@
 #include "core/methods/rotation_training.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <chrono>
 #include <cmath>
@@ -22,6 +23,7 @@ RotationTrainingResult train_rotations(const LlamaModel& fused, ResidualRotation
     throw Error("rotation training needs calibration windows [N, T] with T >= 2");
   o.quant.validate();
   const ModelConfig& c = fused.config();
+  rotations.check_device(fused.device(), "rotation training");
   std::vector<at::Tensor> params = rotations.unique_tensors();
   for (at::Tensor& p : params) {
     if (p.scalar_type() != at::kFloat) throw Error("rotation training needs float32 rotations");
@@ -55,6 +57,7 @@ RotationTrainingResult train_rotations(const LlamaModel& fused, ResidualRotation
     ho.quant = o.quant;
     ho.o_proj_group = o.o_proj_group;
     ho.ste = true;
+    ho.device = fused.device();
     model.set_hook(online_hook(c, std::move(ho)));
 
     at::Tensor logits = model.forward(ids);
@@ -82,10 +85,11 @@ RotationTrainingResult train_rotations(const LlamaModel& fused, ResidualRotation
     }
   }
   opt.retract();
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (at::Tensor& p : params) {
     p.requires_grad_(false);
-    at::Tensor e = at::matmul(p.to(at::kDouble), p.to(at::kDouble).t()) - at::eye(p.size(0), at::kDouble);
+    const at::Tensor p64 = p.to(at::kDouble);
+    at::Tensor e = at::matmul(p64, p64.t()) - at::eye(p.size(0), p64.options());
     res.max_orthogonality_error = std::max(res.max_orthogonality_error, e.norm().item<double>());
   }
   res.seconds = elapsed();

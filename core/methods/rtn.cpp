@@ -2,6 +2,7 @@
 #include "core/methods/rtn.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 namespace respin {
 
@@ -32,7 +33,7 @@ ActivationHook activation_quant_hook(const QuantConfig& config) {
 
 void quantize_weights_rtn(ModelWeights& weights, const QuantConfig& config) {
   if (!config.weight.enabled()) return;
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (LayerWeights& L : weights.layers)
     for (at::Tensor* t : linear_weights(L)) *t = fake_quantize_weight(*t, config.weight, config.weight_mse_clip);
 }

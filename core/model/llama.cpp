@@ -152,23 +152,47 @@ LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights)
       check_shape(L.down_bias, {d}, p + "mlp.down_proj.bias");
     }
   }
+  // One device for the whole model: everything derived from it (contexts, rotations, quantizer
+  // state, hooks) follows device().
+  const at::Device dev = device();
+  auto check_device = [&](const at::Tensor& t, const std::string& name) {
+    if (t.defined() && t.device() != dev)
+      throw Error("weight '" + name + "' is on " + t.device().str() + " but the embeddings are on " + dev.str() +
+                  ": a model's tensors must all be on one device");
+  };
+  check_device(weights_.final_norm, "model.norm.weight");
+  check_device(weights_.lm_head, "lm_head.weight");
+  static const char* kSlotNames[] = {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                                     "self_attn.v_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.bias",
+                                     "self_attn.v_proj.bias", "self_attn.o_proj.weight", "self_attn.o_proj.bias",
+                                     "post_attention_layernorm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight",
+                                     "mlp.down_proj.weight", "mlp.gate_proj.bias", "mlp.up_proj.bias",
+                                     "mlp.down_proj.bias"};
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::vector<at::Tensor*> slots = layer_tensors(weights_.layers[i]);
+    for (size_t k = 0; k < slots.size(); ++k)
+      check_device(*slots[k], "model.layers." + std::to_string(i) + "." + kSlotNames[k]);
+  }
 }
+
+at::Device LlamaModel::device() const { return weights_.embed_tokens.device(); }
 
 ForwardContext LlamaModel::make_context(int64_t seq_len) const {
   ForwardContext ctx;
   ctx.seq_len = seq_len;
+  // cos/sin in float32 on the CPU (the same numbers on every device), then moved.
   at::Tensor pos = at::arange(seq_len, at::kLong).to(at::kFloat);
   at::Tensor freqs = at::outer(pos, rope_inv_freq(config_));  // [T, d/2]
   at::Tensor emb = at::cat({freqs, freqs}, -1);
-  const at::Device device = weights_.embed_tokens.device();
-  ctx.cos = emb.cos().to(device, dtype());
-  ctx.sin = emb.sin().to(device, dtype());
-  at::Tensor i = at::arange(seq_len, at::kLong).unsqueeze(1);
-  at::Tensor j = at::arange(seq_len, at::kLong).unsqueeze(0);
+  const at::Device dev = device();
+  ctx.cos = emb.cos().to(dev, dtype());
+  ctx.sin = emb.sin().to(dev, dtype());
+  const auto index = at::TensorOptions().dtype(at::kLong).device(dev);
+  at::Tensor i = at::arange(seq_len, index).unsqueeze(1);
+  at::Tensor j = at::arange(seq_len, index).unsqueeze(0);
   ctx.blocked = j > i;
   if (config_.sliding_window && *config_.sliding_window < seq_len)
-    ctx.blocked = ctx.blocked.logical_or(j <= i - *config_.sliding_window);
-  ctx.blocked = ctx.blocked.to(device);
+    ctx.blocked_sliding = ctx.blocked.logical_or(j <= i - *config_.sliding_window);
   return ctx;
 }
 
@@ -199,14 +223,15 @@ at::Tensor LlamaModel::attention(int layer, const at::Tensor& x_in, const Forwar
   // dtype and normalized in float32, as Hugging Face's eager attention does.
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   const at::Tensor k_t = k.transpose(2, 3).contiguous();  // [B, H, hd, T]
+  const std::optional<int64_t> window = config_.window_of_layer(layer);
+  const at::Tensor& blocked = ctx.blocked_for(config_, layer);
   std::vector<at::Tensor> blocks;
   for (int64_t i0 = 0; i0 < T; i0 += kAttentionBlock) {
     const int64_t i1 = std::min(T, i0 + kAttentionBlock);
     int64_t k0 = 0;
-    if (config_.sliding_window) k0 = std::max<int64_t>(0, i0 - *config_.sliding_window + 1);
+    if (window) k0 = std::max<int64_t>(0, i0 - *window + 1);
     at::Tensor scores = at::matmul(q.narrow(2, i0, i1 - i0), k_t.narrow(3, k0, i1 - k0)) * scale;
-    scores = scores.to(at::kFloat).masked_fill(ctx.blocked.narrow(0, i0, i1 - i0).narrow(1, k0, i1 - k0),
-                                               -INFINITY);
+    scores = scores.to(at::kFloat).masked_fill(blocked.narrow(0, i0, i1 - i0).narrow(1, k0, i1 - k0), -INFINITY);
     at::Tensor probs = at::softmax(scores, -1).to(q.scalar_type());
     blocks.push_back(at::matmul(probs, v.narrow(2, k0, i1 - k0)));
   }

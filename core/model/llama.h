@@ -65,7 +65,11 @@ struct ModelWeights {
 struct ForwardContext {
   int64_t seq_len = 0;
   at::Tensor cos, sin;  // [T, head_dim] in the model dtype
-  at::Tensor blocked;   // [T, T] bool, true where attention is not allowed
+  at::Tensor blocked;          // [T, T] bool, true where causal attention is not allowed
+  at::Tensor blocked_sliding;  // the same within the sliding window; undefined when no layer slides
+  const at::Tensor& blocked_for(const ModelConfig& c, int64_t layer) const {
+    return c.window_of_layer(layer) && blocked_sliding.defined() ? blocked_sliding : blocked;
+  }
 };
 
 class LlamaModel {
@@ -76,6 +80,9 @@ class LlamaModel {
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
   at::ScalarType dtype() const { return weights_.embed_tokens.scalar_type(); }
+  // Where every weight lives (the constructor checks that they agree): the device that the
+  // model's activations, rotations and quantizer state follow.
+  at::Device device() const;
   void set_hook(ActivationHook hook) { hook_ = std::move(hook); }
 
   ForwardContext make_context(int64_t seq_len) const;

@@ -10,6 +10,7 @@
 #include "core/io/atomic_file.h"
 #include "core/io/model_folder.h"
 #include "core/util/error.h"
+#include "core/util/tensor_text.h"
 
 namespace respin {
 
@@ -120,7 +121,17 @@ LlamaModel load_model(const std::string& dir, const LoadOptions& options) {
   ModelFolder folder = ModelFolder::open(dir);
   ModelConfig config = load_model_config(folder.config_path);
   ShardedSafetensors st = ShardedSafetensors::open_folder(folder.dir);
+  // A head_dim that contradicts the stored projections is the config's fault: say so there.
+  if (const ShardedSafetensors::Entry* q = st.find("model.layers.0.self_attn.q_proj.weight")) {
+    const std::vector<int64_t>& shape = q->info->shape;
+    if (shape.size() == 2 && shape[0] != config.q_dim())
+      throw Error(folder.config_path + ": field 'head_dim' (" + std::to_string(config.head_dim) + ") x " +
+                  std::to_string(config.num_attention_heads) + " heads = " + std::to_string(config.q_dim()) +
+                  " contradicts tensor 'model.layers.0.self_attn.q_proj.weight' of shape " + shape_text(shape) +
+                  " in " + q->file->path());
+  }
   ModelWeights w = weights_from_safetensors(st, config, options.dtype, folder.dir);
+  if (options.device != at::Device(at::kCPU)) w = move_weights(w, options.device);
   try {
     return LlamaModel(std::move(config), std::move(w));
   } catch (const Error& e) {
@@ -134,7 +145,7 @@ void save_model(const std::string& dir, const ModelConfig& config, const ModelWe
   const at::ScalarType file_type = to_scalar(options.file_dtype, dir);
   std::vector<std::pair<std::string, at::Tensor>> named;
   auto add = [&](const std::string& name, const at::Tensor& t) {
-    if (t.defined()) named.emplace_back(name, t.to(file_type).contiguous());
+    if (t.defined()) named.emplace_back(name, t.to(at::kCPU, file_type).contiguous());
   };
   add("model.embed_tokens.weight", w.embed_tokens);
   for (size_t i = 0; i < w.layers.size(); ++i) {

@@ -13,10 +13,11 @@ namespace respin {
 
 struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // compute dtype: kFloat or kBFloat16
+  at::Device device = at::kCPU;       // where the model (and so everything computed with it) lives
 };
 
 // Reads config.json and the safetensors file(s) of `dir` and converts every weight to
-// options.dtype. Throws respin::Error naming the file and the tensor on any problem.
+// options.dtype on options.device. Throws respin::Error naming the file and the tensor on any problem.
 LlamaModel load_model(const std::string& dir, const LoadOptions& options = {});
 
 // Weights from already-opened safetensors, checked against `config` (used by load_model).

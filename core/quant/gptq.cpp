@@ -7,6 +7,7 @@
 #include "core/quant/gptq.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <algorithm>
 #include <cmath>
@@ -45,10 +46,10 @@ at::Tensor inverse_cholesky_upper(const at::Tensor& h, double damp) {
 // ---------------------------------------------------------------------------------------------
 // HessianAccumulator
 
-HessianAccumulator::HessianAccumulator(int64_t columns) : columns_(columns) {
+HessianAccumulator::HessianAccumulator(int64_t columns, at::Device device) : columns_(columns) {
   if (columns < 0)
     throw Error("Hessian accumulator: columns must be >= 0, got " + std::to_string(columns));
-  hessian_ = at::zeros({columns, columns}, at::TensorOptions().dtype(at::kDouble));
+  hessian_ = at::zeros({columns, columns}, at::TensorOptions().dtype(at::kDouble).device(device));
 }
 
 void HessianAccumulator::add(const at::Tensor& x) {
@@ -63,7 +64,7 @@ void HessianAccumulator::add(const at::Tensor& x) {
   if (!all_finite(x))
     throw Error("Hessian accumulator: input " + shape_text(x) +
                 " contains NaN or Inf values; the Hessian would be unusable");
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   if (samples_ == 0 && hessian_.device() != x.device()) hessian_ = hessian_.to(x.device());
   const at::Tensor rows = x.detach().to(hessian_.device(), at::kDouble).reshape({-1, columns_});
   const int64_t n = rows.size(0);
@@ -113,7 +114,7 @@ GptqResult gptq_quantize(const at::Tensor& w, const at::Tensor& hessian, const Q
     return result;
   }
 
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   at::Tensor wt = w.detach().to(at::kDouble).t().contiguous();  // [in, out]: row i = column i
   at::Tensor h = hessian.detach().to(w.device(), at::kDouble).clone();
 

@@ -33,8 +33,8 @@ namespace respin {
 // relative to mean(diag H)) and scales only the reported loss.
 class HessianAccumulator {
  public:
-  // Throws respin::Error when columns < 0.
-  explicit HessianAccumulator(int64_t columns);
+  // Throws respin::Error when columns < 0. H starts as zeros on `device` (the model's).
+  explicit HessianAccumulator(int64_t columns, at::Device device = at::kCPU);
 
   // x [..., columns], any floating dtype and device, flattened to rows (a 1-D x is one row).
   // The first non-empty batch moves H to x's device; later batches are moved to H's device.

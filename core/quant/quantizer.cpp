@@ -4,6 +4,7 @@
 #include "core/quant/quantizer.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <cmath>
 #include <limits>
@@ -157,7 +158,7 @@ at::Tensor fake_quantize_rows(const at::Tensor& x, const QuantSpec& spec, const 
   const int64_t group = check_input(x, spec, what);
   if (x.numel() == 0) return x;
   check_finite(x, what);
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const at::Tensor rows = x.detach().to(at::kFloat).contiguous().reshape({-1, group});
   const RowGrid g = activation_grid(rows, spec, /*include_zero=*/spec.group_size == 0);
   return qdq(rows, g.scale, g.zero, max_level(spec), spec.symmetric)
@@ -205,7 +206,7 @@ WeightQuantParams compute_weight_params(const at::Tensor& w, const QuantSpec& sp
                 number_text(spec.clip_ratio));
   check_weight(w, spec);
   check_finite(w, "weight");
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const int64_t out = w.size(0), in = w.size(1);
   const int64_t group = spec.group_size > 0 ? spec.group_size : in;
   const int64_t groups = group > 0 ? in / group : 1;
@@ -233,7 +234,7 @@ at::Tensor fake_quantize_weight_with(const at::Tensor& w, const WeightQuantParam
                   std::to_string(groups) + "] for weight " + shape_text(w) + ", got " +
                   (t->defined() ? shape_text(*t) : std::string("undefined")));
   if (w.numel() == 0) return w;
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const at::Tensor x = w.detach().to(at::kFloat).reshape({out, groups, in / groups});
   const at::Tensor scale = params.scale.to(x.device(), at::kFloat).unsqueeze(-1);
   const at::Tensor zero = params.zero.to(x.device(), at::kFloat).unsqueeze(-1);
@@ -254,7 +255,7 @@ at::Tensor fake_quantize_with_scale(const at::Tensor& x, const at::Tensor& scale
   if (!spec.enabled()) return x;
   if (!x.defined() || !scale.defined() || !zero.defined())
     throw Error("fake_quantize_with_scale: undefined tensor");
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const at::Tensor xf = x.detach().to(at::kFloat);
   return qdq(xf, scale.to(xf.device(), at::kFloat), zero.to(xf.device(), at::kFloat),
              max_level(spec), spec.symmetric)

@@ -2,6 +2,7 @@
 #include "core/rotation/cayley_sgd.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <algorithm>
 #include <string>
@@ -60,12 +61,12 @@ void CayleySgd::zero_grad() {
 }
 
 void CayleySgd::retract() {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (at::Tensor& p : params_) p.detach().copy_(qr_retraction(p.detach()));
 }
 
 void CayleySgd::step() {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   ++step_count_;
   const bool retract = options_.qr_every > 0 && step_count_ % options_.qr_every == 0;
   for (size_t i = 0; i < params_.size(); ++i) {

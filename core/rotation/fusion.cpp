@@ -2,6 +2,7 @@
 #include "core/rotation/fusion.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include "core/util/error.h"
 
@@ -23,7 +24,7 @@ bool all_ones(const at::Tensor& t) { return at::equal(t, at::ones_like(t)); }
 }  // namespace
 
 LlamaModel fuse_rms_norms(const LlamaModel& model, const FusionOptions& options) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   ModelConfig c = model.config();
   ModelWeights w = model.weights();
   w.lm_head = w.lm_head.clone();  // untie: lm_head gets the final norm folded in, embeddings do not
@@ -44,7 +45,7 @@ LlamaModel fuse_rms_norms(const LlamaModel& model, const FusionOptions& options)
 }
 
 LlamaModel rotate_residual(const LlamaModel& fused, const at::Tensor& r) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const ModelConfig& c = fused.config();
   const int64_t d = c.hidden_size;
   if (r.dim() != 2 || r.size(0) != d || r.size(1) != d)

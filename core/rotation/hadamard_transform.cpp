@@ -50,6 +50,13 @@ HadamardTransform HadamardTransform::of_size(int64_t n) {
   return t;
 }
 
+HadamardTransform HadamardTransform::to(at::Device device) const {
+  HadamardTransform t = *this;
+  t.device_ = device;
+  if (core_.defined()) t.core_ = core_.to(device);
+  return t;
+}
+
 at::Tensor HadamardTransform::transform(const at::Tensor& x, bool inverse) const {
   if (x.size(-1) != n_)
     throw Error("Hadamard transform of size " + std::to_string(n_) + " applied to a last dimension of " +
@@ -59,6 +66,7 @@ at::Tensor HadamardTransform::transform(const at::Tensor& x, bool inverse) const
   at::Tensor v = xf.reshape({-1, k_, m_});
   if (m_ > 1) v = fwht(v);  // the Sylvester factor is symmetric: same for the inverse
   if (k_ > 1) {
+    // A no-op when the transform was placed on x's device (to()); otherwise a small copy.
     at::Tensor core = core_.to(v.device(), v.scalar_type());
     // Row-vector form: Y = H_K^T X (forward) or H_K X (inverse, H^T) on X = [k, m].
     v = at::matmul(inverse ? core : core.t(), v);
@@ -69,6 +77,8 @@ at::Tensor HadamardTransform::transform(const at::Tensor& x, bool inverse) const
 at::Tensor HadamardTransform::apply(const at::Tensor& x) const { return transform(x, false); }
 at::Tensor HadamardTransform::apply_inverse(const at::Tensor& x) const { return transform(x, true); }
 
-at::Tensor HadamardTransform::dense() const { return apply(at::eye(n_, at::kDouble)); }
+at::Tensor HadamardTransform::dense() const {
+  return apply(at::eye(n_, at::TensorOptions().dtype(at::kDouble).device(device_)));
+}
 
 }  // namespace respin

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <cstdint>
 #include <string>
@@ -14,8 +15,11 @@ namespace respin {
 
 class HadamardTransform {
  public:
-  // Throws respin::Error naming n when no Hadamard construction of order n is known.
+  // Throws respin::Error naming n when no Hadamard construction of order n is known. The
+  // transform starts on the CPU; to() places its small K x K core on the device it will run on.
   static HadamardTransform of_size(int64_t n);
+  HadamardTransform to(at::Device device) const;
+  at::Device device() const { return device_; }
 
   int64_t size() const { return n_; }
   const std::string& construction() const { return construction_; }
@@ -23,13 +27,14 @@ class HadamardTransform {
   at::Tensor apply(const at::Tensor& x) const;
   // The inverse, x -> x H^T / sqrt(n) (H is orthogonal after normalization).
   at::Tensor apply_inverse(const at::Tensor& x) const;
-  // The dense normalized n x n matrix (float64), for fusing into weights and for tests.
+  // The dense normalized n x n matrix (float64) on device(), for fusing into weights and tests.
   at::Tensor dense() const;
 
  private:
   at::Tensor transform(const at::Tensor& x, bool inverse) const;
   int64_t n_ = 0, k_ = 1, m_ = 1;  // n = k_ * m_, m_ a power of two
   at::Tensor core_;                // [k, k] float32 entries +-1 (undefined when k == 1)
+  at::Device device_ = at::kCPU;
   std::string construction_;
 };
 

@@ -37,6 +37,9 @@ double symmetric_norm_estimate(const at::Tensor& a) {
   return estimate;
 }
 
+ResidualCorrection approximate_transition_cpu(const at::Tensor& r_in, const at::Tensor& r_out, int64_t rank,
+                                              const TransitionOptions& options);
+
 }  // namespace
 
 at::Tensor transition_matrix(const at::Tensor& r_in, const at::Tensor& r_out) {
@@ -53,6 +56,22 @@ at::Tensor transition_matrix(const at::Tensor& r_in, const at::Tensor& r_out) {
 
 ResidualCorrection approximate_transition(const at::Tensor& r_in, const at::Tensor& r_out,
                                           int64_t rank, const TransitionOptions& options) {
+  check_rotation(r_in, "residual transition: r_in");
+  // The decomposition runs in float64 on the CPU whatever the rotations' device (the same
+  // numbers, split-pair flags and reported errors on every device, and no device round trip per
+  // power-iteration step); q, m and the singular values go back to r_in's device at the end.
+  const at::Device device = r_in.device();
+  ResidualCorrection out = approximate_transition_cpu(r_in.to(at::kCPU), r_out.to(at::kCPU), rank, options);
+  out.q = out.q.to(device);
+  out.m = out.m.to(device);
+  out.singular_values = out.singular_values.to(device);
+  return out;
+}
+
+namespace {
+
+ResidualCorrection approximate_transition_cpu(const at::Tensor& r_in, const at::Tensor& r_out, int64_t rank,
+                                              const TransitionOptions& options) {
   const at::Tensor t = transition_matrix(r_in, r_out);
   const int64_t d = t.size(0);
   if (rank < 0 || rank > d)
@@ -104,6 +123,8 @@ ResidualCorrection approximate_transition(const at::Tensor& r_in, const at::Tens
   }
   return out;
 }
+
+}  // namespace
 
 at::Tensor apply_correction(const at::Tensor& h, const ResidualCorrection& correction) {
   if (!correction.q.defined() || !correction.m.defined())

@@ -2,6 +2,7 @@
 #include "core/stats/activation_stats.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <algorithm>
 #include <array>
@@ -262,7 +263,7 @@ ActivationHook ActivationStatsCollector::hook() {
 }
 
 void ActivationStatsCollector::observe(HookSite site, int layer, const at::Tensor& x_in) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   if (x_in.numel() == 0) return;
   if (x_in.is_complex()) throw Error("activation stats: complex activations are not supported");
   // Channels are the last dimension for [B, T, C] sites; Q/K/V ([B, H, T, d]) use head_dim.

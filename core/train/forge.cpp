@@ -2,6 +2,7 @@
 #include "core/train/forge.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/GradMode.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -158,7 +159,7 @@ double unigram_perplexity(const std::vector<int>& train, const std::vector<int>&
 }
 
 std::vector<OutlierRow> outlier_stats(LlamaModel& model, const std::vector<int>& val, int64_t seq_len) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   ActivationStatsCollector collector;
   model.set_hook(collector.hook());
   const int64_t windows = std::min<int64_t>(8, val.size() / seq_len);

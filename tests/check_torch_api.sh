@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Fails when the tree uses a libtorch API known to be missing from one of the two libtorch lines the
+# project builds against (Debian's 1.13 here, PyTorch 2.x on GPU machines), so that a CPU-only CI
+# catches what would only break the GPU build. docs/gpu.md lists the differences met so far.
+set -euo pipefail
+root=${1:-$(cd "$(dirname "$0")/.." && pwd)}
+# pattern | what to use instead
+rules=(
+  'at::NoGradGuard|c10::NoGradGuard from <c10/core/GradMode.h> (at::NoGradGuard is not declared by the 2.x headers)'
+)
+status=0
+for rule in "${rules[@]}"; do
+  pattern=${rule%%|*}
+  hits=$(grep -rnF --include='*.cpp' --include='*.h' --include='*.cu' "$pattern" \
+           "$root/core" "$root/app" "$root/ui" "$root/kernels" "$root/tests" "$root/bench" || true)
+  if [[ -n $hits ]]; then
+    echo "uses $pattern; use ${rule#*|}:" >&2
+    echo "$hits" >&2
+    status=1
+  fi
+done
+exit $status
