@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# Checks ReSpin Workbench on a GPU machine that has an NVIDIA GPU, the CUDA toolkit (nvcc) and
+# PyTorch, but no internet and no apt (the usual GPU server). It
+#   1. builds core + kernels + CLI + tests + bench against PyTorch's libtorch (RESPIN_BUILD_UI=OFF),
+#      taking nlohmann-json, CLI11, GoogleTest and ICU from the bundle that scripts/gpu_bundle.sh
+#      prepares on a Debian machine (copy or carry .gpu-bundle/ along with the checkout);
+#   2. runs the `gpu` ctest label and the unit suite (2 threads per test, 8 tests at a time: tests
+#      that each take every core time out by oversubscription);
+#   3. calibrates every method with --device cuda on a random LLaMA-shaped model of about 490M
+#      parameters (hidden 2048, 8 layers, 16 heads / 4 KV heads, intermediate 5632, vocabulary
+#      32000) with a byte-level tokenizer, on text the machine has (/usr/share licences and
+#      copyright files), and evaluates each run directory again with `respin eval --run`;
+#   4. prints one table: method, exit status, seconds per phase, tokens/s, FP and quantized
+#      perplexity, GPU memory.
+# Random weights make the perplexities a plumbing check (both near the vocabulary in use), not a
+# quality figure. Logs and run directories go to $OUT (the device tool's output folder) or
+# build/gpu-check. Usage: scripts/gpu_check.sh [--quick]   (--quick: 2 layers, 20 learning steps)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+quick=0
+[[ ${1:-} == --quick ]] && quick=1
+bundle=${RESPIN_GPU_BUNDLE:-$root/.gpu-bundle}
+out=${OUT:-$root/build/gpu-check}
+mkdir -p "$out"
+python=${PYTHON:-python3}
+log() { echo "== $*" >&2; }
+die() { echo "gpu_check: $*" >&2; exit 1; }
+
+[[ -d $bundle/usr ]] || die "no bundle at $bundle: run scripts/gpu_bundle.sh on a Debian machine and bring .gpu-bundle/ along"
+torch_prefix=$($python -c 'import torch; print(torch.utils.cmake_prefix_path)') || die "$python cannot import torch"
+torch_lib=$($python -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
+torch_version=$($python -c 'import torch; print(torch.__version__)')
+# CMake and Ninja may live in the Python environment only.
+export PATH="$(dirname "$(command -v "$python")"):$PATH"
+command -v cmake >/dev/null || die "cmake not found (pip's cmake in the PyTorch environment is enough)"
+command -v ninja >/dev/null || die "ninja not found"
+command -v nvcc >/dev/null || export PATH="/usr/local/cuda/bin:$PATH"
+export LD_LIBRARY_PATH="$bundle/usr/lib/x86_64-linux-gnu:$torch_lib:${LD_LIBRARY_PATH:-}"
+jobs=$(nproc)
+log "machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | head -1); $jobs cores; torch $torch_version; $(nvcc --version | tail -1)"
+
+# ---- 1. build
+build=$root/build/gpu
+t0=$(date +%s)
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRESPIN_BUILD_UI=OFF -DRESPIN_WITH_CUDA=ON \
+  -DCMAKE_CUDA_ARCHITECTURES="${RESPIN_CUDA_ARCH:-90}" -DCMAKE_PREFIX_PATH="$torch_prefix;$bundle/usr" \
+  -DICU_ROOT="$bundle/usr" >"$out/configure.log" 2>&1 || { tail -n 40 "$out/configure.log"; die "configure failed (log: $out/configure.log)"; }
+cmake --build "$build" -j "$jobs" >"$out/build.log" 2>&1 || { grep -m 20 -B2 -A6 'error' "$out/build.log"; die "build failed (log: $out/build.log)"; }
+log "build: $(( $(date +%s) - t0 )) s"
+
+# ---- 2. tests (the tokenizer oracle needs node, which such a machine usually lacks)
+export OMP_NUM_THREADS=2
+ctest --test-dir "$build" -L gpu --output-on-failure --timeout 600 >"$out/ctest-gpu.log" 2>&1
+gpu_tests=$?
+ctest --test-dir "$build" -L unit -E 'TokenizerOracle|tokenizer_oracle' -j 8 --output-on-failure --timeout 600 \
+  >"$out/ctest-unit.log" 2>&1
+unit_tests=$?
+log "ctest gpu: $(grep -E 'tests passed|tests failed' "$out/ctest-gpu.log" | tail -1) (exit $gpu_tests)"
+grep -E '\(Skipped\)|Failed|\*\*\*' "$out/ctest-gpu.log" | head -20 >&2
+log "ctest unit: $(grep -E 'tests passed|tests failed' "$out/ctest-unit.log" | tail -1) (exit $unit_tests)"
+grep -E 'Failed|\*\*\*' "$out/ctest-unit.log" | head -20 >&2
+unset OMP_NUM_THREADS
+
+# ---- 3. calibrate every method on CUDA
+respin=$build/app/respin
+work=$out/calib
+rm -rf "$work" && mkdir -p "$work"
+"$python" - "$work" <<'PY' || die "could not write the tokenizer and text"
+import json, os, sys, glob
+work = sys.argv[1]
+# GPT-2 byte-to-unicode table: a byte-level BPE tokenizer.json with the 256 byte tokens, no merges.
+printable = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+sym, n = {}, 0
+for b in range(256):
+    if b in printable:
+        sym[b] = chr(b)
+    else:
+        sym[b] = chr(256 + n); n += 1
+tok = {"version": "1.0", "added_tokens": [], "normalizer": None,
+       "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+       "post_processor": None,
+       "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+       "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                 "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                 "vocab": {sym[b]: b for b in range(256)}, "merges": []}}
+json.dump(tok, open(os.path.join(work, "tokenizer.json"), "w"))
+files = sorted(glob.glob("/usr/share/common-licenses/*")) + sorted(glob.glob("/usr/share/doc/*/copyright"))
+text = []
+for f in files:
+    try:
+        text.append(open(f, encoding="utf-8").read())
+    except (OSError, UnicodeDecodeError):
+        pass
+text = "\n".join(text)
+if len(text) < 400000:
+    sys.exit("only %d bytes of text found" % len(text))
+cut = len(text) * 9 // 10
+open(os.path.join(work, "calib.txt"), "w").write(text[:cut])
+open(os.path.join(work, "eval.txt"), "w").write(text[cut:])
+print("text: %d bytes (%d files)" % (len(text), len(files)), file=sys.stderr)
+PY
+layers=8; iters=100
+((quick)) && layers=2 && iters=20
+"$respin" init-model --out "$work/model" --tokenizer "$work/tokenizer.json" --vocab 32000 --hidden 2048 \
+  --intermediate 5632 --layers $layers --heads 16 --kv-heads 4 --max-positions 2048 --dtype bf16 --seed 0 \
+  >"$out/init-model.log" 2>&1 || { cat "$out/init-model.log"; die "init-model failed"; }
+cat "$out/init-model.log" >&2
+common=(--model "$work/model" --calib-text "$work/calib.txt" --eval-text "$work/eval.txt" --device cuda
+        --wbits 4 --abits 4 --kvbits 4 --seq-len 512 --samples 64 --iters $iters --batch 2 --eval-windows 40
+        --stats-windows 2 --threads 8)
+declare -a names
+run_method() {  # name, extra arguments...
+  local name=$1; shift
+  names+=("$name")
+  local t0=$(date +%s.%N)
+  "$respin" calibrate "${common[@]}" "$@" --json --out "$work/run-$name" >"$work/$name.json" 2>"$work/$name.err"
+  echo $? >"$work/$name.exit"
+  echo "$(date +%s.%N) - $t0" | bc >"$work/$name.wall"
+  if [[ $(cat "$work/$name.exit") == 0 ]]; then
+    "$respin" eval --json --run "$work/run-$name" --device cuda --seq-len 512 --max-windows 40 \
+      >"$work/$name.eval.json" 2>"$work/$name.eval.err"
+    echo $? >"$work/$name.eval.exit"
+  fi
+  log "$name: exit $(cat "$work/$name.exit")$(tail -n 1 "$work/$name.err" | grep -o 'error: .*' | head -c 300 | sed 's/^/, /')"
+}
+run_method rtn --method rtn
+run_method quarot --method quarot
+run_method quarot-gptq --method quarot --gptq
+run_method spinquant --method spinquant
+run_method respin-full --method respin --rank -1
+run_method respin-r32 --method respin --rank 32
+
+# ---- 4. the table
+"$python" - "$work" "${names[@]}" <<'PY'
+import json, os, sys
+work, names = sys.argv[1], sys.argv[2:]
+def read(path):
+    try:
+        return open(path).read().strip()
+    except OSError:
+        return ""
+rows = []
+hdr = ["method", "exit", "eval --run", "load s", "eval-fp s", "stats s", "rotate s", "gptq s", "quantize s",
+       "eval s", "learn tok/s", "eval tok/s", "FP ppl", "quant ppl", "eval --run ppl", "GPU MiB", "learning"]
+for n in names:
+    code = read(os.path.join(work, n + ".exit"))
+    row = {"method": n, "exit": code}
+    if code == "0":
+        r = json.load(open(os.path.join(work, n + ".json")))
+        ph = r["timing"]["phases_seconds"]
+        for p in ["load", "eval-fp", "stats", "rotate", "gptq", "quantize", "eval"]:
+            row[p + " s"] = "%.1f" % ph[p] if p in ph else "-"
+        tr = r.get("method", {}).get("training")
+        row["learn tok/s"] = "%.0f" % (tr["tokens"] / tr["seconds"]) if tr and tr["seconds"] > 0 else "-"
+        res = r["results"]
+        row["eval tok/s"] = "%.0f" % (res["eval_tokens"] / ph["eval"]) if ph.get("eval") else "-"
+        row["FP ppl"] = "%.3f" % res["fp_perplexity"]
+        row["quant ppl"] = "%.3f" % res["quantized_perplexity"]
+        mem = r.get("gpu_memory_in_use_bytes")
+        row["GPU MiB"] = "%.0f" % (mem / 2**20) if mem else "-"
+        row["learning"] = r.get("compute", {}).get("rotation_learning", "?")
+        ecode = read(os.path.join(work, n + ".eval.exit"))
+        row["eval --run"] = ecode
+        if ecode == "0":
+            row["eval --run ppl"] = "%.3f" % json.load(open(os.path.join(work, n + ".eval.json")))["perplexity"]
+    rows.append(row)
+widths = [max(len(h), *(len(str(r.get(h, "-"))) for r in rows)) for h in hdr]
+line = lambda cells: "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
+print(line(hdr))
+print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+for r in rows:
+    print(line([r.get(h, "-") for h in hdr]))
+PY
+status=0
+for n in "${names[@]}"; do [[ $(cat "$work/$n.exit") == 0 && $(cat "$work/$n.eval.exit" 2>/dev/null) == 0 ]] || status=1; done
+((gpu_tests == 0 && unit_tests == 0)) || status=1
+log "GPU memory: whole-device use read at the end of each run (libtorch's cache keeps its peak reservation; includes the CUDA context)"
+log "logs and run directories: $out"
+exit $status
