@@ -58,6 +58,7 @@ TEST_F(CudaCalibration, QuaRotOnCudaMatchesQuaRotOnCpu) {
   c.device = "cuda";
   CalibResult gpu = run_calibration(c, runs_.file("cuda"));
   EXPECT_NEAR(gpu.fp_perplexity / cpu.fp_perplexity, 1.0, 1e-4);
-  // Round-to-nearest may flip a few weights between devices (different summation orders).
-  EXPECT_NEAR(gpu.quant_perplexity / cpu.quant_perplexity, 1.0, 2e-2);
+  // Round-to-nearest may flip a few weights between devices (different summation orders); their
+  // effect on the perplexity stays far below 1e-3.
+  EXPECT_NEAR(gpu.quant_perplexity / cpu.quant_perplexity, 1.0, 1e-3);
 }

@@ -13,19 +13,12 @@
 #include "core/rotation/fusion.h"
 #include "core/rotation/hadamard_transform.h"
 #include "core/util/error.h"
+#include "tests/test_util.h"
 
 using namespace respin;
+using respin::test::expect_error;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 LlamaModel small_model() {
   ModelConfig c = make_model_config("llama", 32, 48, 2, 4, 2, 50, 64);
@@ -40,7 +33,7 @@ TEST(DeviceRule, ModelRefusesWeightsOnTwoDevicesNamingTheTensor) {
   LlamaModel m = small_model();
   ModelWeights w = m.weights();
   w.layers[1].up_proj = w.layers[1].up_proj.to(at::kMeta);
-  const std::string msg = error_of([&] { LlamaModel(m.config(), w); });
+  const std::string msg = expect_error([&] { LlamaModel(m.config(), w); });
   EXPECT_NE(msg.find("model.layers.1.mlp.up_proj.weight"), std::string::npos) << msg;
   EXPECT_NE(msg.find("meta"), std::string::npos) << msg;
   EXPECT_EQ(m.device(), at::Device(at::kCPU));
@@ -51,7 +44,7 @@ TEST(DeviceRule, RotationsOnAnotherDeviceAreRefused) {
   LlamaModel fused = fuse_rms_norms(small_model());
   InitialRotations init = initial_rotations(Method::QuaRot, fused.config(), 0, at::kMeta);
   for (const at::Tensor& t : init.rotations.unique_tensors()) EXPECT_EQ(t.device(), at::Device(at::kMeta));
-  const std::string msg = error_of([&] { rotate_weights(fused, init.rotations, {}, at::kFloat); });
+  const std::string msg = expect_error([&] { rotate_weights(fused, init.rotations, {}, at::kFloat); });
   EXPECT_NE(msg.find("rotations are on meta but the model is on cpu"), std::string::npos) << msg;
   // On the model's device they are accepted.
   InitialRotations cpu = initial_rotations(Method::QuaRot, fused.config(), 0, at::kCPU);
@@ -75,8 +68,8 @@ TEST(DeviceRule, DeviceNamesResolve) {
   EXPECT_EQ(resolve_device("cpu"), at::Device(at::kCPU));
   EXPECT_EQ(resolve_device("auto"), at::hasCUDA() ? at::Device(at::kCUDA) : at::Device(at::kCPU));
   if (!at::hasCUDA()) {
-    const std::string msg = error_of([] { resolve_device("cuda"); });
+    const std::string msg = expect_error([] { resolve_device("cuda"); });
     EXPECT_NE(msg.find("no usable CUDA device"), std::string::npos) << msg;
   }
-  EXPECT_NE(error_of([] { resolve_device("tpu"); }).find("'tpu' is not supported"), std::string::npos);
+  EXPECT_NE(expect_error([] { resolve_device("tpu"); }).find("'tpu' is not supported"), std::string::npos);
 }

@@ -17,6 +17,7 @@
 
 using namespace respin;
 using respin::test::TempDir;
+using respin::test::expect_error;
 using respin::test::read_bytes;
 using respin::test::write_bytes;
 
@@ -40,16 +41,6 @@ void expect_open_error(const std::string& path, const std::string& needle) {
     EXPECT_NE(msg.find(path), std::string::npos) << msg;
     EXPECT_NE(msg.find(needle), std::string::npos) << msg;
   }
-}
-
-std::string expect_error(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected respin::Error";
-  return "";
 }
 
 }  // namespace

@@ -12,20 +12,13 @@
 
 #include "core/io/model_config.h"
 #include "core/util/error.h"
+#include "tests/test_util.h"
 
 using namespace respin;
+using respin::test::expect_error;
 using nlohmann::json;
 
 namespace {
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 // LLaMA-3.2-1B as transformers 4.45 saved it.
 const char* kLlama32_4x = R"({
@@ -139,7 +132,7 @@ ModelConfig parse(const std::string& text) { return parse_model_config(text, "m/
 std::string error_after(const char* base, const std::function<void(json&)>& edit) {
   json j = json::parse(base);
   edit(j);
-  return error_of([&] { parse(j.dump()); });
+  return expect_error([&] { parse(j.dump()); });
 }
 
 void expect_mentions(const std::string& msg, std::initializer_list<const char*> parts) {

@@ -1,12 +1,16 @@
 // Test helpers (see test_util.h).
 #include "tests/test_util.h"
 
+#include <gtest/gtest.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
 #include <vector>
+
+#include "core/util/error.h"
 
 namespace respin::test {
 
@@ -35,6 +39,16 @@ std::string read_bytes(const std::string& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+std::string expect_error(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected respin::Error";
+  return "";
 }
 
 }  // namespace respin::test

@@ -1,6 +1,8 @@
-// Helpers shared by the test suites: temporary folders that clean up after themselves.
+// Helpers shared by the test suites: temporary folders that clean up after themselves, and the
+// message of an expected respin::Error.
 #pragma once
 
+#include <functional>
 #include <string>
 
 namespace respin::test {
@@ -21,5 +23,8 @@ class TempDir {
 
 void write_bytes(const std::string& path, const std::string& bytes);
 std::string read_bytes(const std::string& path);
+
+// Runs fn and returns the message of the respin::Error it throws; a test failure when it throws none.
+std::string expect_error(const std::function<void()>& fn);
 
 }  // namespace respin::test

@@ -50,6 +50,9 @@ LlamaModel rotate_residual(const LlamaModel& fused, const at::Tensor& r) {
   const int64_t d = c.hidden_size;
   if (r.dim() != 2 || r.size(0) != d || r.size(1) != d)
     throw Error("residual rotation must be [" + std::to_string(d) + ", " + std::to_string(d) + "]");
+  if (r.device() != fused.device())
+    throw Error("rotate_residual: the rotation is on " + r.device().str() + " but the model is on " +
+                fused.device().str());
   ModelWeights w = fused.weights();
   if (c.tie_word_embeddings || !all_ones(w.final_norm))
     throw Error("rotate_residual needs a model whose RMSNorms are fused (fuse_rms_norms)");
