@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <cstdio>
@@ -26,6 +27,7 @@
 #include "core/model/weights.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/util/error.h"
+#include "core/util/error_message.h"
 #include "core/util/run_control.h"
 #include "core/util/threads.h"
 
@@ -36,6 +38,12 @@ namespace {
 RunControl g_control;
 
 void on_stop_signal(int) { g_control.request_stop(); }
+
+// JSON for stdout. Paths are bytes and need not be UTF-8: such bytes print as U+FFFD instead of
+// failing the whole command after its work is done.
+std::string json_text(const nlohmann::json& j) {
+  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
+}
 
 std::string human_count(int64_t n) {
   char buf[32];
@@ -114,7 +122,7 @@ int run_info(const InfoArgs& a) {
     } else {
       j["tokenizer"] = nullptr;
     }
-    std::cout << j.dump(2) << "\n";
+    std::cout << json_text(j) << "\n";
     return 0;
   }
   std::printf("model:          %s\n", folder.dir.c_str());
@@ -189,17 +197,21 @@ int run_eval(const EvalArgs& a) {
     text_source = "corpus test split";
     text = Corpus::load(default_corpus_dir()).text_of(Split::Test);
   }
-  std::vector<int> ids = tok.encode(text, /*add_special_tokens=*/false);
+  std::vector<int> ids = with_error_context(text_source, [&] { return tok.encode(text, /*add_special_tokens=*/false); });
 
+  // A run is evaluated with its own protocol unless told otherwise, so the number can be compared
+  // with the run's; a plain model with the options' defaults (2048-token windows, all of them).
   PerplexityOptions po;
-  po.seq_len = std::min<int64_t>(a.seq_len, model.config().max_position_embeddings);
-  if (po.seq_len < a.seq_len)
+  const int64_t want_seq = run && !a.seq_len_given ? run->eval_seq_len : a.seq_len;
+  po.seq_len = std::min<int64_t>(want_seq, model.config().max_position_embeddings);
+  if (po.seq_len < want_seq && (a.seq_len_given || run))
     std::fprintf(stderr, "note: --seq-len %lld capped at the model's max_position_embeddings %lld\n",
-                 a.seq_len, static_cast<long long>(po.seq_len));
-  po.max_windows = a.max_windows;
-  po.batch_size = a.batch;
+                 static_cast<long long>(want_seq), static_cast<long long>(po.seq_len));
+  po.max_windows = run && !a.max_windows_given ? run->eval_windows : a.max_windows;
+  po.batch_size = run && !a.batch_given ? run->eval_batch : a.batch;
   if (isatty(STDERR_FILENO)) g_control.set_progress_callback(progress_printer(), 100);
-  PerplexityResult r = evaluate_perplexity(model, ids, po, &g_control);
+  PerplexityResult r = with_error_context(text_source + " (tokenized with " + folder.require_tokenizer() + ")",
+                                          [&] { return evaluate_perplexity(model, ids, po, &g_control); });
 
   if (a.json) {
     nlohmann::json j = {{"model", folder.dir},
@@ -223,7 +235,7 @@ int run_eval(const EvalArgs& a) {
                            {"config", nlohmann::json::parse(calib_config_to_json(run->config))}};
     if (quantized)
       j["quantization"] = {{"method", "rtn"}, {"wbits", a.wbits}, {"abits", a.abits}, {"kvbits", a.kvbits}};
-    std::cout << j.dump(2) << "\n";
+    std::cout << json_text(j) << "\n";
     return 0;
   }
   std::printf("model:       %s (%s, %s parameters)\n", folder.dir.c_str(),
@@ -250,7 +262,7 @@ int run_calibrate(const CalibrateArgs& a) {
   g_control.set_progress_callback(progress_printer(), 100);
   CalibResult r = run_calibration(c, a.out, &g_control);
   if (a.json) {
-    std::cout << r.run.dump(2) << "\n";
+    std::cout << json_text(r.run) << "\n";
     return 0;
   }
   std::string name = c.method;
@@ -273,6 +285,10 @@ int run_calibrate(const CalibrateArgs& a) {
 }
 
 int run_init_model(const InitModelArgs& a) {
+  // Never write over a folder: it may hold a trained model (and its tokenizer, card, checkpoints).
+  std::error_code ec;
+  if (std::filesystem::symlink_status(a.out, ec).type() != std::filesystem::file_type::not_found)
+    throw Error(a.out + ": already exists; init-model writes a new folder and never overwrites one");
   ModelConfig c = make_model_config(a.arch, a.hidden, a.intermediate, a.layers, a.heads, a.kv_heads, a.vocab,
                                     a.max_positions);
   c.tie_word_embeddings = a.tied;
@@ -361,7 +377,7 @@ int run_corpus(const CorpusArgs& a) {
     j["splits"][split_name(s)] = {{"documents", docs.size()}, {"bytes", text.size()}, {"words", words}};
   }
   if (a.json) {
-    std::cout << j.dump(2) << "\n";
+    std::cout << json_text(j) << "\n";
     return 0;
   }
   std::printf("corpus: %s (%zu documents: State of the Union addresses 1790-2016, Moby Dick; CC0)\n",

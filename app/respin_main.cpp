@@ -1,15 +1,38 @@
 // `respin` command line: argument parsing only; the verbs live in cli_commands.cpp.
 // Exit codes: 0 success, 1 failure (one-line "error: ..." on stderr), 2 usage error, 130 cancelled.
 #include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <iterator>
 #include <iostream>
 
 #include "app/cli_commands.h"
 #include "core/util/error.h"
 #include "core/util/error_message.h"
+#include "core/util/threads.h"
 #include "core/util/version.h"
 
 using namespace respin::cli;
 using respin::CalibConfig;
+
+namespace {
+
+// Counts (windows, steps, ...) with bounds a person can read in a usage error; CLI11's
+// NonNegativeNumber would print the largest double (309 digits).
+const CLI::Range kCount(0LL, 1LL << 40);
+const CLI::Range kPositiveCount(1LL, 1LL << 40);
+
+// Thread counts are bounded by the hardware: more threads than cores only oversubscribe, and a
+// huge count would create that many threads before any work starts.
+CLI::Range thread_range() {
+  return CLI::Range(0, respin::default_thread_count(), "0 (all cores) to the " +
+                                                           std::to_string(respin::default_thread_count()) +
+                                                           " hardware threads");
+}
+
+const char* kVerbs[] = {"info", "tokenize", "eval", "calibrate", "init-model", "forge", "corpus", "generate"};
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"respin: rotation-based post-training quantization for LLaMA-family models"};
@@ -46,20 +69,23 @@ int main(int argc, char** argv) {
   c_eval->add_option("--rank", ev.rank,
                      "With --run of a respin run: rebuild the skip-path corrections at this rank from the stored "
                      "rotations (a rank sweep without re-learning; >= hidden = exact)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kCount);
   c_eval->add_option("--text-file", ev.text_file, "UTF-8 text file (required with --model)");
-  c_eval->add_option("--seq-len", ev.seq_len, "Window length in tokens (capped at the model's maximum)")
-      ->capture_default_str()->check(CLI::Range(2LL, 1LL << 20));
-  c_eval->add_option("--max-windows", ev.max_windows, "Evaluate at most this many windows (0 = all)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
-  c_eval->add_option("--batch", ev.batch, "Windows per forward pass")
-      ->capture_default_str()->check(CLI::Range(1LL, 1024LL));
+  auto* e_seq = c_eval->add_option("--seq-len", ev.seq_len,
+                                   "Window length in tokens (capped at the model's maximum; default 2048, with "
+                                   "--run the run's own)")
+                    ->check(CLI::Range(2LL, 1LL << 20));
+  auto* e_windows = c_eval->add_option("--max-windows", ev.max_windows,
+                                       "Evaluate at most this many windows (0 = all; with --run: the run's own)")
+                        ->check(kCount);
+  auto* e_batch = c_eval->add_option("--batch", ev.batch, "Windows per forward pass (default 1, with --run the run's)")
+                      ->check(CLI::Range(1LL, 1024LL));
   c_eval->add_option("--dtype", ev.dtype, "Compute dtype")
       ->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
   c_eval->add_option("--device", ev.device, "Compute device (auto: CUDA when available)")
       ->capture_default_str()->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   c_eval->add_option("--threads", ev.threads, "Compute threads (0 = all cores)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->check(thread_range());
   c_eval->add_flag("--json", ev.json, "Machine-readable output");
   auto bits_check = CLI::IsMember({2, 3, 4, 5, 6, 7, 8, 16});
   c_eval->add_option("--wbits", ev.wbits, "RTN weight bits, per output channel with MSE clipping (16 = off)")
@@ -83,21 +109,21 @@ int main(int argc, char** argv) {
   c_cal->add_option("--rank", cc.rank, "ReSpinQuant skip-path rank r (-1 = full)")
       ->capture_default_str()->check(CLI::Range(-1LL, 1LL << 20));
   c_cal->add_flag("--gptq", cal.gptq, "Quantize weights with GPTQ instead of RTN");
-  c_cal->add_option("--samples", cc.samples, "Calibration windows")->capture_default_str()->check(CLI::PositiveNumber);
+  c_cal->add_option("--samples", cc.samples, "Calibration windows")->capture_default_str()->check(kPositiveCount);
   c_cal->add_option("--seq-len", cc.seq_len, "Tokens per window (capped at the model's maximum)")
       ->capture_default_str()->check(CLI::Range(2LL, 1LL << 20));
   c_cal->add_option("--iters", cc.iters, "Rotation-learning steps (spinquant, respin)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
-  c_cal->add_option("--lr", cc.lr, "Cayley SGD learning rate")->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(kCount);
+  c_cal->add_option("--lr", cc.lr, "Cayley SGD learning rate")->capture_default_str()->check(CLI::Range(1e-9, 1e3));
   c_cal->add_option("--batch", cc.batch, "Windows per rotation-learning step")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(kPositiveCount);
   c_cal->add_option("--seed", cc.seed, "Seed of the random Hadamard rotations")->capture_default_str();
   c_cal->add_option("--calib-text", cc.calib_text, "Calibration text file (default: the corpus training split)");
   c_cal->add_option("--eval-text", cc.eval_text, "Evaluation text file (default: the corpus test split)");
   c_cal->add_option("--eval-windows", cc.eval_windows, "Evaluate at most this many windows (0 = all)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->check(kCount);
   c_cal->add_option("--stats-windows", cc.stats_windows, "Windows for the activation statistics")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->check(kCount);
   c_cal->add_option("--w-group", cc.w_group, "Weight group size (0 = per output channel)")->capture_default_str();
   c_cal->add_option("--a-group", cc.a_group, "Activation group size (0 = per token)")->capture_default_str();
   c_cal->add_option("--a-clip", cc.a_clip, "Activation clip ratio")->capture_default_str();
@@ -110,7 +136,7 @@ int main(int argc, char** argv) {
   c_cal->add_option("--device", cc.device, "Compute device")
       ->capture_default_str()->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   c_cal->add_option("--threads", cc.threads, "Compute threads (0 = all cores)")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->check(thread_range());
   c_cal->add_flag("--json", cal.json, "Print run.json instead of the summary");
 
   InitModelArgs im;
@@ -141,10 +167,11 @@ int main(int argc, char** argv) {
   c_forge->add_option("--seed", fg.seed, "Random seed")->capture_default_str();
   c_forge->add_option("--compute", fg.compute, "Training matmul dtype")
       ->capture_default_str()->check(CLI::IsMember({"auto", "f32", "bf16"}));
-  c_forge->add_option("--steps", fg.steps, "Training steps (default: the preset's)")->check(CLI::PositiveNumber);
+  c_forge->add_option("--steps", fg.steps, "Training steps (default: the preset's)")->check(kPositiveCount);
   c_forge->add_option("--checkpoint-every", fg.checkpoint_every, "Steps between checkpoints (default: steps/10)")
-      ->check(CLI::PositiveNumber);
-  c_forge->add_option("--threads", fg.threads, "Compute threads (0 = all cores)")->capture_default_str();
+      ->check(kPositiveCount);
+  c_forge->add_option("--threads", fg.threads, "Compute threads (0 = all cores)")
+      ->capture_default_str()->check(thread_range());
   c_forge->add_flag("--resume", fg.resume, "Continue from the folder's last checkpoint");
   c_forge->add_flag("--tied", fg.tied, "Tie lm_head to the embeddings");
   c_forge->add_flag("--save-f32", fg.save_f32, "Also write a float32 copy into OUT/f32");
@@ -161,15 +188,27 @@ int main(int argc, char** argv) {
   c_gen->add_option("--model", gn.model, "Hugging Face model folder")->required();
   c_gen->add_option("--prompt", gn.prompt, "Text to continue")->required();
   c_gen->add_option("--max-new-tokens", gn.max_new_tokens, "Tokens to generate")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  c_gen->add_option("--temperature", gn.temperature, "0 = greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
+      ->capture_default_str()->check(kPositiveCount);
+  c_gen->add_option("--temperature", gn.temperature, "0 = greedy")->capture_default_str()->check(CLI::Range(0.0, 100.0));
   c_gen->add_option("--top-p", gn.top_p, "Nucleus mass when sampling")->capture_default_str()->check(CLI::Range(1e-6, 1.0));
   c_gen->add_option("--seed", gn.seed, "Sampling seed")->capture_default_str();
   c_gen->add_option("--dtype", gn.dtype, "Compute dtype")->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
-  c_gen->add_option("--threads", gn.threads, "Compute threads (0 = all cores)")->capture_default_str();
+  c_gen->add_option("--threads", gn.threads, "Compute threads (0 = all cores)")
+      ->capture_default_str()->check(thread_range());
   c_gen->add_option("--device", gn.device, "Compute device (auto: CUDA when available)")
       ->capture_default_str()->check(CLI::IsMember({"auto", "cpu", "cuda"}));
 
+  // A word that is neither an option nor a verb: say which (CLI11 would only ask for a subcommand).
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a.empty() || a[0] == '-') continue;
+    if (std::find(std::begin(kVerbs), std::end(kVerbs), a) == std::end(kVerbs)) {
+      std::cerr << "error: unknown verb '" << a << "' (verbs: info, tokenize, eval, calibrate, init-model, forge, "
+                << "corpus, generate; see 'respin --help')\n";
+      return 2;
+    }
+    break;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -189,6 +228,13 @@ int main(int argc, char** argv) {
     std::cerr << "error: eval --model needs --text-file\n";
     return 2;
   }
+  if (c_eval->parsed() && !ev.model.empty() && ev.rank >= 0) {
+    std::cerr << "error: eval --rank rebuilds the corrections of a respin run: it needs --run, not --model\n";
+    return 2;
+  }
+  ev.seq_len_given = e_seq->count() > 0;
+  ev.max_windows_given = e_windows->count() > 0;
+  ev.batch_given = e_batch->count() > 0;
   if (c_tok->parsed() && tok.text.empty() && tok.file.empty() && !t_text->count()) {
     std::cerr << "error: tokenize needs --text or --file\n";
     return 2;

@@ -13,6 +13,7 @@ PACKAGES=(
   qt6-base-dev libqt6opengl6-dev libgl-dev libxkbcommon-dev libqt6sql6-sqlite
   libqcustomplot-dev libqcustomplot2.1-qt6
   xvfb xauth                                  # GUI tests and screenshots without a display
+  clang libclang-rt-14-dev                    # libFuzzer harnesses (tests/fuzz)
 )
 
 missing=()

@@ -6,9 +6,13 @@
 #include <torch/version.h>
 #include <c10/core/GradMode.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <map>
@@ -185,14 +189,62 @@ CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, 
 
 namespace {
 
-CalibResult calibrate_in_phases(const CalibConfig& cfg, const std::string& out_dir, RunControl* control,
-                                std::string& phase) {
-  cfg.validate();
+// Valid UTF-8 by the rule that decides whether run.json can hold it (nlohmann::json's encoder).
+bool valid_utf8(const std::string& s) {
+  try {
+    (void)nlohmann::json(s).dump();
+    return true;
+  } catch (const nlohmann::json::type_error&) {
+    return false;
+  }
+}
+
+// Bytes outside printable ASCII as \xNN, for messages about paths that are not UTF-8.
+std::string escaped(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7F) {
+      out += static_cast<char>(c);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02X", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
+// Everything that would otherwise fail only when the run is written, after all the work: checked
+// first. run.json records paths as JSON text (UTF-8) and absolute, so that a run directory can be
+// evaluated again from anywhere.
+CalibConfig checked_inputs(const CalibConfig& in, const std::string& out_dir) {
+  in.validate();
   if (out_dir.empty()) throw Error("calibration: an output run directory is required");
-  if (fs::exists(out_dir))
-    throw Error(out_dir + ": already exists; choose a new run directory (runs are never overwritten)");
+  const std::pair<const char*, const std::string*> paths[] = {
+      {"--model", &in.model}, {"--out", &out_dir}, {"--calib-text", &in.calib_text}, {"--eval-text", &in.eval_text}};
+  for (const auto& [what, path] : paths)
+    if (!valid_utf8(*path))
+      throw Error(escaped(*path) + ": " + what + " path is not valid UTF-8 (run.json records paths as UTF-8 text)");
+  if (fs::symlink_status(out_dir).type() != fs::file_type::not_found)
+    throw Error(out_dir + ": already exists" + (fs::is_symlink(fs::symlink_status(out_dir)) ? " (a symbolic link)" : "") +
+                "; choose a new run directory (runs are never overwritten)");
   const fs::path parent = fs::absolute(out_dir).parent_path();
   if (!fs::is_directory(parent)) throw Error(parent.string() + ": no such directory for the run");
+  // Whether the run directory can be created at all (a read-only mount, a directory without write
+  // permission): tried for real, since access() answers yes to root on a read-only file system.
+  const fs::path probe = parent / (".respin-write-check-" + std::to_string(getpid()));
+  if (::mkdir(probe.c_str(), 0755) != 0)
+    throw Error(parent.string() + ": cannot create the run directory here: " + std::strerror(errno));
+  ::rmdir(probe.c_str());
+  CalibConfig out = in;
+  for (std::string* p : {&out.model, &out.calib_text, &out.eval_text})
+    if (!p->empty()) *p = fs::absolute(*p).lexically_normal().string();
+  return out;
+}
+
+CalibResult calibrate_in_phases(const CalibConfig& requested, const std::string& out_dir, RunControl* control,
+                                std::string& phase) {
+  const CalibConfig cfg = checked_inputs(requested, out_dir);
 
   const auto t_start = Clock::now();
   CalibResult res;
@@ -221,23 +273,30 @@ CalibResult calibrate_in_phases(const CalibConfig& cfg, const std::string& out_d
   };
   const std::string calib_src = cfg.calib_text.empty() ? "corpus training split" : cfg.calib_text;
   const std::string eval_src = cfg.eval_text.empty() ? "corpus test split" : cfg.eval_text;
-  const at::Tensor calib = windows_of(
-      tok.encode(cfg.calib_text.empty() ? corpus_text(Split::Train) : read_text_file(cfg.calib_text), false),
-      seq_len, 0, "calibration text (" + calib_src + ")").to(device);
+  const at::Tensor calib = with_error_context(calib_src, [&] {
+    return windows_of(tok.encode(cfg.calib_text.empty() ? corpus_text(Split::Train) : read_text_file(cfg.calib_text),
+                                 false),
+                      seq_len, 0, "calibration text (" + calib_src + ")");
+  }).to(device);
   if (calib.size(0) < cfg.samples)
     throw Error("calibration text (" + calib_src + ") has " + std::to_string(calib.size(0)) + " windows of " +
                 std::to_string(seq_len) + " tokens, fewer than --samples " + std::to_string(cfg.samples));
   const at::Tensor calib_windows = calib.narrow(0, 0, cfg.samples);
-  const std::vector<int> eval_ids =
-      tok.encode(cfg.eval_text.empty() ? corpus_text(Split::Test) : read_text_file(cfg.eval_text), false);
+  const std::vector<int> eval_ids = with_error_context(eval_src, [&] {
+    return tok.encode(cfg.eval_text.empty() ? corpus_text(Split::Test) : read_text_file(cfg.eval_text), false);
+  });
+  if (const int64_t top = calib.max().item<int64_t>(); top >= mc.vocab_size)
+    throw Error(calib_src + ": token id " + std::to_string(top) + " from " + tokenizer_path +
+                " is outside the model's vocab_size " + std::to_string(mc.vocab_size) + " (" + folder.config_path + ")");
   PerplexityOptions po;
   po.seq_len = seq_len;
   po.max_windows = cfg.eval_windows;
-  po.batch_size = 4;
+  po.batch_size = kRunEvalBatch;
 
   // ---- full-precision reference
   timer.start("eval-fp", control);
-  PerplexityResult fp = evaluate_perplexity(original, eval_ids, po, control);
+  PerplexityResult fp = with_error_context(eval_src + " (tokenized with " + tokenizer_path + ")",
+                                           [&] { return evaluate_perplexity(original, eval_ids, po, control); });
   res.fp_perplexity = fp.perplexity;
   res.eval_windows = fp.windows;
 
@@ -473,7 +532,22 @@ CalibResult calibrate_in_phases(const CalibConfig& cfg, const std::string& out_d
 
 bool is_run_dir(const std::string& dir) { return fs::is_regular_file(fs::path(dir) / "run.json"); }
 
+namespace {
+LoadedRun load_run_checked(const std::string& dir, int64_t rank, at::Device device);
+}  // namespace
+
 LoadedRun load_run(const std::string& dir, int64_t rank, at::Device device) {
+  // A field of the wrong JSON type anywhere in run.json names the file, like every other damage.
+  try {
+    return load_run_checked(dir, rank, device);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error((fs::path(dir) / "run.json").string() + ": " + e.what());
+  }
+}
+
+namespace {
+
+LoadedRun load_run_checked(const std::string& dir, int64_t rank, at::Device device) {
   const std::string run_path = (fs::path(dir) / "run.json").string();
   if (!fs::is_regular_file(run_path)) throw Error(dir + ": not a run directory (no run.json)");
   nlohmann::json run;
@@ -532,8 +606,13 @@ LoadedRun load_run(const std::string& dir, int64_t rank, at::Device device) {
                                                                                {"mlp_skip.", &skip.mlp_rank_r}};
       for (const auto& [prefix, vec] : adds) {
         ResidualCorrection c;
+        // A correction is stored for every residual add of a run that has them: a missing one is
+        // damage, not an identity.
+        for (const char* part : {".q", ".m"})
+          if (!t.count(prefix + std::to_string(i) + part))
+            throw Error(path + ": tensor '" + prefix + std::to_string(i) + part + "' is missing");
         auto q = t.find(prefix + std::to_string(i) + ".q"), m = t.find(prefix + std::to_string(i) + ".m");
-        if (q != t.end() && m != t.end()) {
+        {
           if (q->second.dim() != 2 || q->second.size(0) != mc.hidden_size || m->second.dim() != 2 ||
               m->second.size(0) != q->second.size(1) || m->second.size(1) != q->second.size(1))
             throw Error(path + ": correction " + prefix + std::to_string(i) + " has inconsistent shapes");
@@ -546,7 +625,17 @@ LoadedRun load_run(const std::string& dir, int64_t rank, at::Device device) {
     }
   }
   model.set_hook(final_hook(mc, device, online, skip, cfg.quant_config(), o_group));
-  return LoadedRun{dir, cfg, std::move(run), std::move(model)};
+  LoadedRun out{dir, cfg, run, std::move(model)};
+  try {
+    const nlohmann::json& res = need(run, "results", "");
+    out.eval_seq_len = need(res, "eval_seq_len", "results.").get<int64_t>();
+    out.eval_windows = need(res, "eval_windows", "results.").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(run_path + ": bad results fields (" + e.what() + ")");
+  }
+  return out;
 }
+
+}  // namespace
 
 }  // namespace respin

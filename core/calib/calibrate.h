@@ -52,11 +52,19 @@ struct CalibResult {
 // config, model, text, or an existing out_dir) or respin::Cancelled; nothing is left on disk then.
 CalibResult run_calibration(const CalibConfig& config, const std::string& out_dir, RunControl* control = nullptr);
 
+// Windows per forward pass of a run's evaluations.
+constexpr int64_t kRunEvalBatch = 4;
+
 struct LoadedRun {
   std::string dir;
   CalibConfig config;
   nlohmann::json run;
   LlamaModel model;  // quantized weights with the online hook (rotations, quantizers) installed
+  // The run's evaluation protocol as run.json records it (window length, window count, batch),
+  // so that evaluating the stored model again reproduces the run's number.
+  int64_t eval_seq_len = 0;
+  int64_t eval_windows = 0;
+  int64_t eval_batch = kRunEvalBatch;
 };
 
 bool is_run_dir(const std::string& dir);  // has a run.json

@@ -51,7 +51,8 @@ PerplexityResult evaluate_perplexity(const LlamaModel& model, const std::vector<
     std::vector<double> nll = window_mean_nll(model.head(h), ids);
     for (double v : nll) {
       if (!std::isfinite(v)) throw Error("window " + std::to_string(r.window_nll.size()) +
-                                         " has a non-finite loss (NaN or Inf in the model output)");
+                                         " has a non-finite loss: NaN or Inf in the model's "
+                                         "activations or output (overflowing weights or inputs)");
       r.window_nll.push_back(v);
       nll_sum += v;
     }

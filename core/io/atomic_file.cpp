@@ -64,6 +64,8 @@ void write_file_atomically(const std::string& path, const std::string& contents)
 }
 
 std::string read_text_file(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) throw Error(path + ": is a directory, not a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(path + ": cannot open: " + errno_text());
   std::ostringstream ss;

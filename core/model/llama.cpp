@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <limits>
 
 #include "core/util/error.h"
 #include "core/util/tensor_text.h"
@@ -94,7 +95,11 @@ const char* hook_site_name(HookSite site) {
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
-  return weight * (xf * at::rsqrt(var + eps)).to(x.scalar_type());
+  // Where the float32 statistics overflow, Hugging Face's formula quietly gives 0 (x * rsqrt(inf))
+  // and the model then predicts a uniform distribution; NaN instead makes the overflow reach the
+  // loss, where it is reported (no device synchronisation here).
+  at::Tensor inv = at::rsqrt(var + eps).masked_fill(at::isinf(var), std::numeric_limits<float>::quiet_NaN());
+  return weight * (xf * inv).to(x.scalar_type());
 }
 
 at::Tensor rope_inv_freq(const ModelConfig& c) {

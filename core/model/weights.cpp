@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <set>
 
 #include "core/io/atomic_file.h"
 #include "core/io/model_folder.h"
@@ -46,6 +47,7 @@ class TensorReader {
   at::Tensor get(const std::string& name) const {
     const ShardedSafetensors::Entry* e = st_.find(name);
     if (!e) throw Error(source_ + ": tensor '" + name + "' is missing");
+    used_.insert(name);
     const std::string what = e->file->path() + ": tensor '" + name + "'";
     at::ScalarType src = to_scalar(e->info->dtype, what);
     // from_blob views the read-only mapping; the forced copy below never writes to it.
@@ -60,7 +62,25 @@ class TensorReader {
     return present ? get(name) : at::Tensor();
   }
 
+  // Stored tensors the config does not account for (a truncated num_hidden_layers, a bias the
+  // config does not declare, a foreign architecture's weights) would silently evaluate another
+  // model: they are errors. Tolerated: the RoPE frequency buffers some checkpoints store
+  // (recomputed from the config) and a tied model's lm_head copy (transformers ties it too).
+  void check_all_used(bool tied) const {
+    for (const std::string& name : st_.names()) {
+      if (used_.count(name)) continue;
+      const std::string suffix = ".rotary_emb.inv_freq";
+      const bool rope_buffer =
+          name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+      if (rope_buffer || (tied && name == "lm_head.weight")) continue;
+      throw Error(st_.find(name)->file->path() + ": tensor '" + name +
+                  "' is not part of the model that config.json describes (check num_hidden_layers, the biases, "
+                  "tie_word_embeddings)");
+    }
+  }
+
  private:
+  mutable std::set<std::string> used_;
   const ShardedSafetensors& st_;
   at::ScalarType dtype_;
   std::string source_;
@@ -112,6 +132,7 @@ ModelWeights weights_from_safetensors(const ShardedSafetensors& st, const ModelC
       throw Error(source + ": tensor 'lm_head.weight' is missing (config says tie_word_embeddings: false)");
     w.lm_head = r.get("lm_head.weight");
   }
+  r.check_all_used(c.tie_word_embeddings);
   return w;
 }
 

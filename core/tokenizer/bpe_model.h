@@ -31,6 +31,7 @@ class BpeModel {
   int max_id() const { return static_cast<int>(id_to_token_.size()) - 1; }
   size_t num_merges() const { return num_merges_; }
   bool byte_fallback() const { return byte_fallback_; }
+  bool has_unk_token() const { return unk_token_.has_value(); }
 
  private:
   struct Merge {

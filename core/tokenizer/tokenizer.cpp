@@ -2,6 +2,8 @@
 // normalizer -> pre-tokenizer -> BPE -> post-processor) and decode (ids -> tokens -> decoder).
 #include "core/tokenizer/tokenizer.h"
 
+#include <cstdio>
+
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -124,6 +126,18 @@ void Tokenizer::Impl::build(const json& j) {
   impl.decoder = tok::make_decoder(field("decoder"), "decoder");
   impl.added = tok::AddedVocabulary::from_json(field("added_tokens"), impl.normalizer.get());
   impl.info = make_info(j);
+  // A byte-level BPE turns every byte into one of 256 symbols; one missing from the vocabulary
+  // (and no unknown token to stand for it) would silently drop that byte from the text.
+  if (tok::json_uses_type(field("pre_tokenizer"), "ByteLevel") && !impl.model->has_unk_token()) {
+    const auto& symbols = tok::byte_to_unicode();
+    for (int b = 0; b < 256; ++b)
+      if (!impl.model->token_to_id(symbols[b])) {
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "0x%02X", b);
+        throw Error("model.vocab has no token for byte " + std::string(hex) + " ('" + symbols[b] +
+                    "') of the byte-level alphabet; text containing that byte would lose it");
+      }
+  }
 }
 
 Tokenizer::Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
