@@ -126,32 +126,36 @@ TEST_F(Hostile, ThreadCountsAreBoundedByTheHardware) {
   expect_error_line(r, {"--max-windows", "not in range 0 to 1099511627776"}, 2);
 }
 
-TEST_F(Hostile, SigtermStopsCalibrateLikeCtrlC) {
-  const std::string out = dir.file("run");
-  const std::string args = calibrate_args("spinquant", out, "", 100000);
-  pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    freopen("/dev/null", "w", stdout);
-    freopen(dir.file("err").c_str(), "w", stderr);
-    const std::string cmd = std::string(RESPIN_BIN) + " " + args;
-    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
-    _exit(127);
+TEST_F(Hostile, CtrlCAndSigtermStopCalibrateCleanly) {
+  for (int sig : {SIGINT, SIGTERM}) {
+    const std::string out = dir.file("run");
+    const std::string err = dir.file("err" + std::to_string(sig));
+    const std::string args = calibrate_args("spinquant", out, "", 100000);
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      freopen("/dev/null", "w", stdout);
+      freopen(err.c_str(), "w", stderr);
+      const std::string cmd = std::string(RESPIN_BIN) + " " + args;
+      execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    // Wait until rotation learning runs, then ask it to stop.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    int status = 0;
+    while (read_bytes(err).find("rotate") == std::string::npos && std::chrono::steady_clock::now() < deadline &&
+           waitpid(pid, &status, WNOHANG) == 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    ASSERT_NE(read_bytes(err).find("rotate"), std::string::npos) << read_bytes(err);
+    kill(pid, sig);
+    waitpid(pid, &status, 0);
+    ASSERT_TRUE(WIFEXITED(status)) << read_bytes(err);
+    EXPECT_EQ(WEXITSTATUS(status), 130) << "signal " << sig;
+    EXPECT_NE(read_bytes(err).find("cancelled"), std::string::npos) << read_bytes(err);
+    EXPECT_FALSE(fs::exists(out));
+    for (const auto& e : fs::directory_iterator(dir.path()))
+      EXPECT_EQ(e.path().filename().string().find("run.partial"), std::string::npos) << e.path();
   }
-  // Wait until rotation learning runs, then ask it to stop.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  int status = 0;
-  while (read_bytes(dir.file("err")).find("rotate") == std::string::npos && std::chrono::steady_clock::now() < deadline &&
-         waitpid(pid, &status, WNOHANG) == 0)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  ASSERT_NE(read_bytes(dir.file("err")).find("rotate"), std::string::npos) << read_bytes(dir.file("err"));
-  kill(pid, SIGTERM);
-  waitpid(pid, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status)) << read_bytes(dir.file("err"));
-  EXPECT_EQ(WEXITSTATUS(status), 130);
-  EXPECT_FALSE(fs::exists(out));
-  for (const auto& e : fs::directory_iterator(dir.path()))
-    EXPECT_EQ(e.path().filename().string().find("run.partial"), std::string::npos) << e.path();
 }
 
 TEST_F(Hostile, UnwritableOutputAndNonUtf8PathsFailBeforeAnyWork) {
