@@ -125,13 +125,17 @@ TEST_F(Calib, QuantizedRunDirectoryReloadsToTheSamePerplexity) {
   std::vector<SiteStats> before = stats_from_json(stats["before"]), after = stats_from_json(stats["after"]);
   ASSERT_EQ(before.size(), after.size());
   EXPECT_EQ(before.size(), 2u * 7);
-  bool changed = false;
   for (size_t i = 0; i < before.size(); ++i) {
     EXPECT_EQ(before[i].site, after[i].site);
     EXPECT_EQ(before[i].count, after[i].count);
-    changed |= std::abs(before[i].kurtosis() - after[i].kurtosis()) > 1e-3;
+    // R4 (a Hadamard over the intermediate size) makes the heavy-tailed down_proj input close to
+    // Gaussian: kurtosis down towards 3, the largest channel closer to the median one.
+    if (before[i].site == HookSite::DownProjInput) {
+      EXPECT_LT(after[i].kurtosis(), before[i].kurtosis() - 0.5) << "layer " << before[i].layer;
+      EXPECT_LT(after[i].kurtosis(), 4.0) << "layer " << before[i].layer;
+      EXPECT_LT(after[i].max_median_ratio(), before[i].max_median_ratio()) << "layer " << before[i].layer;
+    }
   }
-  EXPECT_TRUE(changed);
 
   // A damaged file is reported by name.
   const std::string online = out("run") + "/online.safetensors";
@@ -165,9 +169,21 @@ TEST_F(Calib, GptqRunsLayerByLayerAndBeatsRtnOnWeights) {
   s.weight_quantizer = "rtn";
   EXPECT_EQ(run_calibration(s, out("spin-rtn")).run["method"]["training"]["weight_bits_while_training"], 4);
   EXPECT_TRUE(std::isfinite(gptq.quant_perplexity));
-  // Weight-only 3-bit: GPTQ's error compensation should not lose to round-to-nearest.
-  EXPECT_LT(gptq.quant_perplexity - gptq.fp_perplexity, (rtn.quant_perplexity - rtn.fp_perplexity) * 1.05)
-      << "rtn " << rtn.quant_perplexity << " gptq " << gptq.quant_perplexity << " fp " << gptq.fp_perplexity;
+  // Weight-only 3-bit: GPTQ's error compensation removes a clear share of round-to-nearest's
+  // output error (logits against the full-precision model's; the perplexity of a random model is
+  // too flat to show it).
+  const LlamaModel fp_model = load_model(dir_->file("model"));
+  const std::vector<int> calib_ids =
+      Tokenizer::from_file(dir_->file("tokenizer.json")).encode(read_text_file(dir_->file("calib.txt")), false);
+  const at::Tensor ids = at::tensor(std::vector<int64_t>(calib_ids.begin(), calib_ids.begin() + 8 * 32)).view({8, 32});
+  const at::Tensor fp = fp_model.forward(ids).to(at::kDouble);
+  auto output_error = [&](const std::string& run) {
+    const at::Tensor q = load_run(run).model.forward(ids).to(at::kDouble);
+    return (q - fp).norm().item<double>() / (fp - fp.mean(-1, true)).norm().item<double>();
+  };
+  const double e_rtn = output_error(out("rtn")), e_gptq = output_error(out("gptq"));
+  EXPECT_GT(e_rtn, 0.01);
+  EXPECT_LT(e_gptq, 0.8 * e_rtn) << "output error: rtn " << e_rtn << ", gptq " << e_gptq;
 }
 
 TEST_F(Calib, CancelledOrFailedRunsLeaveNothingBehind) {

@@ -15,10 +15,12 @@
 #include "core/io/safetensors.h"
 #include "core/methods/gptq_model.h"
 #include "core/methods/methods.h"
+#include "core/methods/rotation_training.h"
 #include "core/model/random_init.h"
 #include "core/model/weights.h"
 #include "core/quant/gptq.h"
 #include "core/quant/quantizer.h"
+#include "core/rotation/fusion.h"
 #include "tests/calib_fixture.h"
 
 using namespace respin;
@@ -297,4 +299,71 @@ TEST_F(PipelineReference, QuaRotTamesAnActivationOutlierThatRtnCannot) {
   ASSERT_FALSE(after.is_null());
   EXPECT_LT(after["kurtosis"].get<double>(), before["kurtosis"].get<double>() / 3);
   EXPECT_LT(after["max_median_ratio"].get<double>(), before["max_median_ratio"].get<double>() / 3);
+}
+
+// Bug it catches: a schedule that is not SpinQuant's cosine annealing from --lr.
+TEST_F(PipelineReference, RotationLearningFollowsTheCosineSchedule) {
+  LlamaModel fused = fuse_rms_norms(pow2_model(3));
+  InitialRotations init = initial_rotations(Method::SpinQuant, fused.config(), 0, at::kCPU);
+  RotationTrainingOptions o;
+  o.iterations = 6;
+  o.lr = 1.5;
+  o.batch = 1;
+  o.quant.weight.bits = 16;
+  o.quant.activation.bits = o.quant.kv.bits = 16;
+  const at::Tensor windows = at::randint(0, fused.config().vocab_size, {3, 16}, at::kLong);
+  RotationTrainingResult r = train_rotations(fused, init.rotations, windows, o);
+  ASSERT_EQ(r.lr.size(), 6u);
+  for (int k = 0; k < 6; ++k) EXPECT_DOUBLE_EQ(r.lr[k], 1.5 * 0.5 * (1 + std::cos(M_PI * k / 6.0))) << k;
+}
+
+// Spies on a stored run's hook: what each site receives and what the hook makes of it.
+struct HookSpy {
+  std::map<HookSite, std::pair<at::Tensor, at::Tensor>> seen;  // layer 0: (input, output)
+  void attach(LlamaModel& m) {
+    ActivationHook inner = m.hook();
+    m.set_hook([this, inner](HookSite site, int layer, at::Tensor& x) {
+      const at::Tensor in = x.clone();
+      inner(site, layer, x);
+      if (layer == 0) seen[site] = {in, x.clone()};
+    });
+  }
+};
+
+// Bug it catches: group and clip options (or R3) that reach run.json but not the quantizers.
+TEST_F(PipelineReference, GroupClipAndR3OptionsReachTheQuantizers) {
+  CalibConfig cfg = test::small_calib_config(*dir_, "spinquant", 4);
+  cfg.iters = 1;
+  cfg.a_group = 16;
+  cfg.a_clip = 0.9;
+  cfg.a_sym = true;
+  cfg.kv_group = 4;
+  cfg.kv_clip = 0.8;
+  CalibResult r = run_calibration(cfg, runs_.file("opts"));
+  EXPECT_EQ(r.run["quantizers"]["activation"]["group_size"], 16);
+  EXPECT_EQ(r.run["quantizers"]["kv"]["clip_ratio"], 0.8);
+  EXPECT_TRUE(r.run["online"]["qk_hadamard"].get<bool>());
+  LoadedRun lr = load_run(runs_.file("opts"));
+  HookSpy spy;
+  spy.attach(lr.model);
+  lr.model.forward(at::randint(0, lr.model.config().vocab_size, {1, 32}, at::kLong));
+  const QuantSpec act{4, true, 16, 0.9}, kv{4, false, 4, 0.8};
+  const auto& [a_in, a_out] = spy.seen.at(HookSite::MlpInput);
+  EXPECT_TRUE(at::allclose(a_out, fake_quantize_activation(a_in, act), 1e-6, 1e-6));
+  const auto& [v_in, v_out] = spy.seen.at(HookSite::Value);
+  EXPECT_TRUE(at::allclose(v_out, fake_quantize_kv(v_in, kv), 1e-6, 1e-6));
+  const auto& [k_in, k_out] = spy.seen.at(HookSite::Key);
+  const at::Tensor k_rot = at::matmul(k_in.to(at::kDouble), sylvester(16)).to(at::kFloat);  // head_dim 16
+  EXPECT_LT(rel_diff(k_out, fake_quantize_kv(k_rot, kv)), 1e-5);
+
+  // R3 is on only when the KV cache is quantized: with 16-bit KV, K and Q pass untouched.
+  cfg.kvbits = 16;
+  CalibResult r16 = run_calibration(cfg, runs_.file("kv16"));
+  EXPECT_FALSE(r16.run["online"]["qk_hadamard"].get<bool>());
+  LoadedRun lr16 = load_run(runs_.file("kv16"));
+  HookSpy spy16;
+  spy16.attach(lr16.model);
+  lr16.model.forward(at::randint(0, lr16.model.config().vocab_size, {1, 32}, at::kLong));
+  for (HookSite s : {HookSite::Query, HookSite::Key, HookSite::Value})
+    EXPECT_TRUE(at::equal(spy16.seen.at(s).first, spy16.seen.at(s).second)) << hook_site_name(s);
 }

@@ -483,6 +483,10 @@ TEST(TokenizerErrors, MissingFileAndInvalidJson) {
   expect_error([&] { Tokenizer::from_file(bad); }, {bad, "invalid JSON"});
   const std::string array = dir.write("array.json", "[1, 2]");
   expect_error([&] { Tokenizer::from_file(array); }, {array, "object"});
+  // A number too large for any type is an out_of_range error of the JSON parser, not a
+  // parse_error (found by tests/fuzz/fuzz_tokenizer; the input is among its seeds).
+  const std::string huge = dir.write("huge.json", "{\"version\": 11E111111111111}");
+  expect_error([&] { Tokenizer::from_file(huge); }, {huge, "invalid JSON", "number overflow"});
 }
 
 TEST(TokenizerErrors, UnsupportedModelTypes) {

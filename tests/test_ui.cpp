@@ -29,9 +29,17 @@ TEST(Workbench, OpensModelFolderAndShowsDetails) {
   EXPECT_EQ(p->fieldText("Stored dtype"), "bfloat16");
   EXPECT_EQ(p->fieldText("Tokenizer"), "none (no tokenizer.json)");
   EXPECT_TRUE(p->errorText().isEmpty());
-  // The window really renders (offscreen grab has the window's size and is not blank).
+  // The window really renders: the offscreen grab has the window's size, and its text is drawn
+  // (a share of the pixels is much darker than the background, as glyphs are).
   QImage img = w.grab().toImage();
   EXPECT_EQ(img.size(), w.size());
+  const int background = qGray(img.pixel(img.width() - 2, img.height() - 2));
+  int64_t dark = 0;
+  for (int y = 0; y < img.height(); ++y)
+    for (int x = 0; x < img.width(); ++x) dark += qGray(img.pixel(x, y)) < background - 100;
+  const double share = static_cast<double>(dark) / (img.width() * img.height());
+  EXPECT_GT(share, 0.002) << "background gray " << background;  // glyphs of a dozen fields
+  EXPECT_LT(share, 0.3);                                         // not a black window
 }
 
 TEST(Workbench, BrokenFolderShowsErrorNamingTheProblem) {

@@ -41,6 +41,7 @@ RotationTrainingResult train_rotations(const LlamaModel& fused, ResidualRotation
   for (int64_t step = 0; step < o.iterations; ++step) {
     if (control) control->check();
     opt.set_lr(o.lr * 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(step) / o.iterations)));
+    res.lr.push_back(opt.options().lr);
     std::vector<int64_t> idx;
     for (int64_t j = 0; j < o.batch; ++j) idx.push_back((step * o.batch + j) % n);
     at::Tensor ids = windows.index_select(0, at::tensor(idx, at::kLong).to(windows.device()));

@@ -31,6 +31,7 @@ struct RotationTrainingOptions {
 
 struct RotationTrainingResult {
   std::vector<double> loss;      // per step
+  std::vector<double> lr;        // learning rate of each step (the cosine schedule from options.lr)
   double seconds = 0;
   int64_t tokens = 0;            // tokens forwarded (and back-propagated)
   double max_orthogonality_error = 0;  // max ||R R^T - I||_F after retraction

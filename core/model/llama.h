@@ -84,6 +84,7 @@ class LlamaModel {
   // model's activations, rotations and quantizer state follow.
   at::Device device() const;
   void set_hook(ActivationHook hook) { hook_ = std::move(hook); }
+  const ActivationHook& hook() const { return hook_; }
 
   ForwardContext make_context(int64_t seq_len) const;
   at::Tensor embed(const at::Tensor& ids) const;  // [B, T] int64 -> [B, T, hidden]

@@ -147,7 +147,7 @@ Tokenizer Tokenizer::from_file(const std::string& tokenizer_json_path) {
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers that overflow
     throw Error(tokenizer_json_path + ": invalid JSON (" + e.what() + ")");
   }
   auto impl = std::make_shared<Impl>();

@@ -276,14 +276,19 @@ ForgeResult forge(const ForgeOptions& o, RunControl* control) {
   const std::string ckpt = o.out_dir + "/checkpoint";
   ModelWeights w;
   if (o.resume) {
-    auto state = nlohmann::json::parse(read_text_file(ckpt + "/state.json"));
-    if (state.value("preset", "") != p.name || state.value("seed", uint64_t(0)) != o.seed)
-      throw Error(ckpt + ": checkpoint is of preset '" + state.value("preset", "") + "' seed " +
-                  std::to_string(state.value("seed", uint64_t(0))) + ", not of this run");
-    st.step = state["step"].get<int64_t>();
-    st.tokens_seen = state["tokens_seen"].get<int64_t>();
-    st.train_seconds = state["train_seconds"].get<double>();
-    st.last_loss = state["last_loss"].get<double>();
+    const std::string state_path = ckpt + "/state.json";
+    try {
+      auto state = nlohmann::json::parse(read_text_file(state_path));
+      if (state.value("preset", "") != p.name || state.value("seed", uint64_t(0)) != o.seed)
+        throw Error(ckpt + ": checkpoint is of preset '" + state.value("preset", "") + "' seed " +
+                    std::to_string(state.value("seed", uint64_t(0))) + ", not of this run");
+      st.step = state.at("step").get<int64_t>();
+      st.tokens_seen = state.at("tokens_seen").get<int64_t>();
+      st.train_seconds = state.at("train_seconds").get<double>();
+      st.last_loss = state.at("last_loss").get<double>();
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(state_path + ": damaged checkpoint state (" + e.what() + ")");
+    }
     w = load_model(ckpt, {at::kFloat}).weights();
   } else {
     RandomInitOptions ri;
