@@ -210,7 +210,7 @@ int run_eval(const EvalArgs& a) {
   po.max_windows = run && !a.max_windows_given ? run->eval_windows : a.max_windows;
   po.batch_size = run && !a.batch_given ? run->eval_batch : a.batch;
   if (isatty(STDERR_FILENO)) g_control.set_progress_callback(progress_printer(), 100);
-  PerplexityResult r = with_error_context(text_source + " (tokenized with " + folder.require_tokenizer() + ")",
+  PerplexityResult r = with_error_context("evaluating " + text_source + " (tokenized with " + folder.require_tokenizer() + ")",
                                           [&] { return evaluate_perplexity(model, ids, po, &g_control); });
 
   if (a.json) {

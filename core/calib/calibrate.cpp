@@ -295,7 +295,7 @@ CalibResult calibrate_in_phases(const CalibConfig& requested, const std::string&
 
   // ---- full-precision reference
   timer.start("eval-fp", control);
-  PerplexityResult fp = with_error_context(eval_src + " (tokenized with " + tokenizer_path + ")",
+  PerplexityResult fp = with_error_context("evaluating " + eval_src + " (tokenized with " + tokenizer_path + ")",
                                            [&] { return evaluate_perplexity(original, eval_ids, po, control); });
   res.fp_perplexity = fp.perplexity;
   res.eval_windows = fp.windows;
