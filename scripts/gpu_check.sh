@@ -112,7 +112,7 @@ iters=100 seq=512 device=cuda
 cat "$out/init-model.log" >&2
 common=(--model "$work/model" --calib-text "$work/calib.txt" --eval-text "$work/eval.txt" --device $device
         --wbits 4 --abits 4 --kvbits 4 --seq-len $seq --samples 64 --iters $iters --batch 2 --eval-windows 40
-        --stats-windows 2 --threads 8)
+        --stats-windows 2 --threads $((jobs < 8 ? jobs : 8)))
 declare -a names
 run_method() {  # name, extra arguments...
   local name=$1; shift
