@@ -487,6 +487,11 @@ TEST(TokenizerErrors, MissingFileAndInvalidJson) {
   // parse_error (found by tests/fuzz/fuzz_tokenizer; the input is among its seeds).
   const std::string huge = dir.write("huge.json", "{\"version\": 11E111111111111}");
   expect_error([&] { Tokenizer::from_file(huge); }, {huge, "invalid JSON", "number overflow"});
+  // A token id far beyond the vocabulary's size would allocate gigabytes for the id table (found by
+  // fuzzing; among its seeds).
+  const std::string sparse = dir.write(
+      "sparse.json", R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 186666679}, "merges": []}})");
+  expect_error([&] { Tokenizer::from_file(sparse); }, {sparse, "model.vocab['b'] has id 186666679", "limit"});
 }
 
 TEST(TokenizerErrors, UnsupportedModelTypes) {

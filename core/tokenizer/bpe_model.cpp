@@ -3,6 +3,8 @@
 // list of symbols, so a word of n characters costs O(n log n) rather than O(n^2).
 #include "core/tokenizer/bpe_model.h"
 
+#include <algorithm>
+
 #include <atomic>
 #include <cstdio>
 #include <mutex>
@@ -82,11 +84,16 @@ std::unique_ptr<BpeModel> BpeModel::from_json(const json& model) {
 
 void BpeModel::parse_vocab(const json& vocab) {
   vocab_.reserve(vocab.size());
+  // Ids index a table: gaps are allowed, but not ids far beyond what the vocabulary's size can
+  // use (one such id would allocate gigabytes; found by tests/fuzz/fuzz_tokenizer).
+  const long long id_limit = std::max<long long>(1LL << 20, 4LL * static_cast<long long>(vocab.size()));
   for (const auto& [token, id_json] : vocab.items()) {
-    if (!id_json.is_number_integer() || id_json.get<long long>() < 0 ||
-        id_json.get<long long>() > (1LL << 30)) {
+    if (!id_json.is_number_integer() || id_json.get<long long>() < 0)
       throw Error("model.vocab['" + token + "'] must be a non-negative integer id");
-    }
+    if (id_json.get<long long>() >= id_limit)
+      throw Error("model.vocab['" + token + "'] has id " + std::to_string(id_json.get<long long>()) +
+                  ", beyond any use by a vocabulary of " + std::to_string(vocab.size()) + " tokens (limit " +
+                  std::to_string(id_limit) + ")");
     const int id = id_json.get<int>();
     vocab_.emplace(token, id);
     if (static_cast<size_t>(id) >= id_to_token_.size()) {
