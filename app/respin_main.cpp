@@ -125,7 +125,7 @@ int main(int argc, char** argv) {
   c_cal->add_option("--stats-windows", cc.stats_windows, "Windows for the activation statistics")
       ->capture_default_str()->check(kCount);
   c_cal->add_option("--w-group", cc.w_group, "Weight group size (0 = per output channel)")->capture_default_str();
-  c_cal->add_option("--a-group", cc.a_group, "Activation group size (0 = per token)")->capture_default_str();
+  c_cal->add_option("--a-group", cc.a_group, "Activation group size (0 = per token; on o_proj's input the method's default: per token, or per head for spinquant/respin)")->capture_default_str();
   c_cal->add_option("--a-clip", cc.a_clip, "Activation clip ratio")->capture_default_str();
   c_cal->add_option("--kv-clip", cc.kv_clip, "KV-cache clip ratio")->capture_default_str();
   c_cal->add_option("--kv-group", cc.kv_group, "KV-cache group size within a head (0 = whole head)")

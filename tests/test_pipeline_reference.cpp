@@ -334,22 +334,25 @@ struct HookSpy {
 TEST_F(PipelineReference, GroupClipAndR3OptionsReachTheQuantizers) {
   CalibConfig cfg = test::small_calib_config(*dir_, "spinquant", 4);
   cfg.iters = 1;
-  cfg.a_group = 16;
+  cfg.a_group = 8;  // finer than SpinQuant's per-head default on o_proj (head_dim 16)
   cfg.a_clip = 0.9;
   cfg.a_sym = true;
   cfg.kv_group = 4;
   cfg.kv_clip = 0.8;
   CalibResult r = run_calibration(cfg, runs_.file("opts"));
-  EXPECT_EQ(r.run["quantizers"]["activation"]["group_size"], 16);
+  EXPECT_EQ(r.run["quantizers"]["activation"]["group_size"], 8);
+  EXPECT_EQ(r.run["quantizers"]["o_proj_activation_group"], 8);
   EXPECT_EQ(r.run["quantizers"]["kv"]["clip_ratio"], 0.8);
   EXPECT_TRUE(r.run["online"]["qk_hadamard"].get<bool>());
   LoadedRun lr = load_run(runs_.file("opts"));
   HookSpy spy;
   spy.attach(lr.model);
   lr.model.forward(at::randint(0, lr.model.config().vocab_size, {1, 32}, at::kLong));
-  const QuantSpec act{4, true, 16, 0.9}, kv{4, false, 4, 0.8};
-  const auto& [a_in, a_out] = spy.seen.at(HookSite::MlpInput);
-  EXPECT_TRUE(at::allclose(a_out, fake_quantize_activation(a_in, act), 1e-6, 1e-6));
+  const QuantSpec act{4, true, 8, 0.9}, kv{4, false, 4, 0.8};
+  for (HookSite site : {HookSite::MlpInput, HookSite::OProjInput}) {
+    const auto& [a_in, a_out] = spy.seen.at(site);
+    EXPECT_TRUE(at::allclose(a_out, fake_quantize_activation(a_in, act), 1e-6, 1e-6)) << hook_site_name(site);
+  }
   const auto& [v_in, v_out] = spy.seen.at(HookSite::Value);
   EXPECT_TRUE(at::allclose(v_out, fake_quantize_kv(v_in, kv), 1e-6, 1e-6));
   const auto& [k_in, k_out] = spy.seen.at(HookSite::Key);

@@ -1,6 +1,6 @@
-// core/rotation torch parts: the rank-r residual-transition approximation (methods.md 1.5/1.5b)
+// core/rotation torch parts: the rank-r residual-transition approximation (docs/methods.md 1.5/1.5b)
 // checked against the dense transition and against the eigen-angle error formula on
-// near-Hadamard rotations, and Cayley SGD (methods.md 2.4) checked against a hand-written float64
+// near-Hadamard rotations, and Cayley SGD (docs/methods.md 2.4) checked against a hand-written float64
 // application of SGDG's formulas plus three toy problems (orthogonality under large steps,
 // Procrustes fit, outlier spreading).
 #include <ATen/ATen.h>
@@ -41,7 +41,7 @@ at::Tensor random_rotation(int64_t n, at::Generator& gen) {
   return q;
 }
 
-// The setting of methods.md 1.4: both bases start at the same Hadamard and drift a little.
+// The setting of docs/methods.md 1.4: both bases start at the same Hadamard and drift a little.
 struct RotationPair {
   at::Tensor r_in, r_out;
 };
@@ -130,7 +130,7 @@ TEST(ResidualApprox, RankZeroIsIdentity) {
 }
 
 TEST(ResidualApprox, SpectralErrorIsLargestDiscardedEigenAngle) {
-  // methods.md 1.5b: ||T - T_hat||_2 = max over discarded eigenvalues e^{i theta} of
+  // docs/methods.md 1.5b: ||T - T_hat||_2 = max over discarded eigenvalues e^{i theta} of
   // |e^{i theta} - 1| = 2 sin(|theta| / 2); compute the angles independently with eigvals.
   const RotationPair p = near_hadamard_pair(kD, 0.05, 5);
   const at::Tensor t = at::matmul(p.r_in.t(), p.r_out);
@@ -242,7 +242,7 @@ Mat lin(double s, const Mat& a, double u, const Mat& b) {  // s a + u b
   return c;
 }
 
-// One SGDG step (stiefel branch, no QR), transcribed from methods.md 2.4 / optimizer.py.
+// One SGDG step (stiefel branch, no QR), transcribed from docs/methods.md 2.4 / optimizer.py.
 // Returns the new X; updates the momentum buffer v_buf ([n, p]) and reports alpha.
 Mat sgdg_reference(Mat x, const Mat& g, double lr, double momentum, Mat& v_buf, double& alpha) {
   for (auto& row : x) {  // unit(): rows divided by (norm + 1e-8)

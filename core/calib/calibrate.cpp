@@ -334,6 +334,9 @@ CalibResult calibrate_in_phases(const CalibConfig& requested, const std::string&
   }
   int64_t o_group = method_o_proj_group(method, mc);
   if (method == Method::QuaRot && !online.heads_hadamard) o_group = mc.head_dim;
+  // An explicit activation group size (--a-group) applies to o_proj's input too, as it does to
+  // every other activation quantizer; the method's own choice (per token or per head) is the default.
+  if (quant.activation.group_size > 0) o_group = quant.activation.group_size;
   SkipTransitions skip;
   std::optional<ResidualRotations> final_rot;
   LlamaModel rotated = original;  // full precision, in the method's basis

@@ -1,4 +1,4 @@
-// GPTQ over a whole model, layer by layer with bounded memory (methods.md 2.5): the calibration
+// GPTQ over a whole model, layer by layer with bounded memory (docs/methods.md 2.5): the calibration
 // windows are embedded once; for each layer the Hessians of its linear inputs are accumulated in
 // GPTQ's sequential groups -- [q, k, v], then o_proj, then [gate, up], then down_proj, each group
 // seeing the inputs produced by the already-quantized groups before it -- and the layer's output

@@ -78,7 +78,7 @@ InitialRotations initial_rotations(Method m, const ModelConfig& c, uint64_t seed
   }
   out.head_init = (m == Method::QuaRot ? "hadamard (" : "random hadamard per layer (") + hc + ")";
   if (m == Method::ReSpin) {
-    // Every residual basis starts from the same matrix (methods.md 1.4) but is its own parameter.
+    // Every residual basis starts from the same matrix (docs/methods.md 1.4) but is its own parameter.
     ResidualRotations r;
     for (int i = 0; i < L; ++i) r.attn_in.push_back(r1.clone()), r.mlp_in.push_back(r1.clone());
     r.final_basis = r1.clone();

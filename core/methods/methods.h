@@ -1,4 +1,4 @@
-// The four quantization methods and what distinguishes them (methods.md 1-3):
+// The four quantization methods and what distinguishes them (docs/methods.md 1-3):
 //   rtn        no rotation; weights round-to-nearest (or GPTQ), activations/KV per token.
 //   quarot     random Hadamard residual rotation R1 (fixed), plain Walsh-Hadamard head rotation on
 //              v/o with an online Hadamard across heads before o_proj, online Hadamards R3 (Q/K

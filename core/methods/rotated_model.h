@@ -1,4 +1,4 @@
-// The rotated model shared by QuaRot, SpinQuant and ReSpinQuant (methods.md 1.3, 1.10, 2.1, 3.1),
+// The rotated model shared by QuaRot, SpinQuant and ReSpinQuant (docs/methods.md 1.3, 1.10, 2.1, 3.1),
 // in the row-vector convention of the rest of core (y = x W^T, rotated residual h~ = h R).
 //
 // Offline part (rotate_weights): starting from a model whose RMSNorms are fused, every residual

@@ -1,4 +1,4 @@
-// Learning rotations with Cayley SGD (SpinQuant, ReSpinQuant; methods.md 1.6, 2.3).
+// Learning rotations with Cayley SGD (SpinQuant, ReSpinQuant; docs/methods.md 1.6, 2.3).
 //
 // Each step rebuilds the rotated weights from the (frozen) fused model and the current rotations
 // with autograd (rotate_weights in float32), runs the model with the online transforms and the

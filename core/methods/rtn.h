@@ -11,7 +11,7 @@ namespace respin {
 
 struct QuantConfig {
   QuantSpec weight{4, true, 0, 1.0};       // per output channel, symmetric
-  bool weight_mse_clip = true;             // MSE clip search (methods.md 2.5)
+  bool weight_mse_clip = true;             // MSE clip search (docs/methods.md 2.5)
   QuantSpec activation{4, false, 0, 1.0};  // per token, asymmetric
   QuantSpec kv{4, false, 0, 1.0};          // per token per head, asymmetric
   void validate() const;

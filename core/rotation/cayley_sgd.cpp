@@ -1,4 +1,4 @@
-// Cayley SGD (SpinQuant's SGDG, stiefel branch); see cayley_sgd.h and methods.md 2.4.
+// Cayley SGD (SpinQuant's SGDG, stiefel branch); see cayley_sgd.h and docs/methods.md 2.4.
 #include "core/rotation/cayley_sgd.h"
 
 #include <ATen/ATen.h>

@@ -1,5 +1,5 @@
 // Cayley SGD on the Stiefel manifold: the optimizer SpinQuant and ReSpinQuant use to learn
-// rotations (methods.md 2.4). A port of SpinQuant's train_utils/optimizer.py::SGDG (stiefel=True
+// rotations (docs/methods.md 2.4). A port of SpinQuant's train_utils/optimizer.py::SGDG (stiefel=True
 // branch, after Li et al., "Efficient Riemannian optimization on the Stiefel manifold via the
 // Cayley transform") that keeps its exact arithmetic -- row normalization, norm-1 step cap,
 // 5 fixed-point iterations instead of an inverse -- so that rotations trained here follow the

@@ -1,4 +1,4 @@
-// Offline weight transformations shared by the rotation methods (methods.md 2.2, row-vector
+// Offline weight transformations shared by the rotation methods (docs/methods.md 2.2, row-vector
 // convention y = x W^T with PyTorch Linear weights [out, in]):
 //  - fuse_rms_norms folds every RMSNorm weight into the linear layers it feeds (q/k/v, gate/up,
 //    lm_head) and sets the norm weights to 1, untying lm_head from the embeddings first. With unit

@@ -1,4 +1,4 @@
-// Rank-r residual transition approximation (see residual_approx.h and methods.md 1.5/1.5b).
+// Rank-r residual transition approximation (see residual_approx.h and docs/methods.md 1.5/1.5b).
 #include "core/rotation/residual_approx.h"
 
 #include <ATen/ATen.h>

@@ -1,4 +1,4 @@
-// Rank-r approximation of ReSpinQuant's residual transition (methods.md 1.5/1.5b), row-vector form.
+// Rank-r approximation of ReSpinQuant's residual transition (docs/methods.md 1.5/1.5b), row-vector form.
 //
 // With layer-wise residual rotations the skip path of each residual add has to change basis:
 // h~_out = h~_in T_row with T_row = R_in^T R_out (rotations act from the right, y = x W^T). A dense
@@ -39,7 +39,7 @@ struct TransitionOptions {
   double tie_tolerance = 1e-9;
   // true: spectral_error = ||T_row - T_hat||_2 from an extra SVD (O(D^3), seconds at D = 4096).
   // false: use singular_values[rank], which equals the true error when span(Q) is an invariant
-  // subspace (methods.md 1.5b) -- i.e. T_row orthogonal and no split pair.
+  // subspace (docs/methods.md 1.5b) -- i.e. T_row orthogonal and no split pair.
   bool exact_error = true;
 };
 
