@@ -29,7 +29,8 @@ std::optional<HadamardMatrix> hadamard_matrix(int n);
 // The construction string hadamard_matrix(n) would record, or "" if none; cheap (builds nothing).
 std::string hadamard_construction(int n);
 bool hadamard_constructible(int n);
-// All K in [1, max_k] with a construction here (1, 2 and multiples of 4), for documentation/tests.
+// All K in [1, max_k] with a construction here (1, 2 and most multiples of 4; up to 256 not 116, 188,
+// 232 or 236), for documentation/tests.
 std::vector<int> hadamard_base_orders(int max_k = 256);
 
 // GF(q), q = p^k, elements encoded as integers 0..q-1 whose base-p digits are the coefficients of
