@@ -3,7 +3,8 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
-#include <iterator>
+#include <string>
+#include <vector>
 #include <iostream>
 
 #include "app/cli_commands.h"
@@ -29,8 +30,6 @@ CLI::Range thread_range() {
                                                            std::to_string(respin::default_thread_count()) +
                                                            " hardware threads");
 }
-
-const char* kVerbs[] = {"info", "tokenize", "eval", "calibrate", "init-model", "forge", "corpus", "generate"};
 
 }  // namespace
 
@@ -125,7 +124,7 @@ int main(int argc, char** argv) {
   c_cal->add_option("--stats-windows", cc.stats_windows, "Windows for the activation statistics")
       ->capture_default_str()->check(kCount);
   c_cal->add_option("--w-group", cc.w_group, "Weight group size (0 = per output channel)")->capture_default_str();
-  c_cal->add_option("--a-group", cc.a_group, "Activation group size (0 = per token; on o_proj's input the method's default: per token, or per head for spinquant/respin)")->capture_default_str();
+  c_cal->add_option("--a-group", cc.a_group, "Activation group size (0 = per token, and on o_proj's input the method's default: per token, or per head for spinquant/respin)")->capture_default_str();
   c_cal->add_option("--a-clip", cc.a_clip, "Activation clip ratio")->capture_default_str();
   c_cal->add_option("--kv-clip", cc.kv_clip, "KV-cache clip ratio")->capture_default_str();
   c_cal->add_option("--kv-group", cc.kv_group, "KV-cache group size within a head (0 = whole head)")
@@ -199,12 +198,15 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::IsMember({"auto", "cpu", "cuda"}));
 
   // A word that is neither an option nor a verb: say which (CLI11 would only ask for a subcommand).
+  std::vector<std::string> verbs;
+  for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) verbs.push_back(sub->get_name());
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.empty() || a[0] == '-') continue;
-    if (std::find(std::begin(kVerbs), std::end(kVerbs), a) == std::end(kVerbs)) {
-      std::cerr << "error: unknown verb '" << a << "' (verbs: info, tokenize, eval, calibrate, init-model, forge, "
-                << "corpus, generate; see 'respin --help')\n";
+    if (std::find(verbs.begin(), verbs.end(), a) == verbs.end()) {
+      std::string list;
+      for (const std::string& v : verbs) list += (list.empty() ? "" : ", ") + v;
+      std::cerr << "error: unknown verb '" << a << "' (verbs: " << list << "; see 'respin --help')\n";
       return 2;
     }
     break;

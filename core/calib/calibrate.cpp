@@ -608,21 +608,22 @@ LoadedRun load_run_checked(const std::string& dir, int64_t rank, at::Device devi
       const std::pair<std::string, std::vector<ResidualCorrection>*> adds[] = {{"attn_skip.", &skip.attn_rank_r},
                                                                                {"mlp_skip.", &skip.mlp_rank_r}};
       for (const auto& [prefix, vec] : adds) {
-        ResidualCorrection c;
         // A correction is stored for every residual add of a run that has them: a missing one is
         // damage, not an identity.
-        for (const char* part : {".q", ".m"})
-          if (!t.count(prefix + std::to_string(i) + part))
-            throw Error(path + ": tensor '" + prefix + std::to_string(i) + part + "' is missing");
-        auto q = t.find(prefix + std::to_string(i) + ".q"), m = t.find(prefix + std::to_string(i) + ".m");
-        {
-          if (q->second.dim() != 2 || q->second.size(0) != mc.hidden_size || m->second.dim() != 2 ||
-              m->second.size(0) != q->second.size(1) || m->second.size(1) != q->second.size(1))
-            throw Error(path + ": correction " + prefix + std::to_string(i) + " has inconsistent shapes");
-          c.q = q->second.to(device);
-          c.m = m->second.to(device);
-          c.rank = c.q.size(1);
-        }
+        auto stored = [&](const std::string& name) -> const at::Tensor& {
+          auto it = t.find(name);
+          if (it == t.end()) throw Error(path + ": tensor '" + name + "' is missing");
+          return it->second;
+        };
+        const std::string add = prefix + std::to_string(i);
+        const at::Tensor &q = stored(add + ".q"), &m = stored(add + ".m");
+        if (q.dim() != 2 || q.size(0) != mc.hidden_size || m.dim() != 2 || m.size(0) != q.size(1) ||
+            m.size(1) != q.size(1))
+          throw Error(path + ": correction " + add + " has inconsistent shapes");
+        ResidualCorrection c;
+        c.q = q.to(device);
+        c.m = m.to(device);
+        c.rank = c.q.size(1);
         vec->push_back(c);
       }
     }
