@@ -163,7 +163,7 @@ int run_tokenize(const TokenizeArgs& a) {
 
 int run_eval(const EvalArgs& a) {
   set_compute_threads(a.threads);
-  const at::Device device = resolve_device(a.device);
+  const at::Device device = resolve_device(device_choice_from_name(a.device));
   std::optional<LoadedRun> run;
   std::string model_dir = a.model;
   if (!a.run.empty()) {
@@ -180,22 +180,16 @@ int run_eval(const EvalArgs& a) {
   const bool quantized = a.wbits != 16 || a.abits != 16 || a.kvbits != 16;
   if (quantized && run) throw Error("eval --run uses the run's quantizers; --wbits/--abits/--kvbits apply to --model only");
   if (quantized) {
-    QuantConfig qc;
-    qc.weight.bits = a.wbits;
-    qc.activation.bits = a.abits;
-    qc.kv.bits = a.kvbits;
-    model = quantize_rtn(model, qc);
+    model = quantize_rtn(model, rtn_eval_config(a.wbits, a.abits, a.kvbits));
   }
   std::string text_source = a.text_file;
   std::string text;
   if (!a.text_file.empty()) {
     text = read_text_file(a.text_file);
-  } else if (!run->config.eval_text.empty()) {
-    text_source = run->config.eval_text;
-    text = read_text_file(text_source);
   } else {
-    text_source = "corpus test split";
-    text = Corpus::load(default_corpus_dir()).text_of(Split::Test);
+    EvalText t = eval_text_of(run ? run->config : CalibConfig{});
+    text_source = t.source;
+    text = std::move(t.text);
   }
   std::vector<int> ids = with_error_context(text_source, [&] { return tok.encode(text, /*add_special_tokens=*/false); });
 
@@ -245,9 +239,8 @@ int run_eval(const EvalArgs& a) {
   std::printf("windows:     %lld x %lld tokens, %s on %s, %d threads\n", static_cast<long long>(r.windows),
               static_cast<long long>(r.seq_len), a.dtype.c_str(), device.str().c_str(), compute_threads());
   if (run)
-    std::printf("quantized:   run %s: %s W%dA%dKV%d%s\n", a.run.c_str(), run->config.method.c_str(), run->config.wbits,
-                run->config.abits, run->config.kvbits,
-                run->config.method == "respin" ? (" rank " + std::to_string(run->config.rank) + (a.rank >= 0 ? " (rebuilt)" : "")).c_str() : "");
+    std::printf("quantized:   run %s: %s%s\n", a.run.c_str(), run->config.label().c_str(),
+                a.rank >= 0 ? " (rank rebuilt)" : "");
   if (quantized)
     std::printf("quantized:   RTN W%dA%dKV%d (weights per channel sym + MSE clip; activations per token asym)\n",
                 a.wbits, a.abits, a.kvbits);
@@ -256,31 +249,57 @@ int run_eval(const EvalArgs& a) {
   return 0;
 }
 
+// Progress of a calibration on stderr, through the same printer as the other verbs, with the
+// run's overall fraction.
+class CalibPrinter : public CalibObserver {
+ public:
+  CalibPrinter() : print_(progress_printer()) {}
+  void on_progress(const CalibProgress& p) override {
+    ProgressEvent e;
+    e.phase = phase_name(p.phase);
+    e.done = p.phase_started ? 0 : p.done;
+    e.total = p.phase_started ? 0 : p.total;
+    e.tokens_per_s = p.tokens_per_s;
+    e.eta_s = p.eta_s;
+    e.value = p.value;
+    e.layer = p.layer;
+    if (!p.phase_started && p.total == 0) return;  // uncounted work inside a phase
+    print_(e);
+  }
+
+ private:
+  RunControl::ProgressFn print_;
+};
+
+void print_calibration_summary(const CalibOutcome& r) {
+  const RunRecord& rec = r.record;
+  const CalibConfig& c = rec.config;
+  std::printf("run:                  %s\n", r.run_dir.c_str());
+  std::printf("method:               %s, weights %s\n", c.label().c_str(), weight_quantizer_name(c.weight_quantizer));
+  std::printf("device:               %s (rotation learning: %s)\n", rec.timing.device.c_str(),
+              rec.compute.rotation_learning.c_str());
+  std::printf("held-out perplexity:  FP %.4f -> quantized %.4f (%lld windows x %lld tokens)\n",
+              rec.results.fp_perplexity, rec.results.quantized_perplexity,
+              static_cast<long long>(rec.results.eval_windows), static_cast<long long>(rec.results.eval_seq_len));
+  if (rec.method.training && !rec.method.training->loss.empty())
+    std::printf("rotation loss:        %.4f -> %.4f over %zu steps\n", rec.method.training->loss.front(),
+                rec.method.training->loss.back(), rec.method.training->loss.size());
+  std::printf("calibration time:     %s (total %s), peak memory %.0f MiB\n",
+              duration_text(rec.timing.calibration_seconds).c_str(), duration_text(rec.timing.total_seconds).c_str(),
+              rec.peak_rss_bytes / 1048576.0);
+}
+
 int run_calibrate(const CalibrateArgs& a) {
   CalibConfig c = a.config;
-  if (a.gptq) c.weight_quantizer = "gptq";
-  g_control.set_progress_callback(progress_printer(), 100);
-  CalibResult r = run_calibration(c, a.out, &g_control);
+  if (a.gptq) c.weight_quantizer = WeightQuantizer::Gptq;
+  set_compute_threads(c.threads);
+  CalibPrinter printer;
+  CalibOutcome r = run_calibration(c, a.out, &g_control, &printer);
   if (a.json) {
-    std::cout << json_text(r.run) << "\n";
+    std::cout << json_text(run_record_to_json(r.record)) << "\n";
     return 0;
   }
-  std::string name = c.method;
-  if (c.method == "respin") name += " r=" + (c.rank < 0 ? std::string("full") : std::to_string(c.rank));
-  std::printf("run:                  %s\n", r.run_dir.c_str());
-  std::printf("method:               %s W%dA%dKV%d, weights %s\n", name.c_str(), c.wbits, c.abits, c.kvbits,
-              c.weight_quantizer.c_str());
-  std::printf("device:               %s (rotation learning: %s)\n",
-              r.run["timing"]["device"].get<std::string>().c_str(),
-              r.run["compute"]["rotation_learning"].get<std::string>().c_str());
-  std::printf("held-out perplexity:  FP %.4f -> quantized %.4f (%lld windows x %lld tokens)\n", r.fp_perplexity,
-              r.quant_perplexity, static_cast<long long>(r.eval_windows),
-              static_cast<long long>(r.run["results"]["eval_seq_len"].get<int64_t>()));
-  if (!r.loss_curve.empty())
-    std::printf("rotation loss:        %.4f -> %.4f over %zu steps\n", r.loss_curve.front(), r.loss_curve.back(),
-                r.loss_curve.size());
-  std::printf("calibration time:     %s (total %s), peak memory %.0f MiB\n", duration_text(r.calibration_seconds).c_str(),
-              duration_text(r.total_seconds).c_str(), r.peak_rss_bytes / 1048576.0);
+  print_calibration_summary(r);
   return 0;
 }
 
@@ -320,10 +339,7 @@ int run_forge(const ForgeArgs& a) {
   set_compute_threads(a.threads);
   ForgeOptions o;
   o.preset = forge_preset(a.preset);
-  if (a.steps > 0) {
-    o.preset.steps = a.steps;
-    o.preset.warmup_steps = std::min<int64_t>(o.preset.warmup_steps, std::max<int64_t>(1, a.steps / 10));
-  }
+  if (a.steps > 0) o.preset = with_steps(o.preset, a.steps);
   if (a.tied) o.preset.tied = true;
   o.out_dir = a.out;
   o.corpus_dir = a.corpus;
@@ -394,7 +410,8 @@ int run_generate(const GenerateArgs& a) {
   set_compute_threads(a.threads);
   ModelFolder folder = ModelFolder::open(a.model);
   Tokenizer tok = Tokenizer::from_file(folder.require_tokenizer());
-  LlamaModel model = load_model(folder.dir, {a.dtype == "bf16" ? at::kBFloat16 : at::kFloat, resolve_device(a.device)});
+  LlamaModel model = load_model(folder.dir, {a.dtype == "bf16" ? at::kBFloat16 : at::kFloat,
+                                             resolve_device(device_choice_from_name(a.device))});
   GenerateOptions o;
   o.max_new_tokens = a.max_new_tokens;
   o.temperature = a.temperature;

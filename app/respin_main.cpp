@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <map>
 #include <string>
 #include <vector>
 #include <iostream>
@@ -99,8 +100,12 @@ int main(int argc, char** argv) {
   auto* c_cal = app.add_subcommand(
       "calibrate", "Quantize a model with a method (rtn, quarot, spinquant, respin); writes a run directory");
   c_cal->add_option("--model", cc.model, "Hugging Face model folder")->required();
-  c_cal->add_option("--method", cc.method, "Quantization method")
-      ->capture_default_str()->check(CLI::IsMember({"rtn", "quarot", "spinquant", "respin"}));
+  const std::map<std::string, respin::Method> methods = {{"rtn", respin::Method::Rtn},
+                                                         {"quarot", respin::Method::QuaRot},
+                                                         {"spinquant", respin::Method::SpinQuant},
+                                                         {"respin", respin::Method::ReSpin}};
+  c_cal->add_option("--method", cc.method, "Quantization method (rtn, quarot, spinquant, respin)")
+      ->transform(CLI::CheckedTransformer(methods))->default_str("respin");
   c_cal->add_option("--out", cal.out, "Run directory to create (must not exist)")->required();
   c_cal->add_option("--wbits", cc.wbits, "Weight bits (16 = off)")->capture_default_str()->check(bits_check);
   c_cal->add_option("--abits", cc.abits, "Activation bits (16 = off)")->capture_default_str()->check(bits_check);
@@ -132,8 +137,10 @@ int main(int argc, char** argv) {
   c_cal->add_flag("--a-sym", cc.a_sym, "Symmetric activation quantizer (default asymmetric)");
   c_cal->add_flag("--kv-sym", cc.kv_sym, "Symmetric KV-cache quantizer (default asymmetric)");
   c_cal->add_flag("--w-asym{false}", cc.w_sym, "Asymmetric weight quantizer (default symmetric)");
-  c_cal->add_option("--device", cc.device, "Compute device")
-      ->capture_default_str()->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  const std::map<std::string, respin::DeviceChoice> devices = {
+      {"auto", respin::DeviceChoice::Auto}, {"cpu", respin::DeviceChoice::Cpu}, {"cuda", respin::DeviceChoice::Cuda}};
+  c_cal->add_option("--device", cc.device, "Compute device (auto, cpu, cuda)")
+      ->transform(CLI::CheckedTransformer(devices))->default_str("auto");
   c_cal->add_option("--threads", cc.threads, "Compute threads (0 = all cores)")
       ->capture_default_str()->check(thread_range());
   c_cal->add_flag("--json", cal.json, "Print run.json instead of the summary");

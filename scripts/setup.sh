@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git
   libtorch-dev libopenblas0-pthread          # libtorch (CPU) + fast float32 BLAS behind it
-  nlohmann-json3-dev libsqlite3-dev libicu-dev libcli11-dev
+  nlohmann-json3-dev libsqlite3-dev libssl-dev libicu-dev libcli11-dev sqlite3
   libgtest-dev libgmock-dev libbenchmark-dev
   qt6-base-dev libqt6opengl6-dev libgl-dev libxkbcommon-dev libqt6sql6-sqlite
   libqcustomplot-dev libqcustomplot2.1-qt6

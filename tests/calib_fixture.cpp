@@ -31,7 +31,7 @@ void write_calibration_fixture(const TempDir& dir) {
 CalibConfig small_calib_config(const TempDir& dir, const std::string& method, int bits) {
   CalibConfig c;
   c.model = dir.file("model");
-  c.method = method;
+  c.method = method_from_name(method);
   c.wbits = c.abits = c.kvbits = bits;
   c.calib_text = dir.file("calib.txt");
   c.eval_text = dir.file("eval.txt");

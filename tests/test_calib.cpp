@@ -52,14 +52,14 @@ TEST_F(Calib, EveryMethodWithQuantizersOffKeepsThePerplexity) {
   for (const char* method : {"rtn", "quarot", "spinquant", "respin"}) {
     CalibConfig c = config(method, 16);
     c.kvbits = 4;  // switches the Q/K Hadamard on for the rotating methods...
-    CalibResult r = run_calibration(c, out(std::string(method) + "-kvon"));
+    CalibOutcome r = run_calibration(c, out(std::string(method) + "-kvon"));
     // ...which then quantizes K and V: not equal, but close.
-    EXPECT_NEAR(r.quant_perplexity / r.fp_perplexity, 1.0, 0.05) << method;
+    EXPECT_NEAR(r.record.results.quantized_perplexity / r.record.results.fp_perplexity, 1.0, 0.05) << method;
     c.kvbits = 16;
     c.rank = -1;
     r = run_calibration(c, out(method));
-    EXPECT_NEAR(r.quant_perplexity / r.fp_perplexity, 1.0, 1e-5) << method;
-    EXPECT_EQ(r.eval_windows, 20);
+    EXPECT_NEAR(r.record.results.quantized_perplexity / r.record.results.fp_perplexity, 1.0, 1e-5) << method;
+    EXPECT_EQ(r.record.results.eval_windows, 20);
     // The written run reproduces it.
     LoadedRun lr = load_run(out(method));
     Tokenizer tok = Tokenizer::from_file(dir_->file("tokenizer.json"));
@@ -67,7 +67,7 @@ TEST_F(Calib, EveryMethodWithQuantizersOffKeepsThePerplexity) {
     po.seq_len = 32;
     po.max_windows = 20;
     const double ppl = evaluate_perplexity(lr.model, tok.encode(read_text_file(dir_->file("eval.txt")), false), po).perplexity;
-    EXPECT_NEAR(ppl / r.fp_perplexity, 1.0, 1e-5) << method;
+    EXPECT_NEAR(ppl / r.record.results.fp_perplexity, 1.0, 1e-5) << method;
   }
 }
 
@@ -75,18 +75,57 @@ TEST_F(Calib, QuantizedRunDirectoryReloadsToTheSamePerplexity) {
   CalibConfig c = config("respin", 4);
   c.rank = 8;
   RunControl control;
-  std::vector<std::string> phases;
-  control.set_progress_callback([&](const ProgressEvent& e) {
-    if (phases.empty() || phases.back() != e.phase) phases.push_back(e.phase);
-  }, 0);
-  CalibResult r = run_calibration(c, out("run"), &control);
+  // What a caller sees while the run goes on.
+  struct Watcher : CalibObserver {
+    std::vector<std::string> phases;
+    std::vector<double> overall;
+    std::vector<std::pair<int64_t, double>> losses;
+    std::vector<StatsStage> stats;
+    std::string temp_dir, run_dir, started_model;
+    void on_started(const RunRecord& r, const std::string& tmp, const std::string& dir) override {
+      temp_dir = tmp;
+      run_dir = dir;
+      started_model = r.model.folder;
+      EXPECT_TRUE(fs::is_directory(tmp));
+    }
+    void on_progress(const CalibProgress& p) override {
+      if (p.phase_started) phases.push_back(phase_name(p.phase));
+      overall.push_back(p.overall_fraction);
+    }
+    void on_loss(int64_t step, double loss) override { losses.emplace_back(step, loss); }
+    void on_stats(StatsStage s, const std::vector<SiteStats>& st) override {
+      stats.push_back(s);
+      EXPECT_EQ(st.size(), 7u * 2);  // 7 sites x 2 layers
+    }
+  } watch;
+  CalibOutcome r = run_calibration(c, out("run"), &control, &watch);
   // 4-bit everything changes the model's predictions (on a random model not necessarily for the worse).
-  EXPECT_GT(std::abs(r.quant_perplexity / r.fp_perplexity - 1), 1e-3);
-  EXPECT_EQ(r.loss_curve.size(), 3u);
-  EXPECT_GT(r.calibration_seconds, 0);
-  EXPECT_LT(r.calibration_seconds, r.total_seconds);
-  for (const char* p : {"load", "eval-fp", "stats", "rotate", "quantize", "eval", "write"})
-    EXPECT_NE(std::find(phases.begin(), phases.end(), p), phases.end()) << p;
+  EXPECT_GT(std::abs(r.record.results.quantized_perplexity / r.record.results.fp_perplexity - 1), 1e-3);
+  EXPECT_EQ(r.record.method.training->loss.size(), 3u);
+  EXPECT_GT(r.record.timing.calibration_seconds, 0);
+  EXPECT_LT(r.record.timing.calibration_seconds, r.record.timing.total_seconds);
+  const std::vector<std::string> expected_phases = {"load", "eval-fp", "stats-before", "rotate", "stats-after",
+                                                    "quantize", "eval", "write"};
+  EXPECT_EQ(watch.phases, expected_phases);
+  std::vector<std::string> planned;
+  for (Phase p : phases_of(c)) planned.push_back(phase_name(p));
+  EXPECT_EQ(planned, expected_phases);
+  ASSERT_FALSE(watch.overall.empty());
+  EXPECT_TRUE(std::is_sorted(watch.overall.begin(), watch.overall.end()));
+  EXPECT_DOUBLE_EQ(watch.overall.back(), 1.0);
+  ASSERT_EQ(watch.losses.size(), 3u);  // every learning step, in order, as the record has them
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(watch.losses[i].first, static_cast<int64_t>(i));
+    EXPECT_EQ(watch.losses[i].second, r.record.method.training->loss[i]);
+  }
+  EXPECT_EQ(watch.stats, (std::vector<StatsStage>{StatsStage::Before, StatsStage::After}));
+  EXPECT_EQ(watch.run_dir, fs::absolute(out("run")).string());
+  EXPECT_FALSE(fs::exists(watch.temp_dir));  // renamed into place
+  EXPECT_EQ(r.stats_before.size(), 14u);
+  EXPECT_EQ(r.record.model.folder, watch.started_model);
+  EXPECT_EQ(r.record.model.sha256.size(), 64u);
+  EXPECT_EQ(r.record.calibration.data.sha256.size(), 64u);
+  EXPECT_EQ(r.record.results.eval_data.bytes, static_cast<int64_t>(read_text_file(dir_->file("eval.txt")).size()));
   for (const char* f : {"run.json", "model/config.json", "model/model.safetensors", "model/tokenizer.json",
                         "rotations.safetensors", "online.safetensors", "stats.json"})
     EXPECT_TRUE(fs::exists(out("run") + "/" + f)) << f;
@@ -96,7 +135,7 @@ TEST_F(Calib, QuantizedRunDirectoryReloadsToTheSamePerplexity) {
   EXPECT_EQ(run["method"]["online_parameters"], 2 * 2 * (64 * 8 + 8 * 8));
   EXPECT_EQ(run["method"]["online_macs_per_token"], 2 * 2 * (2 * 64 * 8 + 8 * 8));
   EXPECT_EQ(run["method"]["transition_spectral_error"].size(), 4u);
-  EXPECT_DOUBLE_EQ(run["results"]["quantized_perplexity"].get<double>(), r.quant_perplexity);
+  EXPECT_DOUBLE_EQ(run["results"]["quantized_perplexity"].get<double>(), r.record.results.quantized_perplexity);
   EXPECT_GT(run["peak_rss_bytes"].get<int64_t>(), 0);
   EXPECT_LT(run["method"]["training"]["max_orthogonality_error"].get<double>(), 1e-4);
   EXPECT_TRUE(run["online"]["skip_correction"].get<bool>());
@@ -108,17 +147,17 @@ TEST_F(Calib, QuantizedRunDirectoryReloadsToTheSamePerplexity) {
   po.seq_len = 32;
   po.max_windows = 20;
   const double ppl = evaluate_perplexity(lr.model, tok.encode(read_text_file(dir_->file("eval.txt")), false), po).perplexity;
-  EXPECT_NEAR(ppl / r.quant_perplexity, 1.0, 1e-6);
+  EXPECT_NEAR(ppl / r.record.results.quantized_perplexity, 1.0, 1e-6);
 
   // Rebuilding the corrections from the stored rotations at the run's rank gives the same model;
   // another rank gives another one.
   auto ppl_of = [&](const LlamaModel& m) {
     return evaluate_perplexity(m, tok.encode(read_text_file(dir_->file("eval.txt")), false), po).perplexity;
   };
-  EXPECT_NEAR(ppl_of(load_run(out("run"), 8).model) / r.quant_perplexity, 1.0, 1e-6);
+  EXPECT_NEAR(ppl_of(load_run(out("run"), 8).model) / r.record.results.quantized_perplexity, 1.0, 1e-6);
   LoadedRun full = load_run(out("run"), 1000);
   EXPECT_EQ(full.config.rank, 64);
-  EXPECT_GT(std::abs(ppl_of(full.model) / r.quant_perplexity - 1), 1e-6);
+  EXPECT_GT(std::abs(ppl_of(full.model) / r.record.results.quantized_perplexity - 1), 1e-6);
 
   // Statistics before and after rotation cover the same sites; rotation changes them.
   nlohmann::json stats = nlohmann::json::parse(read_text_file(out("run") + "/stats.json"));
@@ -152,23 +191,23 @@ TEST_F(Calib, QuantizedRunDirectoryReloadsToTheSamePerplexity) {
 TEST_F(Calib, GptqRunsLayerByLayerAndBeatsRtnOnWeights) {
   CalibConfig c = config("quarot", 16);
   c.wbits = 3;
-  CalibResult rtn = run_calibration(c, out("rtn"));
-  c.weight_quantizer = "gptq";
-  CalibResult gptq = run_calibration(c, out("gptq"));
-  EXPECT_EQ(gptq.run["method"]["gptq"]["layer_loss"].size(), 2u);
+  CalibOutcome rtn = run_calibration(c, out("rtn"));
+  c.weight_quantizer = WeightQuantizer::Gptq;
+  CalibOutcome gptq = run_calibration(c, out("gptq"));
+  EXPECT_EQ(run_record_to_json(gptq.record)["method"]["gptq"]["layer_loss"].size(), 2u);
   EXPECT_THROW(load_run(out("gptq"), 8), Error);  // a rank applies to respin runs only
 
   // Learned rotations for a GPTQ pipeline are learned with 16-bit weights (SpinQuant's protocol),
   // for an RTN pipeline with the target bits.
   CalibConfig s = config("spinquant", 4);
-  s.weight_quantizer = "gptq";
-  CalibResult sg = run_calibration(s, out("spin-gptq"));
-  EXPECT_EQ(sg.run["method"]["training"]["weight_bits_while_training"], 16);
-  EXPECT_EQ(sg.run["method"]["gptq"]["layer_loss"].size(), 2u);
-  EXPECT_TRUE(std::isfinite(sg.quant_perplexity));
-  s.weight_quantizer = "rtn";
-  EXPECT_EQ(run_calibration(s, out("spin-rtn")).run["method"]["training"]["weight_bits_while_training"], 4);
-  EXPECT_TRUE(std::isfinite(gptq.quant_perplexity));
+  s.weight_quantizer = WeightQuantizer::Gptq;
+  CalibOutcome sg = run_calibration(s, out("spin-gptq"));
+  EXPECT_EQ(run_record_to_json(sg.record)["method"]["training"]["weight_bits_while_training"], 16);
+  EXPECT_EQ(run_record_to_json(sg.record)["method"]["gptq"]["layer_loss"].size(), 2u);
+  EXPECT_TRUE(std::isfinite(sg.record.results.quantized_perplexity));
+  s.weight_quantizer = WeightQuantizer::Rtn;
+  EXPECT_EQ(run_calibration(s, out("spin-rtn")).record.method.training->weight_bits_while_training, 4);
+  EXPECT_TRUE(std::isfinite(gptq.record.results.quantized_perplexity));
   // Weight-only 3-bit: GPTQ's error compensation removes a clear share of round-to-nearest's
   // output error (logits against the full-precision model's; the perplexity of a random model is
   // too flat to show it).
@@ -189,10 +228,12 @@ TEST_F(Calib, GptqRunsLayerByLayerAndBeatsRtnOnWeights) {
 TEST_F(Calib, CancelledOrFailedRunsLeaveNothingBehind) {
   CalibConfig c = config("spinquant", 4);
   RunControl control;
-  control.set_progress_callback([&](const ProgressEvent& e) {
-    if (e.phase == "rotate" && e.done == 1) control.request_stop();
-  }, 0);
-  EXPECT_THROW(run_calibration(c, out("cancelled"), &control), Cancelled);
+  struct StopAtFirstStep : CalibObserver {
+    RunControl* control;
+    void on_loss(int64_t, double) override { control->request_stop(); }
+  } stopper;
+  stopper.control = &control;
+  EXPECT_THROW(run_calibration(c, out("cancelled"), &control, &stopper), Cancelled);
   EXPECT_TRUE(fs::is_empty(run_dir_.path())) << "left: " << fs::directory_iterator(run_dir_.path())->path();
 
   // An existing directory is refused before any work and left untouched.
@@ -215,12 +256,12 @@ TEST_F(Calib, CancelledOrFailedRunsLeaveNothingBehind) {
 TEST(CalibConfigJson, RoundTripsAndRefusesBadInput) {
   CalibConfig c;
   c.model = "/m";
-  c.method = "spinquant";
+  c.method = Method::SpinQuant;
   c.wbits = 3;
   c.rank = -1;
   c.lr = 0.25;
   c.seed = 123456789012345ull;
-  c.weight_quantizer = "gptq";
+  c.weight_quantizer = WeightQuantizer::Gptq;
   CalibConfig d = calib_config_from_json(calib_config_to_json(c), "x");
   EXPECT_EQ(calib_config_to_json(d), calib_config_to_json(c));
   EXPECT_EQ(d.seed, c.seed);

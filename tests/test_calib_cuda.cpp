@@ -38,27 +38,27 @@ TEST_F(CudaCalibration, EveryMethodRunsOnCudaAndReloadsOnBothDevices) {
   for (const char* method : {"rtn", "quarot", "spinquant", "respin"}) {
     for (bool gptq : {false, true}) {
       CalibConfig c = test::small_calib_config(dir_, method, 4);
-      c.device = "cuda";
-      if (gptq) c.weight_quantizer = "gptq";
+      c.device = DeviceChoice::Cuda;
+      if (gptq) c.weight_quantizer = WeightQuantizer::Gptq;
       const std::string name = std::string(method) + (gptq ? "-gptq" : "");
-      CalibResult r = run_calibration(c, runs_.file(name));
-      EXPECT_EQ(r.run["timing"]["device"], "cuda:0") << name;
-      EXPECT_TRUE(std::isfinite(r.quant_perplexity)) << name;
-      EXPECT_GT(r.quant_perplexity, r.fp_perplexity * 0.9) << name;
-      EXPECT_NEAR(reload_perplexity(runs_.file(name), at::Device(at::kCUDA)) / r.quant_perplexity, 1.0, 1e-5) << name;
-      EXPECT_NEAR(reload_perplexity(runs_.file(name), at::Device(at::kCPU)) / r.quant_perplexity, 1.0, 1e-3) << name;
+      CalibOutcome r = run_calibration(c, runs_.file(name));
+      EXPECT_EQ(run_record_to_json(r.record)["timing"]["device"], "cuda:0") << name;
+      EXPECT_TRUE(std::isfinite(r.record.results.quantized_perplexity)) << name;
+      EXPECT_GT(r.record.results.quantized_perplexity, r.record.results.fp_perplexity * 0.9) << name;
+      EXPECT_NEAR(reload_perplexity(runs_.file(name), at::Device(at::kCUDA)) / r.record.results.quantized_perplexity, 1.0, 1e-5) << name;
+      EXPECT_NEAR(reload_perplexity(runs_.file(name), at::Device(at::kCPU)) / r.record.results.quantized_perplexity, 1.0, 1e-3) << name;
     }
   }
 }
 
 TEST_F(CudaCalibration, QuaRotOnCudaMatchesQuaRotOnCpu) {
   CalibConfig c = test::small_calib_config(dir_, "quarot", 4);
-  c.device = "cpu";
-  CalibResult cpu = run_calibration(c, runs_.file("cpu"));
-  c.device = "cuda";
-  CalibResult gpu = run_calibration(c, runs_.file("cuda"));
-  EXPECT_NEAR(gpu.fp_perplexity / cpu.fp_perplexity, 1.0, 1e-4);
+  c.device = DeviceChoice::Cpu;
+  CalibOutcome cpu = run_calibration(c, runs_.file("cpu"));
+  c.device = DeviceChoice::Cuda;
+  CalibOutcome gpu = run_calibration(c, runs_.file("cuda"));
+  EXPECT_NEAR(gpu.record.results.fp_perplexity / cpu.record.results.fp_perplexity, 1.0, 1e-4);
   // Round-to-nearest may flip a few weights between devices (different summation orders); their
   // effect on the perplexity stays far below 1e-3.
-  EXPECT_NEAR(gpu.quant_perplexity / cpu.quant_perplexity, 1.0, 1e-3);
+  EXPECT_NEAR(gpu.record.results.quantized_perplexity / cpu.record.results.quantized_perplexity, 1.0, 1e-3);
 }

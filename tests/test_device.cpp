@@ -65,11 +65,11 @@ TEST(DeviceRule, HadamardTransformAndSkipCorrectionsFollowTheirDevice) {
 }
 
 TEST(DeviceRule, DeviceNamesResolve) {
-  EXPECT_EQ(resolve_device("cpu"), at::Device(at::kCPU));
-  EXPECT_EQ(resolve_device("auto"), at::hasCUDA() ? at::Device(at::kCUDA) : at::Device(at::kCPU));
+  EXPECT_EQ(resolve_device(DeviceChoice::Cpu), at::Device(at::kCPU));
+  EXPECT_EQ(resolve_device(DeviceChoice::Auto), at::hasCUDA() ? at::Device(at::kCUDA) : at::Device(at::kCPU));
   if (!at::hasCUDA()) {
-    const std::string msg = expect_error([] { resolve_device("cuda"); });
+    const std::string msg = expect_error([] { resolve_device(DeviceChoice::Cuda); });
     EXPECT_NE(msg.find("no usable CUDA device"), std::string::npos) << msg;
   }
-  EXPECT_NE(expect_error([] { resolve_device("tpu"); }).find("'tpu' is not supported"), std::string::npos);
+  EXPECT_NE(expect_error([] { device_choice_from_name("tpu"); }).find("'tpu' is not supported"), std::string::npos);
 }

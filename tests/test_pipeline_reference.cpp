@@ -139,11 +139,11 @@ TEST_F(PipelineReference, ReSpinPartialRankMatchesItsDefinition) {
   cfg.lr = 2.0;
   cfg.rank = 6;
   const std::string out = runs_.file("respin");
-  CalibResult res = run_calibration(cfg, out);
+  CalibOutcome res = run_calibration(cfg, out);
   const std::map<std::string, at::Tensor> rot = read_tensors(out + "/rotations.safetensors");
   const int L = 2;
   const int64_t D = 64, r = 6;
-  const nlohmann::json& errors = res.run["method"]["transition_spectral_error"];
+  const std::vector<double>& errors = res.record.method.transition_spectral_error;
   ASSERT_EQ(errors.size(), 2u * L);
   SkipTransitions dense;
   const at::Tensor eye = at::eye(D, at::kDouble);
@@ -161,7 +161,7 @@ TEST_F(PipelineReference, ReSpinPartialRankMatchesItsDefinition) {
       const at::Tensor T_hat = eye + at::matmul(at::matmul(Q, at::matmul(pu, pvh) - at::eye(r, at::kDouble)), Q.t());
       const double err = at::linalg_svdvals(T - T_hat).max().item<double>();
       largest_error = std::max(largest_error, err);
-      EXPECT_NEAR(errors[2 * i + add].get<double>(), err, 1e-6 + 1e-4 * err) << "layer " << i << " add " << add;
+      EXPECT_NEAR(errors[2 * i + add], err, 1e-6 + 1e-4 * err) << "layer " << i << " add " << add;
       (add == 0 ? dense.attn_dense : dense.mlp_dense).push_back(T_hat.to(at::kFloat));
     }
   }
@@ -171,11 +171,11 @@ TEST_F(PipelineReference, ReSpinPartialRankMatchesItsDefinition) {
   LoadedRun lr = load_run(out);
   LlamaModel with_dense(lr.model.config(), lr.model.weights());
   OnlineHookOptions ho;
-  ho.online.qk_hadamard = lr.run["online"]["qk_hadamard"].get<bool>();
-  ho.online.down_hadamard = lr.run["online"]["down_hadamard"].get<bool>();
-  ho.online.heads_hadamard = lr.run["online"]["heads_hadamard"].get<bool>();
+  ho.online.qk_hadamard = run_record_to_json(lr.record)["online"]["qk_hadamard"].get<bool>();
+  ho.online.down_hadamard = run_record_to_json(lr.record)["online"]["down_hadamard"].get<bool>();
+  ho.online.heads_hadamard = run_record_to_json(lr.record)["online"]["heads_hadamard"].get<bool>();
   ho.quant = cfg.quant_config();
-  ho.o_proj_group = lr.run["quantizers"]["o_proj_activation_group"].get<int64_t>();
+  ho.o_proj_group = run_record_to_json(lr.record)["quantizers"]["o_proj_activation_group"].get<int64_t>();
   ho.skip = dense;
   with_dense.set_hook(online_hook(lr.model.config(), ho));
   const at::Tensor ids = at::randint(0, lr.model.config().vocab_size, {2, 32}, at::kLong);
@@ -339,11 +339,11 @@ TEST_F(PipelineReference, GroupClipAndR3OptionsReachTheQuantizers) {
   cfg.a_sym = true;
   cfg.kv_group = 4;
   cfg.kv_clip = 0.8;
-  CalibResult r = run_calibration(cfg, runs_.file("opts"));
-  EXPECT_EQ(r.run["quantizers"]["activation"]["group_size"], 8);
-  EXPECT_EQ(r.run["quantizers"]["o_proj_activation_group"], 8);
-  EXPECT_EQ(r.run["quantizers"]["kv"]["clip_ratio"], 0.8);
-  EXPECT_TRUE(r.run["online"]["qk_hadamard"].get<bool>());
+  CalibOutcome r = run_calibration(cfg, runs_.file("opts"));
+  EXPECT_EQ(run_record_to_json(r.record)["quantizers"]["activation"]["group_size"], 8);
+  EXPECT_EQ(run_record_to_json(r.record)["quantizers"]["o_proj_activation_group"], 8);
+  EXPECT_EQ(run_record_to_json(r.record)["quantizers"]["kv"]["clip_ratio"], 0.8);
+  EXPECT_TRUE(run_record_to_json(r.record)["online"]["qk_hadamard"].get<bool>());
   LoadedRun lr = load_run(runs_.file("opts"));
   HookSpy spy;
   spy.attach(lr.model);
@@ -361,8 +361,8 @@ TEST_F(PipelineReference, GroupClipAndR3OptionsReachTheQuantizers) {
 
   // R3 is on only when the KV cache is quantized: with 16-bit KV, K and Q pass untouched.
   cfg.kvbits = 16;
-  CalibResult r16 = run_calibration(cfg, runs_.file("kv16"));
-  EXPECT_FALSE(r16.run["online"]["qk_hadamard"].get<bool>());
+  CalibOutcome r16 = run_calibration(cfg, runs_.file("kv16"));
+  EXPECT_FALSE(run_record_to_json(r16.record)["online"]["qk_hadamard"].get<bool>());
   LoadedRun lr16 = load_run(runs_.file("kv16"));
   HookSpy spy16;
   spy16.attach(lr16.model);

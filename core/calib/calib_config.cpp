@@ -6,10 +6,51 @@
 #include <set>
 #include <string_view>
 
-#include "core/methods/methods.h"
 #include "core/util/error.h"
 
 namespace respin {
+
+const char* method_name(Method m) {
+  switch (m) {
+    case Method::Rtn: return "rtn";
+    case Method::QuaRot: return "quarot";
+    case Method::SpinQuant: return "spinquant";
+    case Method::ReSpin: return "respin";
+  }
+  return "?";
+}
+
+Method method_from_name(const std::string& name) {
+  for (Method m : {Method::Rtn, Method::QuaRot, Method::SpinQuant, Method::ReSpin})
+    if (name == method_name(m)) return m;
+  throw Error("unknown method '" + name + "' (expected rtn, quarot, spinquant or respin)");
+}
+
+bool method_rotates(Method m) { return m != Method::Rtn; }
+bool method_learns(Method m) { return m == Method::SpinQuant || m == Method::ReSpin; }
+
+const char* weight_quantizer_name(WeightQuantizer w) { return w == WeightQuantizer::Gptq ? "gptq" : "rtn"; }
+
+WeightQuantizer weight_quantizer_from_name(const std::string& name) {
+  if (name == "rtn") return WeightQuantizer::Rtn;
+  if (name == "gptq") return WeightQuantizer::Gptq;
+  throw Error("unknown weight quantizer '" + name + "' (expected rtn or gptq)");
+}
+
+const char* device_choice_name(DeviceChoice d) {
+  switch (d) {
+    case DeviceChoice::Auto: return "auto";
+    case DeviceChoice::Cpu: return "cpu";
+    case DeviceChoice::Cuda: return "cuda";
+  }
+  return "?";
+}
+
+DeviceChoice device_choice_from_name(const std::string& name) {
+  for (DeviceChoice d : {DeviceChoice::Auto, DeviceChoice::Cpu, DeviceChoice::Cuda})
+    if (name == device_choice_name(d)) return d;
+  throw Error("device '" + name + "' is not supported (auto, cpu or cuda)");
+}
 
 namespace {
 
@@ -23,7 +64,6 @@ void check_bits(int b, const char* field) {
 void CalibConfig::validate() const {
   auto fail = [](const std::string& m) { throw Error("calibration config: " + m); };
   if (model.empty()) fail("model is required");
-  method_from_name(method);
   check_bits(wbits, "wbits");
   check_bits(abits, "abits");
   check_bits(kvbits, "kvbits");
@@ -31,8 +71,6 @@ void CalibConfig::validate() const {
   if (!(a_clip > 0 && a_clip <= 1)) fail("a_clip must be in (0, 1]");
   if (!(kv_clip > 0 && kv_clip <= 1)) fail("kv_clip must be in (0, 1]");
   if (rank < -1) fail("rank must be >= 0, or -1 for full rank");
-  if (weight_quantizer != "rtn" && weight_quantizer != "gptq")
-    fail("weight_quantizer must be rtn or gptq, got '" + weight_quantizer + "'");
   if (samples < 1) fail("samples must be >= 1");
   if (seq_len < 2) fail("seq_len must be >= 2");
   if (iters < 0) fail("iters must be >= 0");
@@ -40,18 +78,15 @@ void CalibConfig::validate() const {
   if (batch < 1) fail("batch must be >= 1");
   if (eval_windows < 0) fail("eval_windows must be >= 0");
   if (stats_windows < 0) fail("stats_windows must be >= 0");
-  if (device != "auto" && device != "cpu" && device != "cuda") fail("device must be auto, cpu or cuda");
   if (threads < 0) fail("threads must be >= 0");
-  quant_config().validate();
 }
 
-QuantConfig CalibConfig::quant_config() const {
-  QuantConfig q;
-  q.weight = QuantSpec{wbits, w_sym, w_group, 1.0};
-  q.weight_mse_clip = w_mse_clip;
-  q.activation = QuantSpec{abits, a_sym, a_group, a_clip};
-  q.kv = QuantSpec{kvbits, kv_sym, kv_group, kv_clip};
-  return q;
+std::string CalibConfig::label() const {
+  std::string s = method_name(method);
+  if (method == Method::ReSpin) s += " r=" + (rank < 0 ? std::string("full") : std::to_string(rank));
+  s += " W" + std::to_string(wbits) + "A" + std::to_string(abits) + "KV" + std::to_string(kvbits);
+  if (weight_quantizer == WeightQuantizer::Gptq) s += " gptq";
+  return s;
 }
 
 namespace {
@@ -87,13 +122,33 @@ void for_each_field(Config& c, Visit&& visit) {
   visit("seed", c.seed);
   visit("device", c.device);
   visit("threads", c.threads);
+  visit("data_dir", c.data_dir);
 }
+
+// Enums travel as their names.
+template <class E> struct EnumNames;
+template <> struct EnumNames<Method> {
+  static const char* name(Method m) { return method_name(m); }
+  static Method parse(const std::string& s) { return method_from_name(s); }
+};
+template <> struct EnumNames<WeightQuantizer> {
+  static const char* name(WeightQuantizer w) { return weight_quantizer_name(w); }
+  static WeightQuantizer parse(const std::string& s) { return weight_quantizer_from_name(s); }
+};
+template <> struct EnumNames<DeviceChoice> {
+  static const char* name(DeviceChoice d) { return device_choice_name(d); }
+  static DeviceChoice parse(const std::string& s) { return device_choice_from_name(s); }
+};
 
 }  // namespace
 
 std::string calib_config_to_json(const CalibConfig& c) {
   nlohmann::json j = nlohmann::json::object();
-  for_each_field(c, [&](const char* name, const auto& value) { j[name] = value; });
+  for_each_field(c, [&](const char* name, const auto& value) {
+    using T = std::decay_t<decltype(value)>;
+    if constexpr (std::is_enum_v<T>) j[name] = EnumNames<T>::name(value);
+    else j[name] = value;
+  });
   return j.dump(2);
 }
 
@@ -117,7 +172,15 @@ CalibConfig calib_config_from_json(const std::string& text, const std::string& s
     }
     try {
       using T = std::decay_t<decltype(value)>;
-      if constexpr (std::is_same_v<T, bool>) {
+      if constexpr (std::is_enum_v<T>) {
+        if (!it->is_string()) throw Error("");
+        try {
+          value = EnumNames<T>::parse(it->get<std::string>());
+        } catch (const Error& e) {
+          throw Error(source + ": field '" + name + "': " + e.what());
+        }
+        return;
+      } else if constexpr (std::is_same_v<T, bool>) {
         if (!it->is_boolean()) throw Error("");
       } else if constexpr (std::is_same_v<T, std::string>) {
         if (!it->is_string()) throw Error("");
@@ -127,6 +190,9 @@ CalibConfig calib_config_from_json(const std::string& text, const std::string& s
         if (!it->is_number()) throw Error("");
       }
       value = it->get<T>();
+    } catch (const Error& e) {
+      if (*e.what()) throw;
+      throw Error(source + ": field '" + name + "' has the wrong type (" + it->type_name() + ")");
     } catch (const std::exception&) {
       throw Error(source + ": field '" + name + "' has the wrong type (" + it->type_name() + ")");
     }

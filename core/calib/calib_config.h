@@ -5,20 +5,35 @@
 #include <cstdint>
 #include <string>
 
-#include "core/methods/rtn.h"
-
 namespace respin {
+
+struct QuantConfig;  // core/methods/rtn.h
+
+// The four methods (docs/methods.md 1-3).
+enum class Method { Rtn, QuaRot, SpinQuant, ReSpin };
+const char* method_name(Method m);                 // "rtn", "quarot", "spinquant", "respin"
+Method method_from_name(const std::string& name);  // throws respin::Error listing the valid names
+bool method_rotates(Method m);                     // everything but rtn
+bool method_learns(Method m);                      // spinquant, respin
+
+enum class WeightQuantizer { Rtn, Gptq };
+const char* weight_quantizer_name(WeightQuantizer w);  // "rtn", "gptq"
+WeightQuantizer weight_quantizer_from_name(const std::string& name);
+
+enum class DeviceChoice { Auto, Cpu, Cuda };
+const char* device_choice_name(DeviceChoice d);  // "auto", "cpu", "cuda"
+DeviceChoice device_choice_from_name(const std::string& name);
 
 struct CalibConfig {
   std::string model;             // Hugging Face model folder
-  std::string method = "respin"; // rtn | quarot | spinquant | respin
+  Method method = Method::ReSpin;
   int wbits = 4, abits = 4, kvbits = 4;  // 2..8, 16 = off
   int64_t w_group = 0, a_group = 0, kv_group = 0;  // 0 = per channel / per token (per head for KV)
   bool w_sym = true, a_sym = false, kv_sym = false;
   bool w_mse_clip = true;        // MSE clip search for the weight grids
   double a_clip = 1.0, kv_clip = 1.0;
   int64_t rank = 32;             // ReSpinQuant skip-path rank; -1 (or >= hidden) = full
-  std::string weight_quantizer = "rtn";  // rtn | gptq
+  WeightQuantizer weight_quantizer = WeightQuantizer::Rtn;
   std::string calib_text;        // text file; empty = the corpus training split
   std::string eval_text;         // text file; empty = the corpus test split
   int64_t samples = 128;         // calibration windows (rotation learning and GPTQ)
@@ -29,11 +44,15 @@ struct CalibConfig {
   int64_t eval_windows = 0;      // 0 = every window of the evaluation text
   int64_t stats_windows = 4;     // windows for the activation statistics
   uint64_t seed = 0;
-  std::string device = "auto";   // auto | cpu | cuda
-  int threads = 0;               // 0 = all cores
+  DeviceChoice device = DeviceChoice::Auto;
+  int threads = 0;               // 0 = all cores (applied by the entry point, not the pipeline)
+  std::string data_dir;          // corpus folder for the default texts; empty = default_corpus_dir()
 
-  // Throws respin::Error naming the field for any invalid value.
+  // Throws respin::Error naming the field for any invalid value (including the quantizer
+  // combinations the methods cannot run).
   void validate() const;
+  // "respin r=32 W4A4KV4" style label for tables and titles.
+  std::string label() const;
   // The quantizers this config asks for.
   QuantConfig quant_config() const;
 };

@@ -1,4 +1,4 @@
-// Calibration pipeline and run directories (see calibrate.h).
+// Calibration pipeline and run directories (see calibration.h and calibrate.h).
 #include "core/calib/calibrate.h"
 
 #include <ATen/ATen.h>
@@ -11,7 +11,9 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -33,6 +35,7 @@
 #include "core/tokenizer/tokenizer.h"
 #include "core/util/error.h"
 #include "core/util/error_message.h"
+#include "core/util/sha256.h"
 #include "core/util/threads.h"
 #include "core/util/version.h"
 #include "kernels/hadamard.h"
@@ -41,7 +44,65 @@ namespace fs = std::filesystem;
 
 namespace respin {
 
+// ---------------------------------------------------------------------------------------------
+// Phases
+
+const char* phase_name(Phase p) {
+  switch (p) {
+    case Phase::Load: return "load";
+    case Phase::EvalFp: return "eval-fp";
+    case Phase::StatsBefore: return "stats-before";
+    case Phase::Rotate: return "rotate";
+    case Phase::StatsAfter: return "stats-after";
+    case Phase::Gptq: return "gptq";
+    case Phase::Quantize: return "quantize";
+    case Phase::EvalQuant: return "eval";
+    case Phase::Write: return "write";
+  }
+  return "?";
+}
+
+const char* phase_title(Phase p) {
+  switch (p) {
+    case Phase::Load: return "Loading model and texts";
+    case Phase::EvalFp: return "Evaluating full precision";
+    case Phase::StatsBefore: return "Activation statistics before rotation";
+    case Phase::Rotate: return "Rotations";
+    case Phase::StatsAfter: return "Activation statistics after rotation";
+    case Phase::Gptq: return "GPTQ weight quantization";
+    case Phase::Quantize: return "Round-to-nearest weight quantization";
+    case Phase::EvalQuant: return "Evaluating the quantized model";
+    case Phase::Write: return "Writing the run";
+  }
+  return "?";
+}
+
+
+std::vector<Phase> phases_of(const CalibConfig& c) {
+  std::vector<Phase> p = {Phase::Load, Phase::EvalFp, Phase::StatsBefore};
+  if (method_rotates(c.method)) p.insert(p.end(), {Phase::Rotate, Phase::StatsAfter});
+  if (c.wbits != 16) p.push_back(c.weight_quantizer == WeightQuantizer::Gptq ? Phase::Gptq : Phase::Quantize);
+  p.insert(p.end(), {Phase::EvalQuant, Phase::Write});
+  return p;
+}
+
 namespace {
+
+// Expected share of a run's time per phase (relative), for the overall progress fraction.
+double phase_weight(Phase p, const CalibConfig& c) {
+  switch (p) {
+    case Phase::Load: return 0.02;
+    case Phase::EvalFp: return 0.12;
+    case Phase::StatsBefore: return 0.03;
+    case Phase::Rotate: return method_learns(c.method) ? 0.45 : 0.03;
+    case Phase::StatsAfter: return 0.03;
+    case Phase::Gptq: return 0.25;
+    case Phase::Quantize: return 0.03;
+    case Phase::EvalQuant: return 0.12;
+    case Phase::Write: return 0.02;
+  }
+  return 0;
+}
 
 using Clock = std::chrono::steady_clock;
 
@@ -89,57 +150,8 @@ std::map<std::string, at::Tensor> load_tensors(const std::string& path) {
   return out;
 }
 
-nlohmann::json spec_json(const QuantSpec& s) {
-  return {{"bits", s.bits}, {"symmetric", s.symmetric}, {"group_size", s.group_size}, {"clip_ratio", s.clip_ratio}};
-}
-
-class PhaseTimer {
- public:
-  // `current` names the running phase for error messages (it keeps the last phase after stop()).
-  PhaseTimer(CalibResult& r, std::string& current) : r_(r), current_(current) {}
-  void start(const std::string& phase, RunControl* control) {
-    stop();
-    phase_ = phase;
-    current_ = phase;
-    t0_ = Clock::now();
-    if (control) {
-      control->check();
-      ProgressEvent ev;
-      ev.phase = phase;
-      control->report(ev, true);
-    }
-  }
-  void stop() {
-    if (phase_.empty()) return;
-    r_.phase_seconds.emplace_back(phase_, std::chrono::duration<double>(Clock::now() - t0_).count());
-    phase_.clear();
-  }
-  double seconds(const std::string& phase) const {
-    double s = 0;
-    for (const auto& [p, v] : r_.phase_seconds) s += p == phase ? v : 0;
-    return s;
-  }
-
- private:
-  CalibResult& r_;
-  std::string& current_;
-  std::string phase_;
-  Clock::time_point t0_;
-};
-
-// The hook for the final model: online transforms + quantizers, optionally observed.
-ActivationHook final_hook(const ModelConfig& c, at::Device device, const OnlineTransforms& online,
-                          const SkipTransitions& skip, const QuantConfig& quant, int64_t o_proj_group,
-                          ActivationHook observer = {}) {
-  OnlineHookOptions ho;
-  ho.device = device;
-  ho.online = online;
-  ho.skip = skip;
-  ho.quant = quant;
-  ho.o_proj_group = o_proj_group;
-  ho.observer = std::move(observer);
-  return online_hook(c, std::move(ho));
-}
+QuantizerRecord quantizer_record(const QuantSpec& s) { return {s.bits, s.symmetric, s.group_size, s.clip_ratio}; }
+QuantSpec quant_spec(const QuantizerRecord& r) { return QuantSpec{r.bits, r.symmetric, r.group_size, r.clip_ratio}; }
 
 QuantConfig without_activation_quant(QuantConfig q) {
   q.activation.bits = 16;
@@ -161,33 +173,11 @@ class Tf32Scope {
   bool previous_;
 };
 
-CalibResult calibrate_in_phases(const CalibConfig& cfg, const std::string& out_dir, RunControl* control,
-                                std::string& phase);
-
-}  // namespace
-
-at::Device resolve_device(const std::string& name) {
-  if (name == "cpu") return at::Device(at::kCPU);
-  if (name != "cuda" && name != "auto")
-    throw Error("device '" + name + "' is not supported (auto, cpu or cuda)");
-  if (at::hasCUDA()) return at::Device(at::kCUDA);
-  if (name == "auto") return at::Device(at::kCPU);
-  throw Error("device cuda requested, but libtorch " TORCH_VERSION
-              " has no usable CUDA device here (a CPU-only build, or no GPU or driver)");
+// The tensor names of a run directory, spelled once.
+std::string rotation_tensor(const char* kind, int layer) { return std::string(kind) + "." + std::to_string(layer); }
+std::string correction_tensor(const char* add, int layer, const char* part) {
+  return std::string(add) + "_skip." + std::to_string(layer) + "." + part;
 }
-
-CalibResult run_calibration(const CalibConfig& cfg, const std::string& out_dir, RunControl* control) {
-  // Every failure leaves with the phase it happened in ("calibration (quarot), phase 'rotate':
-  // ..."), on one line (see core/util/error_message.h).
-  std::string phase = "setup";
-  try {
-    return calibrate_in_phases(cfg, out_dir, control, phase);
-  } catch (...) {
-    rethrow_with_context("calibration (" + cfg.method + "), phase '" + phase + "'");
-  }
-}
-
-namespace {
 
 // Valid UTF-8 by the rule that decides whether run.json can hold it (nlohmann::json's encoder).
 bool valid_utf8(const std::string& s) {
@@ -220,8 +210,11 @@ std::string escaped(const std::string& s) {
 CalibConfig checked_inputs(const CalibConfig& in, const std::string& out_dir) {
   in.validate();
   if (out_dir.empty()) throw Error("calibration: an output run directory is required");
-  const std::pair<const char*, const std::string*> paths[] = {
-      {"--model", &in.model}, {"--out", &out_dir}, {"--calib-text", &in.calib_text}, {"--eval-text", &in.eval_text}};
+  const std::pair<const char*, const std::string*> paths[] = {{"--model", &in.model},
+                                                               {"--out", &out_dir},
+                                                               {"--calib-text", &in.calib_text},
+                                                               {"--eval-text", &in.eval_text},
+                                                               {"data folder", &in.data_dir}};
   for (const auto& [what, path] : paths)
     if (!valid_utf8(*path))
       throw Error(escaped(*path) + ": " + what + " path is not valid UTF-8 (run.json records paths as UTF-8 text)");
@@ -232,320 +225,545 @@ CalibConfig checked_inputs(const CalibConfig& in, const std::string& out_dir) {
   if (!fs::is_directory(parent)) throw Error(parent.string() + ": no such directory for the run");
   // Whether the run directory can be created at all (a read-only mount, a directory without write
   // permission): tried for real, since access() answers yes to root on a read-only file system.
-  const fs::path probe = parent / (".respin-write-check-" + std::to_string(getpid()));
-  if (::mkdir(probe.c_str(), 0755) != 0)
+  std::string probe = (parent / ".respin-write-check-XXXXXX").string();
+  if (!::mkdtemp(probe.data()))
     throw Error(parent.string() + ": cannot create the run directory here: " + std::strerror(errno));
   ::rmdir(probe.c_str());
   CalibConfig out = in;
-  for (std::string* p : {&out.model, &out.calib_text, &out.eval_text})
+  for (std::string* p : {&out.model, &out.calib_text, &out.eval_text, &out.data_dir})
     if (!p->empty()) *p = fs::absolute(*p).lexically_normal().string();
   return out;
 }
 
-CalibResult calibrate_in_phases(const CalibConfig& requested, const std::string& out_dir, RunControl* control,
-                                std::string& phase) {
-  const CalibConfig cfg = checked_inputs(requested, out_dir);
+// A unique temporary sibling of `final_dir`: <name>.partial-XXXXXX (mkdtemp), so that two runs
+// in one process, or two processes, never share one.
+fs::path make_temp_dir(const fs::path& final_dir) {
+  std::string tmpl = (final_dir.parent_path() / (final_dir.filename().string() + ".partial-XXXXXX")).string();
+  if (!::mkdtemp(tmpl.data()))
+    throw Error(final_dir.parent_path().string() + ": cannot create a temporary run directory: " + std::strerror(errno));
+  return tmpl;
+}
 
-  const auto t_start = Clock::now();
-  CalibResult res;
-  PhaseTimer timer(res, phase);
-  const Method method = method_from_name(cfg.method);
-  set_compute_threads(cfg.threads);
-  const at::Device device = resolve_device(cfg.device);
-  // Compute precision: float32 everywhere; on CUDA the rotation learning (the long, gradient-noisy
-  // part) uses TF32 tensor-core matmuls, while the reported perplexities, statistics, GPTQ and the
-  // final float64 weight fusion stay in full float32/float64. Rotations and their Cayley updates
-  // are float32 tensors throughout. run.json records this.
-  const bool tf32_learning = device.is_cuda();
+DataIdentity data_identity(const std::string& source, const std::string& text) {
+  return {source, static_cast<int64_t>(text.size()), sha256_hex(text)};
+}
 
-  // ---- load
-  timer.start("load", control);
-  ModelFolder folder = ModelFolder::open(cfg.model);
-  const std::string tokenizer_path = folder.require_tokenizer();
-  Tokenizer tok = Tokenizer::from_file(tokenizer_path);
-  LlamaModel original = load_model(folder.dir, {at::kFloat, device});
-  const ModelConfig& mc = original.config();
-  const int64_t seq_len = std::min<int64_t>(cfg.seq_len, mc.max_position_embeddings);
-  std::optional<Corpus> corpus;
-  auto corpus_text = [&](Split s) {
-    if (!corpus) corpus = Corpus::load(default_corpus_dir());
-    return corpus->text_of(s);
-  };
-  const std::string calib_src = cfg.calib_text.empty() ? "corpus training split" : cfg.calib_text;
-  const std::string eval_src = cfg.eval_text.empty() ? "corpus test split" : cfg.eval_text;
-  const at::Tensor calib = with_error_context(calib_src, [&] {
-    return windows_of(tok.encode(cfg.calib_text.empty() ? corpus_text(Split::Train) : read_text_file(cfg.calib_text),
-                                 false),
-                      seq_len, 0, "calibration text (" + calib_src + ")");
-  }).to(device);
-  if (calib.size(0) < cfg.samples)
-    throw Error("calibration text (" + calib_src + ") has " + std::to_string(calib.size(0)) + " windows of " +
-                std::to_string(seq_len) + " tokens, fewer than --samples " + std::to_string(cfg.samples));
-  const at::Tensor calib_windows = calib.narrow(0, 0, cfg.samples);
-  const std::vector<int> eval_ids = with_error_context(eval_src, [&] {
-    return tok.encode(cfg.eval_text.empty() ? corpus_text(Split::Test) : read_text_file(cfg.eval_text), false);
-  });
-  if (const int64_t top = calib.max().item<int64_t>(); top >= mc.vocab_size)
-    throw Error(calib_src + ": token id " + std::to_string(top) + " from " + tokenizer_path +
-                " is outside the model's vocab_size " + std::to_string(mc.vocab_size) + " (" + folder.config_path + ")");
-  PerplexityOptions po;
-  po.seq_len = seq_len;
-  po.max_windows = cfg.eval_windows;
-  po.batch_size = kRunEvalBatch;
+// ---------------------------------------------------------------------------------------------
+// The pipeline: one object per run, one member per step.
 
-  // ---- full-precision reference
-  timer.start("eval-fp", control);
-  PerplexityResult fp = with_error_context("evaluating " + eval_src + " (tokenized with " + tokenizer_path + ")",
-                                           [&] { return evaluate_perplexity(original, eval_ids, po, control); });
-  res.fp_perplexity = fp.perplexity;
-  res.eval_windows = fp.windows;
+class Pipeline {
+ public:
+  Pipeline(const CalibConfig& requested, const std::string& out_dir, RunControl* control, CalibObserver* observer)
+      : requested_(requested), out_dir_(out_dir), outer_(control), steps_(control), observer_(observer) {
+    steps_.set_progress_callback([this](const ProgressEvent& e) { on_step_event(e); }, 0);
+  }
+  // A run that did not reach its rename (failed, cancelled) leaves nothing behind.
+  ~Pipeline() {
+    if (tmp_.empty() || committed_) return;
+    std::error_code ec;
+    fs::remove_all(tmp_, ec);
+  }
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
 
-  // ---- statistics of the original model
-  timer.start("stats", control);
-  const at::Tensor stats_windows = calib.narrow(0, 0, std::min<int64_t>(std::max<int64_t>(cfg.stats_windows, 1), calib.size(0)));
-  auto collect = [&](const LlamaModel& m) {
-    c10::NoGradGuard no_grad;
-    for (int64_t b = 0; b < stats_windows.size(0); ++b) {
-      if (control) control->check();
-      m.forward(stats_windows.narrow(0, b, 1));
+  CalibOutcome run(std::string& phase_name_out) {
+    phase_out_ = &phase_name_out;
+    cfg_ = checked_inputs(requested_, out_dir_);
+    t_start_ = Clock::now();
+    for (Phase p : phases_of(cfg_)) total_weight_ += phase_weight(p, cfg_);
+    load_inputs();
+    evaluate_full_precision();
+    statistics_before();
+    plan_ = plan_method(cfg_, mc(), device_);
+    if (method_rotates(cfg_.method)) {
+      rotations();
+      statistics_after();
     }
-  };
-  ActivationStatsCollector before(ActivationStatsCollector::all_linear_and_qkv_sites());
-  {
-    LlamaModel m = original;
-    m.set_hook(before.hook());
-    if (cfg.stats_windows > 0) collect(m);
+    quantize_weights();
+    evaluate_quantized();
+    return record();
   }
 
-  // ---- rotations
-  const QuantConfig quant = cfg.quant_config();
-  nlohmann::json details;
-  OnlineTransforms online = method_online_transforms(method, quant);
-  if (online.heads_hadamard) {
+ private:
+  const ModelConfig& mc() const { return original_->config(); }
+
+  // ---- progress
+  void begin(Phase p) {
+    end_phase();
+    if (outer_) outer_->check();
+    phase_ = p;
+    *phase_out_ = phase_name(p);
+    phase_t0_ = Clock::now();
+    phase_active_ = true;
+    CalibProgress ev = progress(0, 0);
+    ev.phase_started = true;
+    emit(ev, true);
+  }
+  void end_phase() {
+    if (!phase_active_) return;
+    const double s = std::chrono::duration<double>(Clock::now() - phase_t0_).count();
+    timing_.phases_seconds.emplace_back(phase_name(phase_), s);
+    done_weight_ += phase_weight(phase_, cfg_);
+    phase_active_ = false;
+  }
+  double seconds_of(Phase p) const {
+    double s = 0;
+    for (const auto& [name, v] : timing_.phases_seconds) s += name == phase_name(p) ? v : 0;
+    return s;
+  }
+  CalibProgress progress(int64_t done, int64_t total) const {
+    CalibProgress ev;
+    ev.phase = phase_;
+    ev.done = done;
+    ev.total = total;
+    ev.phase_fraction = total > 0 ? std::min(1.0, double(done) / total) : 0;
+    ev.overall_fraction = total_weight_ > 0
+                              ? std::min(1.0, (done_weight_ + phase_weight(phase_, cfg_) * ev.phase_fraction) / total_weight_)
+                              : 0;
+    ev.elapsed_s = std::chrono::duration<double>(Clock::now() - t_start_).count();
+    return ev;
+  }
+  void emit(const CalibProgress& ev, bool force) {
+    if (!observer_) return;
+    const auto now = Clock::now();
+    if (!force && now - last_emit_ < std::chrono::milliseconds(100)) return;
+    last_emit_ = now;
+    observer_->on_progress(ev);
+  }
+  // Events of the steps (evaluation windows, learning steps, GPTQ layers) in the run's terms.
+  void on_step_event(const ProgressEvent& e) {
+    CalibProgress ev = progress(e.done, e.total);
+    ev.tokens_per_s = e.tokens_per_s;
+    ev.eta_s = e.eta_s;
+    ev.value = e.value;
+    ev.layer = e.layer;
+    if (phase_ == Phase::Rotate && observer_ && e.done > 0) observer_->on_loss(e.done - 1, e.value);
+    emit(ev, e.total > 0 && e.done >= e.total);
+  }
+
+  // ---- load inputs
+  void load_inputs() {
+    begin(Phase::Load);
+    device_ = resolve_device(cfg_.device);
+    folder_ = ModelFolder::open(cfg_.model);
+    tokenizer_path_ = folder_.require_tokenizer();
+    Tokenizer tok = Tokenizer::from_file(tokenizer_path_);
+    original_.emplace(load_model(folder_.dir, {at::kFloat, device_}));
+    seq_len_ = std::min<int64_t>(cfg_.seq_len, mc().max_position_embeddings);
+    std::optional<Corpus> corpus;
+    auto corpus_text = [&](Split s) {
+      if (!corpus) corpus = Corpus::load(cfg_.data_dir.empty() ? default_corpus_dir() : cfg_.data_dir);
+      return corpus->text_of(s);
+    };
+    calib_src_ = cfg_.calib_text.empty() ? "corpus training split" : cfg_.calib_text;
+    eval_src_ = cfg_.eval_text.empty() ? "corpus test split" : cfg_.eval_text;
+    const std::string calib_text = with_error_context(calib_src_, [&] {
+      return cfg_.calib_text.empty() ? corpus_text(Split::Train) : read_text_file(cfg_.calib_text);
+    });
+    calib_ = with_error_context(calib_src_, [&] {
+               return windows_of(tok.encode(calib_text, false), seq_len_, 0, "calibration text (" + calib_src_ + ")");
+             }).to(device_);
+    if (calib_.size(0) < cfg_.samples)
+      throw Error("calibration text (" + calib_src_ + ") has " + std::to_string(calib_.size(0)) + " windows of " +
+                  std::to_string(seq_len_) + " tokens, fewer than --samples " + std::to_string(cfg_.samples));
+    calib_windows_ = calib_.narrow(0, 0, cfg_.samples);
+    const std::string eval_text = with_error_context(eval_src_, [&] {
+      return cfg_.eval_text.empty() ? corpus_text(Split::Test) : read_text_file(cfg_.eval_text);
+    });
+    eval_ids_ = with_error_context(eval_src_, [&] { return tok.encode(eval_text, false); });
+    if (const int64_t top = calib_.max().item<int64_t>(); top >= mc().vocab_size)
+      throw Error(calib_src_ + ": token id " + std::to_string(top) + " from " + tokenizer_path_ +
+                  " is outside the model's vocab_size " + std::to_string(mc().vocab_size) + " (" + folder_.config_path + ")");
+    po_.seq_len = seq_len_;
+    po_.max_windows = cfg_.eval_windows;
+    po_.batch_size = kRunEvalBatch;
+
+    // What the run is, as soon as it is known.
+    rec_.respin_version = RESPIN_VERSION_STRING;
+    rec_.created = now_iso8601();
+    rec_.config = cfg_;
+    rec_.config_sha256 = sha256_hex(calib_config_to_json(cfg_));
+    const ModelConfig& c = mc();
+    rec_.model = {fs::absolute(folder_.dir).lexically_normal().string(), c.architecture, c.parameter_count(), c.hidden_size,
+                  c.intermediate_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
+                  c.vocab_size, folder_.identity_sha256()};
+    rec_.calibration.data = data_identity(calib_src_, calib_text);
+    rec_.calibration.windows = calib_windows_.size(0);
+    rec_.calibration.seq_len = seq_len_;
+    rec_.results.eval_data = data_identity(eval_src_, eval_text);
+    rec_.timing.device = device_.str();
+    rec_.timing.threads = compute_threads();
+    final_dir_ = fs::absolute(out_dir_);
+    tmp_ = make_temp_dir(final_dir_);
+    if (observer_) observer_->on_started(rec_, tmp_.string(), final_dir_.string());
+  }
+
+  // ---- evaluations
+  void evaluate_full_precision() {
+    begin(Phase::EvalFp);
+    fp_ = with_error_context("evaluating " + eval_src_ + " (tokenized with " + tokenizer_path_ + ")",
+                             [&] { return evaluate_perplexity(*original_, eval_ids_, po_, &steps_); });
+  }
+  void evaluate_quantized() {
+    begin(Phase::EvalQuant);
+    LlamaModel quantized(mc(), qw_);
+    quantized.set_hook(run_hook(mc(), device_, plan_.online, skip_, plan_.quant, plan_.o_proj_group));
+    q_ = evaluate_perplexity(quantized, eval_ids_, po_, &steps_);
+  }
+
+  // ---- statistics
+  at::Tensor stats_windows() const {
+    return calib_.narrow(0, 0, std::min<int64_t>(std::max<int64_t>(cfg_.stats_windows, 1), calib_.size(0)));
+  }
+  void collect(const LlamaModel& m) {
+    c10::NoGradGuard no_grad;
+    const at::Tensor w = stats_windows();
+    for (int64_t b = 0; cfg_.stats_windows > 0 && b < w.size(0); ++b) {
+      if (outer_) outer_->check();
+      m.forward(w.narrow(0, b, 1));
+      CalibProgress ev = progress(b + 1, w.size(0));
+      emit(ev, b + 1 == w.size(0));
+    }
+  }
+  void statistics_before() {
+    begin(Phase::StatsBefore);
+    ActivationStatsCollector before(ActivationStatsCollector::all_linear_and_qkv_sites());
+    LlamaModel m = *original_;
+    m.set_hook(before.hook());
+    collect(m);
+    stats_before_ = before.results();
+    stats_after_ = stats_before_;  // without rotation, the quantizers see the original activations
+    if (observer_) observer_->on_stats(StatsStage::Before, stats_before_);
+  }
+  void statistics_after() {
+    begin(Phase::StatsAfter);
+    ActivationStatsCollector after(ActivationStatsCollector::all_linear_and_qkv_sites());
+    LlamaModel m = *rotated_;
+    m.set_hook(run_hook(mc(), device_, plan_.online, skip_, without_activation_quant(plan_.quant), plan_.o_proj_group,
+                        after.hook()));
+    collect(m);
+    stats_after_ = after.results();
+    if (observer_) observer_->on_stats(StatsStage::After, stats_after_);
+  }
+
+  // ---- rotations: learn (spinquant, respin) or fix (quarot), fuse, skip corrections
+  void rotations() {
+    begin(Phase::Rotate);
+    LlamaModel fused = fuse_rms_norms(*original_);
+    InitialRotations init = initial_rotations(cfg_.method, mc(), cfg_.seed, device_);
+    rec_.method.residual_init = init.residual_init;
+    rec_.method.head_init = init.head_init;
+    ResidualRotations rot = std::move(init.rotations);
+    if (method_learns(cfg_.method)) {
+      RotationTrainingOptions to;
+      to.iterations = cfg_.iters;
+      to.lr = cfg_.lr;
+      to.batch = cfg_.batch;
+      to.quant = plan_.training_quant;
+      to.online = plan_.online;
+      to.o_proj_group = plan_.o_proj_group;
+      RotationTrainingResult tr;
+      {
+        Tf32Scope tf32(plan_.tf32_learning);
+        tr = train_rotations(fused, rot, calib_windows_, to, &steps_);
+      }
+      rec_.method.training = TrainingRecord{cfg_.iters,  cfg_.lr,     cfg_.batch,
+                                            to.quant.weight.bits, tr.tokens, tr.seconds,
+                                            tr.max_orthogonality_error, tr.loss};
+    }
+    const ResidualRotations r64 = rot.to(at::TensorOptions().device(device_).dtype(at::kDouble));
+    rotated_.emplace(mc(), rotate_weights(fused, r64, plan_.online, at::kFloat));
+    if (!rot.is_global()) {
+      std::vector<double> errors;
+      skip_ = rank_r_transitions(r64, plan_.rank, &errors);
+      const int64_t D = mc().hidden_size, r = plan_.rank, L = mc().num_hidden_layers;
+      rec_.method.rank = r;
+      rec_.method.transition_spectral_error = errors;
+      // Q [D, r] and M [r, r] per residual add; applying one costs 2 D r + r^2 MACs per token.
+      rec_.method.online_parameters = 2 * L * (D * r + r * r);
+      rec_.method.online_macs_per_token = 2 * L * (2 * D * r + r * r);
+    }
+    final_rot_ = r64;
+  }
+
+  // ---- weights
+  void quantize_weights() {
+    qw_ = (rotated_ ? *rotated_ : *original_).weights();
+    if (!plan_.quant.weight.enabled()) return;
+    const LlamaModel& base = rotated_ ? *rotated_ : *original_;
+    if (cfg_.weight_quantizer == WeightQuantizer::Gptq) {
+      begin(Phase::Gptq);
+      GptqModelOptions go;
+      go.weight = plan_.quant.weight;
+      go.gptq.mse_clip = plan_.quant.weight_mse_clip;
+      GptqModelReport rep;
+      qw_ = gptq_quantize_model(
+          base, run_hook(mc(), device_, plan_.online, skip_, without_activation_quant(plan_.quant), plan_.o_proj_group),
+          calib_windows_, go, &steps_, &rep);
+      grids_ = rep.grids;
+      rec_.method.gptq = GptqRecord{rep.layer_loss, rep.dead_columns, rep.seconds};
+    } else {
+      begin(Phase::Quantize);
+      quantize_weights_rtn(qw_, plan_.quant, &grids_);
+    }
+  }
+
+  // ---- the record and the run directory
+  CalibOutcome record() {
+    begin(Phase::Write);
+    bool has_correction = false;
+    for (const auto* v : {&skip_.attn_rank_r, &skip_.mlp_rank_r})
+      for (const ResidualCorrection& c : *v) has_correction |= c.rank > 0;
+    const QuantConfig& quant = plan_.quant;
+    rec_.quantizers = {quantizer_record(quant.weight), quant.weight_mse_clip,
+                       weight_quantizer_name(cfg_.weight_quantizer), quantizer_record(quant.activation),
+                       plan_.o_proj_group, quantizer_record(quant.kv)};
+    rec_.online = {plan_.online.qk_hadamard, plan_.online.down_hadamard, plan_.online.heads_hadamard, has_correction};
+    rec_.method.heads_hadamard_note = plan_.heads_hadamard_note;
+    rec_.results.eval_windows = q_.windows;
+    rec_.results.eval_seq_len = q_.seq_len;
+    rec_.results.eval_tokens = q_.tokens_forward;
+    rec_.results.fp_perplexity = fp_.perplexity;
+    rec_.results.quantized_perplexity = q_.perplexity;
+    rec_.results.eval_tokens_per_s = q_.tokens_per_s;
+    rec_.compute.rotation_learning = !method_learns(cfg_.method) ? "none" : plan_.tf32_learning ? "tf32" : "float32";
+    rec_.compute.libtorch = TORCH_VERSION;
+    rec_.gpu_memory_in_use_bytes.reset();
+    if (device_.is_cuda()) rec_.gpu_memory_in_use_bytes = kernels::cuda_memory_in_use_bytes();
+    write_directory();
+    return {final_dir_.string(), rec_, stats_before_, stats_after_};
+  }
+
+  void write_directory() {
+    fs::create_directories(tmp_ / "model");
+    SaveOptions so;
+    so.file_dtype = DType::F32;
+    so.tokenizer_json = tokenizer_path_;
+    save_model((tmp_ / "model").string(), mc(), move_weights(qw_, at::Device(at::kCPU)), so);
+    if (!grids_.empty()) {
+      std::vector<std::pair<std::string, at::Tensor>> t;
+      for (size_t i = 0; i < grids_.size(); ++i) {
+        const std::vector<std::string> names = linear_weight_names(static_cast<int>(i));
+        for (size_t k = 0; k < grids_[i].size(); ++k) {
+          t.emplace_back(names[k] + ".scale", grids_[i][k].scale);
+          t.emplace_back(names[k] + ".zero", grids_[i][k].zero);
+        }
+      }
+      save_tensors((tmp_ / "weight_grids.safetensors").string(), t);
+    }
+    if (final_rot_) {
+      std::vector<std::pair<std::string, at::Tensor>> t;
+      for (int i = 0; i < final_rot_->layers(); ++i) {
+        t.emplace_back(rotation_tensor("attn_in", i), final_rot_->attn_in[i]);
+        t.emplace_back(rotation_tensor("mlp_in", i), final_rot_->mlp_in[i]);
+        if (final_rot_->head[i].defined()) t.emplace_back(rotation_tensor("head", i), final_rot_->head[i]);
+      }
+      t.emplace_back("final", final_rot_->final_basis);
+      save_tensors((tmp_ / "rotations.safetensors").string(), t);
+    }
+    {
+      std::vector<std::pair<std::string, at::Tensor>> t;
+      for (size_t i = 0; i < skip_.attn_rank_r.size(); ++i) {
+        const std::pair<const char*, const ResidualCorrection*> adds[] = {{"attn", &skip_.attn_rank_r[i]},
+                                                                            {"mlp", &skip_.mlp_rank_r[i]}};
+        for (const auto& [name, c] : adds) {
+          if (c->rank == 0) continue;
+          t.emplace_back(correction_tensor(name, static_cast<int>(i), "q"), c->q);
+          t.emplace_back(correction_tensor(name, static_cast<int>(i), "m"), c->m);
+        }
+      }
+      if (!t.empty()) save_tensors((tmp_ / "online.safetensors").string(), t);
+    }
+    nlohmann::json stats = {{"before", stats_to_json(stats_before_)},
+                            {"after", stats_to_json(stats_after_)},
+                            {"windows", stats_windows().size(0)},
+                            {"seq_len", seq_len_}};
+    write_file_atomically((tmp_ / "stats.json").string(), stats.dump());
+
+    end_phase();
+    rec_.timing.calibration_seconds = seconds_of(Phase::Rotate) + seconds_of(Phase::Gptq) + seconds_of(Phase::Quantize);
+    rec_.timing.total_seconds = std::chrono::duration<double>(Clock::now() - t_start_).count();
+    rec_.peak_rss_bytes = peak_rss_bytes();
+    rec_.finished = now_iso8601();
+    write_file_atomically((tmp_ / "run.json").string(), run_record_to_json(rec_).dump(2));
+    if (outer_) outer_->check();
+    fs::rename(tmp_, final_dir_);
+    committed_ = true;
+    if (observer_) {
+      CalibProgress ev = progress(1, 1);
+      ev.overall_fraction = 1;
+      emit(ev, true);
+    }
+  }
+
+  const CalibConfig requested_;
+  const std::string out_dir_;
+  RunControl* outer_;
+  RunControl steps_;
+  CalibObserver* observer_;
+  std::string* phase_out_ = nullptr;
+  bool committed_ = false;
+
+  CalibConfig cfg_;
+  RunRecord rec_;
+  TimingRecord& timing_ = rec_.timing;
+  Clock::time_point t_start_, phase_t0_, last_emit_{};
+  Phase phase_ = Phase::Load;
+  bool phase_active_ = false;
+  double total_weight_ = 0, done_weight_ = 0;
+
+  at::Device device_ = at::kCPU;
+  ModelFolder folder_;
+  std::string tokenizer_path_, calib_src_, eval_src_;
+  std::optional<LlamaModel> original_;
+  int64_t seq_len_ = 0;
+  at::Tensor calib_, calib_windows_;
+  std::vector<int> eval_ids_;
+  PerplexityOptions po_;
+  PerplexityResult fp_, q_;
+  std::vector<SiteStats> stats_before_, stats_after_;
+  MethodPlan plan_;
+  std::optional<LlamaModel> rotated_;
+  SkipTransitions skip_;
+  std::optional<ResidualRotations> final_rot_;
+  ModelWeights qw_;
+  ModelWeightGrids grids_;
+  fs::path final_dir_, tmp_;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+at::Device resolve_device(DeviceChoice choice) {
+  if (choice == DeviceChoice::Cpu) return at::Device(at::kCPU);
+  if (at::hasCUDA()) return at::Device(at::kCUDA);
+  if (choice == DeviceChoice::Auto) return at::Device(at::kCPU);
+  throw Error("device cuda requested, but libtorch " TORCH_VERSION
+              " has no usable CUDA device here (a CPU-only build, or no GPU or driver)");
+}
+
+QuantConfig CalibConfig::quant_config() const {
+  QuantConfig q;
+  q.weight = QuantSpec{wbits, w_sym, w_group, 1.0};
+  q.weight_mse_clip = w_mse_clip;
+  q.activation = QuantSpec{abits, a_sym, a_group, a_clip};
+  q.kv = QuantSpec{kvbits, kv_sym, kv_group, kv_clip};
+  return q;
+}
+
+MethodPlan plan_method(const CalibConfig& cfg, const ModelConfig& mc, at::Device device) {
+  MethodPlan p;
+  p.method = cfg.method;
+  p.quant = cfg.quant_config();
+  p.quant.validate();
+  p.online = method_online_transforms(cfg.method, p.quant);
+  if (p.online.heads_hadamard) {
     try {
       HadamardTransform::of_size(mc.num_attention_heads);
     } catch (const Error&) {
       // QuaRot's Hadamard across heads needs a Hadamard of order num_heads; without one the o_proj
       // input keeps only the per-head rotation and is quantized per head instead.
-      online.heads_hadamard = false;
-      details["heads_hadamard"] = "skipped: no Hadamard matrix of order " + std::to_string(mc.num_attention_heads) +
-                                  "; o_proj input quantized per head";
+      p.online.heads_hadamard = false;
+      p.heads_hadamard_note = "skipped: no Hadamard matrix of order " + std::to_string(mc.num_attention_heads) +
+                              "; o_proj input quantized per head";
     }
   }
-  int64_t o_group = method_o_proj_group(method, mc);
-  if (method == Method::QuaRot && !online.heads_hadamard) o_group = mc.head_dim;
+  p.o_proj_group = method_o_proj_group(cfg.method, mc);
+  if (cfg.method == Method::QuaRot && !p.online.heads_hadamard) p.o_proj_group = mc.head_dim;
   // An explicit activation group size (--a-group) applies to o_proj's input too, as it does to
   // every other activation quantizer; the method's own choice (per token or per head) is the default.
-  if (quant.activation.group_size > 0) o_group = quant.activation.group_size;
-  SkipTransitions skip;
-  std::optional<ResidualRotations> final_rot;
-  LlamaModel rotated = original;  // full precision, in the method's basis
-  if (method_rotates(method)) {
-    timer.start("rotate", control);
-    LlamaModel fused = fuse_rms_norms(original);
-    InitialRotations init = initial_rotations(method, mc, cfg.seed, device);
-    details["residual_init"] = init.residual_init;
-    details["head_init"] = init.head_init;
-    ResidualRotations rot = std::move(init.rotations);
-    if (method_learns(method)) {
-      RotationTrainingOptions to;
-      to.iterations = cfg.iters;
-      to.lr = cfg.lr;
-      to.batch = cfg.batch;
-      to.quant = quant;
-      // SpinQuant's protocol: rotations for a GPTQ pipeline are learned with W16, for RTN with the
-      // target weight bits.
-      if (cfg.weight_quantizer == "gptq") to.quant.weight.bits = 16;
-      to.online = online;
-      to.o_proj_group = o_group;
-      RotationTrainingResult tr;
-      {
-        Tf32Scope tf32(tf32_learning);
-        tr = train_rotations(fused, rot, calib_windows, to, control);
-      }
-      res.loss_curve = tr.loss;
-      details["training"] = {{"steps", cfg.iters},
-                             {"lr", cfg.lr},
-                             {"batch", cfg.batch},
-                             {"weight_bits_while_training", to.quant.weight.bits},
-                             {"tokens", tr.tokens},
-                             {"seconds", tr.seconds},
-                             {"max_orthogonality_error", tr.max_orthogonality_error},
-                             {"loss", tr.loss}};
-    }
-    const ResidualRotations r64 = rot.to(at::TensorOptions().device(device).dtype(at::kDouble));
-    rotated = LlamaModel(mc, rotate_weights(fused, r64, online, at::kFloat));
-    if (!rot.is_global()) {
-      std::vector<double> errors;
-      const int64_t rank = cfg.rank < 0 ? mc.hidden_size : std::min<int64_t>(cfg.rank, mc.hidden_size);
-      skip = rank_r_transitions(r64, rank, &errors);
-      details["rank"] = rank;
-      details["transition_spectral_error"] = errors;  // layer 0 attn, layer 0 mlp, layer 1 attn, ...
-      // Q [D, r] and M [r, r] per residual add; applying one costs 2 D r + r^2 MACs per token.
-      details["online_parameters"] = 2 * mc.num_hidden_layers * (mc.hidden_size * rank + rank * rank);
-      details["online_macs_per_token"] = 2 * mc.num_hidden_layers * (2 * mc.hidden_size * rank + rank * rank);
-    }
-    final_rot = r64;
-  }
-
-  // ---- statistics of what the quantizers see after rotation (without rotation: the same as before)
-  ActivationStatsCollector after(ActivationStatsCollector::all_linear_and_qkv_sites());
-  if (method_rotates(method)) {
-    timer.start("stats", control);
-    LlamaModel m = rotated;
-    ActivationHook observer = after.hook();
-    m.set_hook(final_hook(mc, device, online, skip, without_activation_quant(quant), o_group, observer));
-    if (cfg.stats_windows > 0) collect(m);
-  }
-
-  // ---- weight quantization
-  ModelWeights qw = rotated.weights();
-  if (quant.weight.enabled()) {
-    if (cfg.weight_quantizer == "gptq") {
-      timer.start("gptq", control);
-      GptqModelOptions go;
-      go.weight = quant.weight;
-      go.gptq.mse_clip = quant.weight_mse_clip;
-      GptqModelReport rep;
-      qw = gptq_quantize_model(rotated, final_hook(mc, device, online, skip, without_activation_quant(quant), o_group),
-                               calib_windows, go, control, &rep);
-      details["gptq"] = {{"layer_loss", rep.layer_loss}, {"dead_columns", rep.dead_columns}, {"seconds", rep.seconds}};
-    } else {
-      timer.start("quantize", control);
-      quantize_weights_rtn(qw, quant);
-    }
-  }
-  timer.stop();
-  res.calibration_seconds = timer.seconds("rotate") + timer.seconds("gptq") + timer.seconds("quantize");
-  LlamaModel quantized(mc, qw);
-  quantized.set_hook(final_hook(mc, device, online, skip, quant, o_group));
-
-  // ---- evaluation
-  timer.start("eval", control);
-  PerplexityResult qr = evaluate_perplexity(quantized, eval_ids, po, control);
-  res.quant_perplexity = qr.perplexity;
-
-  bool has_correction = false;
-  for (const auto* v : {&skip.attn_rank_r, &skip.mlp_rank_r})
-    for (const ResidualCorrection& c : *v) has_correction |= c.rank > 0;
-
-  // ---- run directory
-  timer.start("write", control);
-  const fs::path final_dir = fs::absolute(out_dir);
-  const fs::path tmp = final_dir.parent_path() / (final_dir.filename().string() + ".partial-" + std::to_string(getpid()));
-  fs::remove_all(tmp);
-  try {
-    fs::create_directories(tmp / "model");
-    ModelConfig saved = mc;
-    SaveOptions so;
-    so.file_dtype = DType::F32;
-    so.tokenizer_json = tokenizer_path;
-    save_model((tmp / "model").string(), saved, move_weights(qw, at::Device(at::kCPU)), so);
-    if (final_rot) {
-      std::vector<std::pair<std::string, at::Tensor>> t;
-      for (int i = 0; i < final_rot->layers(); ++i) {
-        t.emplace_back("attn_in." + std::to_string(i), final_rot->attn_in[i]);
-        t.emplace_back("mlp_in." + std::to_string(i), final_rot->mlp_in[i]);
-        if (final_rot->head[i].defined()) t.emplace_back("head." + std::to_string(i), final_rot->head[i]);
-      }
-      t.emplace_back("final", final_rot->final_basis);
-      save_tensors((tmp / "rotations.safetensors").string(), t);
-    }
-    {
-      std::vector<std::pair<std::string, at::Tensor>> t;
-      for (size_t i = 0; i < skip.attn_rank_r.size(); ++i) {
-        const std::pair<const char*, const ResidualCorrection*> adds[] = {{"attn_skip.", &skip.attn_rank_r[i]},
-                                                                            {"mlp_skip.", &skip.mlp_rank_r[i]}};
-        for (const auto& [name, c] : adds) {
-          if (c->rank == 0) continue;
-          t.emplace_back(std::string(name) + std::to_string(i) + ".q", c->q);
-          t.emplace_back(std::string(name) + std::to_string(i) + ".m", c->m);
-        }
-      }
-      if (!t.empty()) save_tensors((tmp / "online.safetensors").string(), t);
-    }
-    nlohmann::json stats = {{"before", stats_to_json(before.results())},
-                            {"after", stats_to_json(method_rotates(method) ? after.results() : before.results())},
-                            {"windows", stats_windows.size(0)},
-                            {"seq_len", seq_len}};
-    write_file_atomically((tmp / "stats.json").string(), stats.dump());
-
-    timer.stop();
-    res.total_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
-    res.peak_rss_bytes = peak_rss_bytes();
-    nlohmann::json phases = nlohmann::json::object();
-    for (const auto& [p, s] : res.phase_seconds) phases[p] = phases.value(p, 0.0) + s;
-    nlohmann::json run = {
-        {"format", "respin-run"},
-        {"format_version", 1},
-        {"respin_version", RESPIN_VERSION_STRING},
-        {"created", now_iso8601()},
-        {"config", nlohmann::json::parse(calib_config_to_json(cfg))},
-        {"model", {{"folder", folder.dir},
-                   {"architecture", mc.architecture},
-                   {"parameters", mc.parameter_count()},
-                   {"hidden_size", mc.hidden_size},
-                   {"layers", mc.num_hidden_layers}}},
-        {"quantizers", {{"weight", spec_json(quant.weight)},
-                        {"weight_mse_clip", quant.weight_mse_clip},
-                        {"weight_quantizer", cfg.weight_quantizer},
-                        {"activation", spec_json(quant.activation)},
-                        {"o_proj_activation_group", o_group},
-                        {"kv", spec_json(quant.kv)}}},
-        {"online", {{"qk_hadamard", online.qk_hadamard},
-                    {"down_hadamard", online.down_hadamard},
-                    {"heads_hadamard", online.heads_hadamard},
-                    {"skip_correction", has_correction}}},
-        {"method", details},
-        {"calibration", {{"source", calib_src}, {"windows", calib_windows.size(0)}, {"seq_len", seq_len}}},
-        {"results", {{"eval_source", eval_src},
-                     {"eval_windows", qr.windows},
-                     {"eval_seq_len", qr.seq_len},
-                     {"eval_tokens", qr.tokens_forward},
-                     {"fp_perplexity", fp.perplexity},
-                     {"quantized_perplexity", qr.perplexity}}},
-        {"timing", {{"phases_seconds", phases},
-                    {"calibration_seconds", res.calibration_seconds},
-                    {"total_seconds", res.total_seconds},
-                    {"threads", compute_threads()},
-                    {"device", device.str()}}},
-        {"compute", {{"weights_and_activations", "float32"},
-                     {"rotation_learning", !method_learns(method) ? "none" : tf32_learning ? "tf32" : "float32"},
-                     {"rotations", "float32"},
-                     {"weight_fusion", "float64"},
-                     {"gptq_hessian", "float64"},
-                     {"libtorch", TORCH_VERSION}}},
-        {"peak_rss_bytes", res.peak_rss_bytes},
-        {"gpu_memory_in_use_bytes", device.is_cuda() ? nlohmann::json(kernels::cuda_memory_in_use_bytes())
-                                                     : nlohmann::json(nullptr)}};
-    write_file_atomically((tmp / "run.json").string(), run.dump(2));
-    if (control) control->check();
-    fs::rename(tmp, final_dir);
-    res.run = std::move(run);
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
-  }
-  res.run_dir = final_dir.string();
-  return res;
+  if (p.quant.activation.group_size > 0) p.o_proj_group = p.quant.activation.group_size;
+  // SpinQuant's protocol: rotations for a GPTQ pipeline are learned with W16, for RTN with the
+  // target weight bits.
+  p.training_quant = p.quant;
+  if (cfg.weight_quantizer == WeightQuantizer::Gptq) p.training_quant.weight.bits = 16;
+  // Compute precision: float32 everywhere; on CUDA the rotation learning (the long, gradient-noisy
+  // part) uses TF32 tensor-core matmuls, while the reported perplexities, statistics, GPTQ and the
+  // final float64 weight fusion stay in full float32/float64 (run.json's "compute" records it).
+  p.tf32_learning = device.is_cuda() && method_learns(cfg.method);
+  if (cfg.method == Method::ReSpin)
+    p.rank = cfg.rank < 0 ? mc.hidden_size : std::min<int64_t>(cfg.rank, mc.hidden_size);
+  return p;
 }
 
-}  // namespace
+std::vector<std::string> linear_weight_names(int layer) {
+  const std::string p = "model.layers." + std::to_string(layer) + ".";
+  return {p + "self_attn.q_proj.weight", p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight",
+          p + "self_attn.o_proj.weight", p + "mlp.gate_proj.weight",    p + "mlp.up_proj.weight",
+          p + "mlp.down_proj.weight"};
+}
+
+ActivationHook run_hook(const ModelConfig& c, at::Device device, const OnlineTransforms& online,
+                        const SkipTransitions& skip, const QuantConfig& quant, int64_t o_proj_group,
+                        ActivationHook observer) {
+  OnlineHookOptions ho;
+  ho.device = device;
+  ho.online = online;
+  ho.skip = skip;
+  ho.quant = quant;
+  ho.o_proj_group = o_proj_group;
+  ho.observer = std::move(observer);
+  return online_hook(c, std::move(ho));
+}
+
+EvalText eval_text_of(const CalibConfig& c) {
+  if (!c.eval_text.empty()) return {c.eval_text, read_text_file(c.eval_text)};
+  return {"corpus test split", Corpus::load(c.data_dir.empty() ? default_corpus_dir() : c.data_dir).text_of(Split::Test)};
+}
+
+CalibOutcome run_calibration(const CalibConfig& cfg, const std::string& out_dir, RunControl* control,
+                             CalibObserver* observer) {
+  // Every failure leaves with the phase it happened in ("calibration (quarot), phase 'rotate':
+  // ..."), on one line (see core/util/error_message.h).
+  std::string phase = "setup";
+  try {
+    Pipeline p(cfg, out_dir, control, observer);
+    return p.run(phase);
+  } catch (...) {
+    rethrow_with_context("calibration (" + std::string(method_name(cfg.method)) + "), phase '" + phase + "'");
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading a run directory back
 
 bool is_run_dir(const std::string& dir) { return fs::is_regular_file(fs::path(dir) / "run.json"); }
 
-namespace {
-LoadedRun load_run_checked(const std::string& dir, int64_t rank, at::Device device);
-}  // namespace
-
-LoadedRun load_run(const std::string& dir, int64_t rank, at::Device device) {
-  // A field of the wrong JSON type anywhere in run.json names the file, like every other damage.
-  try {
-    return load_run_checked(dir, rank, device);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error((fs::path(dir) / "run.json").string() + ": " + e.what());
+ResidualRotations load_rotations(const std::string& dir, const ModelConfig& mc, at::Device device) {
+  const std::string path = (fs::path(dir) / "rotations.safetensors").string();
+  if (!fs::is_regular_file(path)) throw Error(path + ": missing (a run without rotations)");
+  std::map<std::string, at::Tensor> t = load_tensors(path);
+  auto get = [&](const std::string& name) {
+    auto it = t.find(name);
+    if (it == t.end()) throw Error(path + ": missing tensor '" + name + "'");
+    if (it->second.dim() != 2 || it->second.size(0) != mc.hidden_size || it->second.size(1) != mc.hidden_size)
+      throw Error(path + ": tensor '" + name + "' is not [hidden, hidden]");
+    return it->second.to(device, at::kDouble);
+  };
+  ResidualRotations rot;
+  for (int i = 0; i < mc.num_hidden_layers; ++i) {
+    rot.attn_in.push_back(get(rotation_tensor("attn_in", i)));
+    rot.mlp_in.push_back(get(rotation_tensor("mlp_in", i)));
+    auto h = t.find(rotation_tensor("head", i));
+    rot.head.push_back(h == t.end() ? at::Tensor() : h->second.to(device, at::kDouble));
   }
+  rot.final_basis = get("final");
+  return rot;
+}
+
+ModelWeightGrids load_weight_grids(const std::string& dir, const ModelConfig& mc) {
+  const std::string path = (fs::path(dir) / "weight_grids.safetensors").string();
+  if (!fs::is_regular_file(path)) return {};
+  std::map<std::string, at::Tensor> t = load_tensors(path);
+  ModelWeightGrids grids(mc.num_hidden_layers);
+  for (int i = 0; i < mc.num_hidden_layers; ++i)
+    for (const std::string& name : linear_weight_names(i)) {
+      auto s = t.find(name + ".scale"), z = t.find(name + ".zero");
+      if (s == t.end() || z == t.end()) throw Error(path + ": missing the grid of '" + name + "'");
+      grids[i].push_back(WeightQuantParams{s->second, z->second});
+    }
+  return grids;
 }
 
 namespace {
@@ -559,55 +777,29 @@ LoadedRun load_run_checked(const std::string& dir, int64_t rank, at::Device devi
   } catch (const nlohmann::json::exception& e) {
     throw Error(run_path + ": not valid JSON (" + e.what() + ")");
   }
-  auto need = [&](const nlohmann::json& j, const char* key, const std::string& where) -> const nlohmann::json& {
-    if (!j.is_object() || !j.contains(key)) throw Error(run_path + ": missing field '" + where + key + "'");
-    return j.at(key);
-  };
-  if (run.value("format", "") != "respin-run") throw Error(run_path + ": not a respin run (field 'format')");
-  CalibConfig cfg = calib_config_from_json(need(run, "config", "").dump(), run_path + " config");
-  const Method method = method_from_name(cfg.method);
-  const nlohmann::json& on = need(run, "online", "");
-  const nlohmann::json& qz = need(run, "quantizers", "");
-  OnlineTransforms online;
-  int64_t o_group = 0;
-  try {
-    online.qk_hadamard = need(on, "qk_hadamard", "online.").get<bool>();
-    online.down_hadamard = need(on, "down_hadamard", "online.").get<bool>();
-    online.heads_hadamard = need(on, "heads_hadamard", "online.").get<bool>();
-    o_group = need(qz, "o_proj_activation_group", "quantizers.").get<int64_t>();
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(run_path + ": bad online/quantizer fields (" + e.what() + ")");
-  }
+  RunRecord rec = run_record_from_json(run, run_path);
+  for (const char* key : {"quantizers", "online"})
+    if (!run.contains(key)) throw Error(run_path + ": missing field '" + std::string(key) + "'");
+  if (!run["quantizers"].contains("o_proj_activation_group"))
+    throw Error(run_path + ": missing field 'quantizers.o_proj_activation_group'");
+  CalibConfig cfg = rec.config;
+  OnlineTransforms online{rec.online.qk_hadamard, rec.online.down_hadamard, rec.online.heads_hadamard};
+  const int64_t o_group = rec.quantizers.o_proj_activation_group;
   LlamaModel model = load_model((fs::path(dir) / "model").string(), {at::kFloat, device});
   const ModelConfig& mc = model.config();
   SkipTransitions skip;
   if (rank >= 0) {
-    if (method != Method::ReSpin) throw Error("a rank applies to respin runs only; " + run_path + " is a " + cfg.method + " run");
-    const std::string path = (fs::path(dir) / "rotations.safetensors").string();
-    std::map<std::string, at::Tensor> t = load_tensors(path);
-    auto get = [&](const std::string& name) {
-      auto it = t.find(name);
-      if (it == t.end()) throw Error(path + ": missing tensor '" + name + "'");
-      if (it->second.dim() != 2 || it->second.size(0) != mc.hidden_size || it->second.size(1) != mc.hidden_size)
-        throw Error(path + ": tensor '" + name + "' is not [hidden, hidden]");
-      return it->second.to(device, at::kDouble);
-    };
-    ResidualRotations rot;
-    for (int i = 0; i < mc.num_hidden_layers; ++i) {
-      rot.attn_in.push_back(get("attn_in." + std::to_string(i)));
-      rot.mlp_in.push_back(get("mlp_in." + std::to_string(i)));
-      rot.head.emplace_back();
-    }
-    rot.final_basis = get("final");
-    skip = rank_r_transitions(rot, std::min<int64_t>(rank, mc.hidden_size));
+    if (cfg.method != Method::ReSpin)
+      throw Error("a rank applies to respin runs only; " + run_path + " is a " + method_name(cfg.method) + " run");
+    skip = rank_r_transitions(load_rotations(dir, mc, device), std::min<int64_t>(rank, mc.hidden_size));
     cfg.rank = std::min<int64_t>(rank, mc.hidden_size);
-  } else if (on.value("skip_correction", false)) {
+  } else if (rec.online.skip_correction) {
     const std::string path = (fs::path(dir) / "online.safetensors").string();
     std::map<std::string, at::Tensor> t = load_tensors(path);
     for (int i = 0; i < mc.num_hidden_layers; ++i) {
-      const std::pair<std::string, std::vector<ResidualCorrection>*> adds[] = {{"attn_skip.", &skip.attn_rank_r},
-                                                                               {"mlp_skip.", &skip.mlp_rank_r}};
-      for (const auto& [prefix, vec] : adds) {
+      const std::pair<const char*, std::vector<ResidualCorrection>*> adds[] = {{"attn", &skip.attn_rank_r},
+                                                                               {"mlp", &skip.mlp_rank_r}};
+      for (const auto& [add, vec] : adds) {
         // A correction is stored for every residual add of a run that has them: a missing one is
         // damage, not an identity.
         auto stored = [&](const std::string& name) -> const at::Tensor& {
@@ -615,11 +807,11 @@ LoadedRun load_run_checked(const std::string& dir, int64_t rank, at::Device devi
           if (it == t.end()) throw Error(path + ": tensor '" + name + "' is missing");
           return it->second;
         };
-        const std::string add = prefix + std::to_string(i);
-        const at::Tensor &q = stored(add + ".q"), &m = stored(add + ".m");
+        const at::Tensor &q = stored(correction_tensor(add, i, "q")), &m = stored(correction_tensor(add, i, "m"));
         if (q.dim() != 2 || q.size(0) != mc.hidden_size || m.dim() != 2 || m.size(0) != q.size(1) ||
             m.size(1) != q.size(1))
-          throw Error(path + ": correction " + add + " has inconsistent shapes");
+          throw Error(path + ": correction " + std::string(add) + "_skip." + std::to_string(i) +
+                      " has inconsistent shapes");
         ResidualCorrection c;
         c.q = q.to(device);
         c.m = m.to(device);
@@ -628,18 +820,29 @@ LoadedRun load_run_checked(const std::string& dir, int64_t rank, at::Device devi
       }
     }
   }
-  model.set_hook(final_hook(mc, device, online, skip, cfg.quant_config(), o_group));
-  LoadedRun out{dir, cfg, run, std::move(model)};
-  try {
-    const nlohmann::json& res = need(run, "results", "");
-    out.eval_seq_len = need(res, "eval_seq_len", "results.").get<int64_t>();
-    out.eval_windows = need(res, "eval_windows", "results.").get<int64_t>();
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(run_path + ": bad results fields (" + e.what() + ")");
-  }
+  QuantConfig quant;
+  quant.weight = quant_spec(rec.quantizers.weight);
+  quant.weight_mse_clip = rec.quantizers.weight_mse_clip;
+  quant.activation = quant_spec(rec.quantizers.activation);
+  quant.kv = quant_spec(rec.quantizers.kv);
+  model.set_hook(run_hook(mc, device, online, skip, quant, o_group));
+  if (rec.results.eval_seq_len <= 0 || rec.results.eval_windows <= 0)
+    throw Error(run_path + ": bad results fields (eval_seq_len and eval_windows must be positive)");
+  LoadedRun out{dir, rec, cfg, std::move(model), online, skip, o_group};
+  out.eval_seq_len = rec.results.eval_seq_len;
+  out.eval_windows = rec.results.eval_windows;
   return out;
 }
 
 }  // namespace
+
+LoadedRun load_run(const std::string& dir, int64_t rank, at::Device device) {
+  // A field of the wrong JSON type anywhere in run.json names the file, like every other damage.
+  try {
+    return load_run_checked(dir, rank, device);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error((fs::path(dir) / "run.json").string() + ": " + e.what());
+  }
+}
 
 }  // namespace respin

@@ -1,65 +1,65 @@
-// The calibration pipeline behind `respin calibrate` (and, later, the workbench's worker thread):
-//
-//   load model + tokenizer -> calibration windows (training split) and evaluation text (test split)
-//   -> full-precision perplexity -> activation statistics of the original model
-//   -> method: rtn | quarot (fixed random Hadamard) | spinquant / respin (rotations learned with
-//      Cayley SGD through the fake quantizers) -> fuse everything offline, rank-r skip corrections
-//   -> activation statistics of what the quantizers see after rotation
-//   -> weight quantization (RTN with MSE clip search, or GPTQ layer by layer)
-//   -> quantized perplexity -> run directory.
+// The calibration pipeline's libtorch side: the method plan, the run directory, and loading a run
+// back (core/calib/calibration.h is the torch-free API callers drive).
 //
 // A run directory holds:
-//   run.json            config, method details (inits, online transforms, training loss curve,
-//                       transition errors per residual add), results, time per phase, peak memory
+//   run.json            the RunRecord (core/calib/run_record.h)
 //   model/              the quantized (fake-quant, float32) rotated model in Hugging Face layout
 //                       (config.json, model.safetensors, tokenizer.json); it is only equivalent to
 //                       the original together with the online part below
+//   weight_grids.safetensors  the weight quantization grid of every quantized linear layer:
+//                       <weight name>.scale and .zero, float32 [out, groups] (absent at 16 bits);
+//                       model/ holds (q - zero) * scale exactly, so the integers are recoverable
 //   rotations.safetensors  the learned/fixed rotations (float32): attn_in.<i>, mlp_in.<i>, final,
 //                       head.<i> (absent for rtn)
 //   online.safetensors  rank-r skip corrections attn_skip.<i>.q/.m, mlp_skip.<i>.q/.m (respin only)
-//   stats.json          {"before": ..., "after": ...} activation statistics (activation_stats.h)
-// It is written into a temporary sibling directory and renamed into place at the end, so a failed
-// or cancelled run leaves nothing behind, and an existing directory is never overwritten.
+//   stats.json          {"before": ..., "after": ...} activation statistics (site_stats.h)
+// It is written into a unique temporary sibling directory and renamed into place at the end, so a
+// failed or cancelled run leaves nothing behind, and an existing directory is never overwritten.
 #pragma once
 
-#include <nlohmann/json.hpp>
+#include <c10/core/Device.h>
 
+#include <map>
 #include <string>
-#include <utility>
 #include <vector>
 
-#include "core/calib/calib_config.h"
+#include "core/calib/calibration.h"
+#include "core/methods/rotated_model.h"
+#include "core/methods/rtn.h"
 #include "core/model/llama.h"
-#include "core/util/run_control.h"
 
 namespace respin {
-
-struct CalibResult {
-  std::string run_dir;
-  double fp_perplexity = 0;
-  double quant_perplexity = 0;
-  int64_t eval_windows = 0;
-  std::vector<double> loss_curve;  // rotation learning, per step (empty for rtn/quarot)
-  std::vector<std::pair<std::string, double>> phase_seconds;
-  double calibration_seconds = 0;  // phases rotate + gptq + quantize (what the method costs)
-  double total_seconds = 0;
-  int64_t peak_rss_bytes = 0;
-  nlohmann::json run;  // the content of run.json
-};
-
-// Runs everything and writes `out_dir` (which must not exist). Progress phases: "load",
-// "eval-fp", "stats", "rotate", "gptq", "quantize", "eval", "write". Throws respin::Error (bad
-// config, model, text, or an existing out_dir) or respin::Cancelled; nothing is left on disk then.
-CalibResult run_calibration(const CalibConfig& config, const std::string& out_dir, RunControl* control = nullptr);
 
 // Windows per forward pass of a run's evaluations.
 constexpr int64_t kRunEvalBatch = 4;
 
+// The method's rules for one model, in one place: which online transforms, how o_proj's input is
+// quantized, what the rotation learning sees. Recorded in run.json and read back by load_run.
+struct MethodPlan {
+  Method method = Method::Rtn;
+  QuantConfig quant;
+  OnlineTransforms online;
+  int64_t o_proj_group = 0;
+  std::string heads_hadamard_note;  // why QuaRot's Hadamard across heads was dropped, if it was
+  QuantConfig training_quant;       // what the rotation learning trains through
+  bool tf32_learning = false;       // TF32 matmuls while learning (CUDA)
+  int64_t rank = -1;                // respin: the applied skip rank (hidden = exact); -1 otherwise
+};
+MethodPlan plan_method(const CalibConfig& config, const ModelConfig& model, at::Device device);
+
+// The weight grids of a quantized model: [layer][linear in linear_weights() order].
+using ModelWeightGrids = std::vector<std::vector<WeightQuantParams>>;
+// "model.layers.<i>.self_attn.q_proj.weight", ... in linear_weights() order.
+std::vector<std::string> linear_weight_names(int layer);
+
 struct LoadedRun {
   std::string dir;
-  CalibConfig config;
-  nlohmann::json run;
-  LlamaModel model;  // quantized weights with the online hook (rotations, quantizers) installed
+  RunRecord record;
+  CalibConfig config;  // record.config, with rank replaced when the corrections were rebuilt
+  LlamaModel model;    // quantized weights with the online hook (rotations, quantizers) installed
+  OnlineTransforms online;
+  SkipTransitions skip;
+  int64_t o_proj_group = 0;
   // The run's evaluation protocol as run.json records it (window length, window count, batch),
   // so that evaluating the stored model again reproduces the run's number.
   int64_t eval_seq_len = 0;
@@ -74,9 +74,17 @@ bool is_run_dir(const std::string& dir);  // has a run.json
 // stay those of the run (with GPTQ they were calibrated with the run's own rank).
 // The model, its corrections and the hook's state go to `device`.
 LoadedRun load_run(const std::string& dir, int64_t rank = -1, at::Device device = at::kCPU);
+// The grids of weight_grids.safetensors (empty when the run kept 16-bit weights).
+ModelWeightGrids load_weight_grids(const std::string& dir, const ModelConfig& model);
+// The rotations of rotations.safetensors, float64 on `device` (respin::Error for rtn runs).
+ResidualRotations load_rotations(const std::string& dir, const ModelConfig& model, at::Device device);
 
-// "cpu", "cuda" or "auto" (CUDA when libtorch has a usable device) -> a device. Throws
-// respin::Error for cuda without a usable device, and for other names.
-at::Device resolve_device(const std::string& name);
+// auto | cpu | cuda -> a device. Throws respin::Error for cuda without a usable device.
+at::Device resolve_device(DeviceChoice choice);
+
+// The hook for a run's final model: online transforms + quantizers (+ an observer before them).
+ActivationHook run_hook(const ModelConfig& model, at::Device device, const OnlineTransforms& online,
+                        const SkipTransitions& skip, const QuantConfig& quant, int64_t o_proj_group,
+                        ActivationHook observer = {});
 
 }  // namespace respin

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace respin {
 
@@ -16,6 +17,11 @@ struct ModelFolder {
   static ModelFolder open(const std::string& dir);
   // Throws if tokenizer_path is empty.
   const std::string& require_tokenizer() const;
+  // The safetensors files holding the weights (one, or the shards the index names), absolute.
+  std::vector<std::string> weight_files() const;
+  // sha256 over config.json's bytes and each weight file's header (8-byte length + JSON: names,
+  // dtypes, shapes, offsets), in file order: the same model copied elsewhere keeps its identity.
+  std::string identity_sha256() const;
 };
 
 }  // namespace respin

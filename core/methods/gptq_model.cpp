@@ -1,6 +1,8 @@
 // Layer-by-layer GPTQ (see gptq_model.h).
 #include "core/methods/gptq_model.h"
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
@@ -41,6 +43,8 @@ ModelWeights gptq_quantize_model(const LlamaModel& model, const ActivationHook& 
   };
   for (int i = 0; i < L; ++i) try {
     double layer_loss = 0;
+    std::vector<WeightQuantParams> layer_grids(7);
+    const std::vector<at::Tensor*> order = linear_weights(w.layers[i]);
     for (const Group& g : groups) {
       if (control) control->check();
       LlamaModel cur(c, w);
@@ -57,6 +61,7 @@ ModelWeights gptq_quantize_model(const LlamaModel& model, const ActivationHook& 
         at::Tensor& t = w.layers[i].*member;
         GptqResult r = gptq_quantize(t, acc.hessian(), o.weight, o.gptq);
         t = r.weight;
+        layer_grids[std::find(order.begin(), order.end(), &t) - order.begin()] = r.params;
         layer_loss += r.loss;
         rep.dead_columns += r.dead_columns;
       }
@@ -65,6 +70,7 @@ ModelWeights gptq_quantize_model(const LlamaModel& model, const ActivationHook& 
     if (online) cur.set_hook(online);
     for (at::Tensor& h : hidden) h = cur.layer_forward(i, h, ctx);
     rep.layer_loss.push_back(layer_loss);
+    rep.grids.push_back(std::move(layer_grids));
     if (control) {
       ProgressEvent ev;
       ev.phase = "gptq";

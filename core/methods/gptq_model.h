@@ -28,6 +28,8 @@ struct GptqModelReport {
   std::vector<double> layer_loss;  // sum of GPTQ losses of each layer's seven linears
   int64_t dead_columns = 0;
   double seconds = 0;
+  // The grid of every quantized weight: [layer][linear in linear_weights() order].
+  std::vector<std::vector<WeightQuantParams>> grids;
 };
 
 // Returns the model's weights with every linear layer of every decoder layer GPTQ-quantized

@@ -11,25 +11,6 @@
 
 namespace respin {
 
-const char* method_name(Method m) {
-  switch (m) {
-    case Method::Rtn: return "rtn";
-    case Method::QuaRot: return "quarot";
-    case Method::SpinQuant: return "spinquant";
-    case Method::ReSpin: return "respin";
-  }
-  return "?";
-}
-
-Method method_from_name(const std::string& name) {
-  for (Method m : {Method::Rtn, Method::QuaRot, Method::SpinQuant, Method::ReSpin})
-    if (name == method_name(m)) return m;
-  throw Error("unknown method '" + name + "' (expected rtn, quarot, spinquant or respin)");
-}
-
-bool method_rotates(Method m) { return m != Method::Rtn; }
-bool method_learns(Method m) { return m == Method::SpinQuant || m == Method::ReSpin; }
-
 at::Tensor random_hadamard(int64_t n, uint64_t seed) {
   HadamardTransform h = HadamardTransform::of_size(n);
   std::mt19937_64 gen(seed);

@@ -16,15 +16,12 @@
 #include <cstdint>
 #include <string>
 
+#include "core/calib/calib_config.h"
 #include "core/methods/rotated_model.h"
 
 namespace respin {
 
-enum class Method { Rtn, QuaRot, SpinQuant, ReSpin };
-const char* method_name(Method m);                 // "rtn", "quarot", "spinquant", "respin"
-Method method_from_name(const std::string& name);  // throws respin::Error listing the valid names
-bool method_rotates(Method m);                     // everything but rtn
-bool method_learns(Method m);                      // spinquant, respin
+// Method and its names: core/calib/calib_config.h.
 
 // diag(s) H / sqrt(n) with signs s from a seeded generator (deterministic across platforms and
 // libtorch versions), float64, on the CPU (callers move it; initial_rotations does). Throws respin::Error when no Hadamard of order n is known.

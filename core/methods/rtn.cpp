@@ -31,11 +31,27 @@ ActivationHook activation_quant_hook(const QuantConfig& config) {
   };
 }
 
-void quantize_weights_rtn(ModelWeights& weights, const QuantConfig& config) {
+void quantize_weights_rtn(ModelWeights& weights, const QuantConfig& config,
+                          std::vector<std::vector<WeightQuantParams>>* grids) {
+  if (grids) grids->clear();
   if (!config.weight.enabled()) return;
   c10::NoGradGuard no_grad;
-  for (LayerWeights& L : weights.layers)
-    for (at::Tensor* t : linear_weights(L)) *t = fake_quantize_weight(*t, config.weight, config.weight_mse_clip);
+  for (LayerWeights& L : weights.layers) {
+    if (grids) grids->emplace_back();
+    for (at::Tensor* t : linear_weights(L)) {
+      WeightQuantParams p = compute_weight_params(*t, config.weight, config.weight_mse_clip);
+      *t = fake_quantize_weight_with(*t, p, config.weight);
+      if (grids) grids->back().push_back(std::move(p));
+    }
+  }
+}
+
+QuantConfig rtn_eval_config(int wbits, int abits, int kvbits) {
+  QuantConfig qc;
+  qc.weight.bits = wbits;
+  qc.activation.bits = abits;
+  qc.kv.bits = kvbits;
+  return qc;
 }
 
 LlamaModel quantize_rtn(const LlamaModel& model, const QuantConfig& config) {

@@ -4,6 +4,8 @@
 // protocol) and the KV cache (K after RoPE, V), per token.
 #pragma once
 
+#include <vector>
+
 #include "core/model/llama.h"
 #include "core/quant/quantizer.h"
 
@@ -22,7 +24,14 @@ ActivationHook activation_quant_hook(const QuantConfig& config);
 
 // Fake-quantizes every decoder layer's linear weights in place (round-to-nearest on the grid of
 // config.weight, with the MSE clip search if config.weight_mse_clip); embeddings and lm_head stay.
-void quantize_weights_rtn(ModelWeights& weights, const QuantConfig& config);
+// `grids` (optional) receives each weight's grid: [layer][linear in linear_weights() order].
+void quantize_weights_rtn(ModelWeights& weights, const QuantConfig& config,
+                          std::vector<std::vector<WeightQuantParams>>* grids = nullptr);
+
+// The RTN setting `respin eval --wbits/--abits/--kvbits` applies to a plain model: weights per
+// output channel symmetric with the MSE clip search, activations per token and KV per head,
+// asymmetric (the QuantConfig defaults at those widths).
+QuantConfig rtn_eval_config(int wbits, int abits, int kvbits);
 
 // A copy of `model` with fake-quantized weights and the activation hook installed.
 LlamaModel quantize_rtn(const LlamaModel& model, const QuantConfig& config);

@@ -76,22 +76,6 @@ ModelWeights move_weights(const ModelWeights& w, at::Device device) {
   return convert_weights(w, [&](const at::Tensor& t) { return t.to(device); });
 }
 
-const char* hook_site_name(HookSite site) {
-  switch (site) {
-    case HookSite::AttnInput: return "attn_input";
-    case HookSite::Query: return "q";
-    case HookSite::Key: return "k";
-    case HookSite::Value: return "v";
-    case HookSite::OProjInput: return "o_proj_input";
-    case HookSite::MlpInput: return "mlp_input";
-    case HookSite::DownProjInput: return "down_proj_input";
-    case HookSite::LmHeadInput: return "lm_head_input";
-    case HookSite::AttnSkip: return "attn_skip";
-    case HookSite::MlpSkip: return "mlp_skip";
-  }
-  return "?";
-}
-
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   at::Tensor xf = x.to(at::kFloat);
   at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);

@@ -18,22 +18,10 @@
 #include <vector>
 
 #include "core/io/model_config.h"
+#include "core/model/hook_site.h"
 
 namespace respin {
 
-enum class HookSite {
-  AttnInput,      // input of q_proj/k_proj/v_proj, [B, T, hidden]
-  Query,          // after RoPE, [B, heads, T, head_dim]
-  Key,            // after RoPE, [B, kv_heads, T, head_dim]
-  Value,          // [B, kv_heads, T, head_dim]
-  OProjInput,     // attention output before o_proj, [B, T, heads*head_dim]
-  MlpInput,       // input of gate_proj/up_proj, [B, T, hidden]
-  DownProjInput,  // silu(gate) * up, [B, T, intermediate]
-  LmHeadInput,    // after the final norm, [B, T, hidden]; layer = -1
-  AttnSkip,       // skip path of the residual add after attention (the layer input), [B, T, hidden]
-  MlpSkip,        // skip path of the residual add after the MLP, [B, T, hidden]
-};
-const char* hook_site_name(HookSite site);
 
 // Called on the forward's thread. May replace `x` (same shape and dtype) or only read it.
 using ActivationHook = std::function<void(HookSite site, int layer, at::Tensor& x)>;

@@ -44,6 +44,13 @@ const std::vector<ForgePreset>& forge_presets() {
   return presets;
 }
 
+ForgePreset with_steps(ForgePreset preset, int64_t steps) {
+  if (steps <= 0) throw Error("forge: steps must be > 0, got " + std::to_string(steps));
+  preset.steps = steps;
+  preset.warmup_steps = std::min<int64_t>(preset.warmup_steps, std::max<int64_t>(1, steps / 10));
+  return preset;
+}
+
 ForgePreset forge_preset(const std::string& name) {
   std::string names;
   for (const auto& p : forge_presets()) {

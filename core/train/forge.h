@@ -38,6 +38,9 @@ struct ForgePreset {
 
 const std::vector<ForgePreset>& forge_presets();
 ForgePreset forge_preset(const std::string& name);  // throws respin::Error for unknown names
+// `preset` shortened or lengthened to `steps` (> 0): the warm-up keeps its length, but at most a
+// tenth of the run (at least one step), so that a short run still decays its learning rate.
+ForgePreset with_steps(ForgePreset preset, int64_t steps);
 
 struct ForgeOptions {
   ForgePreset preset;

@@ -12,10 +12,12 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
-// Thrown when a RunControl stop was requested; callers treat it as a clean cancellation.
-class Cancelled : public Error {
+// Thrown when a RunControl stop was requested; callers treat it as a clean cancellation. Not an
+// Error (and not a std::runtime_error), so that `catch (const Error&)` around a failure path never
+// swallows a user's cancel.
+class Cancelled : public std::exception {
  public:
-  Cancelled() : Error("cancelled") {}
+  const char* what() const noexcept override { return "cancelled"; }
 };
 
 }  // namespace respin

@@ -27,6 +27,12 @@ struct ProgressEvent {
 
 class RunControl {
  public:
+  // A child control sees its parent's stop requests (a pipeline hands a child with its own
+  // progress callback to the steps it runs).
+  explicit RunControl(const RunControl* parent = nullptr) : parent_(parent) {}
+  RunControl(const RunControl&) = delete;
+  RunControl& operator=(const RunControl&) = delete;
+
   using ProgressFn = std::function<void(const ProgressEvent&)>;
 
   void set_progress_callback(ProgressFn fn, int min_interval_ms = 50) {
@@ -34,7 +40,9 @@ class RunControl {
     min_interval_ = std::chrono::milliseconds(min_interval_ms);
   }
   void request_stop() noexcept { stop_.store(true, std::memory_order_relaxed); }
-  bool stop_requested() const noexcept { return stop_.load(std::memory_order_relaxed); }
+  bool stop_requested() const noexcept {
+    return stop_.load(std::memory_order_relaxed) || (parent_ && parent_->stop_requested());
+  }
   // Throws Cancelled when a stop was requested; call between units of work.
   void check() const {
     if (stop_requested()) throw Cancelled();
@@ -49,6 +57,7 @@ class RunControl {
   }
 
  private:
+  const RunControl* parent_ = nullptr;
   std::atomic<bool> stop_{false};
   ProgressFn progress_;
   std::chrono::milliseconds min_interval_{50};
