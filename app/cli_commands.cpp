@@ -10,14 +10,18 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <set>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "core/calib/calibrate.h"
+#include "core/store/recorder.h"
+#include "core/store/run_store.h"
 #include "core/data/corpus.h"
 #include "core/eval/generate.h"
 #include "core/eval/perplexity.h"
+#include "core/export/exported_model.h"
 #include "core/methods/rtn.h"
 #include "core/train/forge.h"
 #include "core/io/atomic_file.h"
@@ -101,6 +105,17 @@ RunControl::ProgressFn progress_printer() {
 
 }  // namespace
 
+RunControl& stop_control() { return g_control; }
+
+std::string store_path(const std::string& db_option) {
+  if (!db_option.empty()) return db_option;
+  if (const char* env = std::getenv("RESPIN_DB"); env && *env) return env;
+  const std::string home = data_home();
+  std::error_code ec;
+  std::filesystem::create_directories(home, ec);
+  return home + "/runs.db";
+}
+
 void install_stop_handlers() {
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
@@ -175,10 +190,17 @@ int run_eval(const EvalArgs& a) {
   LoadOptions lo;
   lo.dtype = a.dtype == "bf16" ? at::kBFloat16 : at::kFloat;
   lo.device = device;
-  LlamaModel model = run ? run->model : load_model(folder.dir, lo);
+  // An exported folder (respin export: a quantization_config and/or respin_online.json) loads with
+  // its integer weights dequantized and its online operations and quantizers installed.
+  std::optional<ExportedModel> exported;
+  if (!run && is_exported_model_folder(folder.dir)) exported = load_exported_model(folder.dir, lo);
+  LlamaModel model = run ? run->model : exported ? *exported->model : load_model(folder.dir, lo);
   if (run && a.dtype != "f32") throw Error("eval --run computes in f32 (the fake-quantized grid is float32)");
   const bool quantized = a.wbits != 16 || a.abits != 16 || a.kvbits != 16;
   if (quantized && run) throw Error("eval --run uses the run's quantizers; --wbits/--abits/--kvbits apply to --model only");
+  if (quantized && exported)
+    throw Error(folder.dir + " is an exported quantized model (" + exported->description() +
+                "): it carries its own quantization; --wbits/--abits/--kvbits apply to plain model folders only");
   if (quantized) {
     model = quantize_rtn(model, rtn_eval_config(a.wbits, a.abits, a.kvbits));
   }
@@ -229,6 +251,16 @@ int run_eval(const EvalArgs& a) {
                            {"config", nlohmann::json::parse(calib_config_to_json(run->config))}};
     if (quantized)
       j["quantization"] = {{"method", "rtn"}, {"wbits", a.wbits}, {"abits", a.abits}, {"kvbits", a.kvbits}};
+    if (exported) {
+      j["quantization"] = {{"exported", exported->format}, {"description", exported->description()}};
+      if (exported->sidecar && exported->sidecar->source) {
+        const SourceRunInfo& src = *exported->sidecar->source;
+        j["quantization"]["source_run"] = {{"run", src.run_dir},
+                                           {"quantized_perplexity", src.quantized_perplexity},
+                                           {"seq_len", src.eval_seq_len},
+                                           {"windows", src.eval_windows}};
+      }
+    }
     std::cout << json_text(j) << "\n";
     return 0;
   }
@@ -244,6 +276,15 @@ int run_eval(const EvalArgs& a) {
   if (quantized)
     std::printf("quantized:   RTN W%dA%dKV%d (weights per channel sym + MSE clip; activations per token asym)\n",
                 a.wbits, a.abits, a.kvbits);
+  if (exported) {
+    std::printf("quantized:   exported %s\n", exported->description().c_str());
+    if (exported->sidecar && exported->sidecar->source) {
+      const SourceRunInfo& src = *exported->sidecar->source;
+      std::printf("run:         %s: quantized perplexity %.4f (--seq-len %lld --max-windows %lld)\n", src.run_dir.c_str(),
+                  src.quantized_perplexity, static_cast<long long>(src.eval_seq_len),
+                  static_cast<long long>(src.eval_windows));
+    }
+  }
   std::printf("perplexity:  %.4f\n", r.perplexity);
   std::printf("throughput:  %.1f tokens/s (%.2f s)\n", r.tokens_per_s, r.seconds);
   return 0;
@@ -294,12 +335,122 @@ int run_calibrate(const CalibrateArgs& a) {
   if (a.gptq) c.weight_quantizer = WeightQuantizer::Gptq;
   set_compute_threads(c.threads);
   CalibPrinter printer;
-  CalibOutcome r = run_calibration(c, a.out, &g_control, &printer);
+  std::optional<CalibOutcome> outcome;
+  if (a.no_store) {
+    outcome = run_calibration(c, a.out, &g_control, &printer);
+  } else {
+    RunStore store = RunStore::open(store_path(a.db));
+    std::optional<int64_t> id;
+    std::string store_error;
+    try {
+      outcome = calibrate_and_record(c, a.out, store, &g_control, &printer, {}, &id, &store_error);
+    } catch (...) {
+      if (id) std::fprintf(stderr, "\nrecorded as run %lld in %s\n", static_cast<long long>(*id), store.path().c_str());
+      throw;
+    }
+    if (!store_error.empty()) std::fprintf(stderr, "warning: the run store could not record this run: %s\n", store_error.c_str());
+    if (id) std::fprintf(stderr, "recorded as run %lld in %s\n", static_cast<long long>(*id), store.path().c_str());
+  }
+  const CalibOutcome& r = *outcome;
   if (a.json) {
     std::cout << json_text(run_record_to_json(r.record)) << "\n";
     return 0;
   }
   print_calibration_summary(r);
+  return 0;
+}
+
+int run_sweep(const SweepArgs& a) {
+  CalibConfig base = a.base.config;
+  if (a.base.gptq) base.weight_quantizer = WeightQuantizer::Gptq;
+  set_compute_threads(base.threads);
+  // The plan: per bit width, every rank (respin) or the one run (other methods).
+  std::vector<int64_t> ranks;
+  for (const std::string& r : a.ranks) {
+    if (r == "full") {
+      ranks.push_back(-1);
+      continue;
+    }
+    try {
+      size_t used = 0;
+      const long long v = std::stoll(r, &used);
+      if (used != r.size() || v < 0) throw Error("");
+      ranks.push_back(v);
+    } catch (const std::exception&) {
+      throw Error("--ranks: '" + r + "' is not a rank (a number >= 0 or 'full')");
+    }
+  }
+  if (!ranks.empty() && base.method != Method::ReSpin)
+    throw Error("--ranks applies to --method respin only (" + std::string(method_name(base.method)) + " has no skip rank)");
+  if (ranks.empty()) ranks.push_back(base.rank);
+  std::vector<int> bits = a.bits;
+  if (bits.empty()) bits.push_back(-1);  // the base config's own bits
+  struct Planned {
+    CalibConfig config;
+    std::string dir;
+    bool learns;  // the first run of a bit width learns; the others reuse its rotations
+  };
+  std::vector<Planned> plan;
+  namespace fs = std::filesystem;
+  if (fs::symlink_status(a.base.out).type() != fs::file_type::not_found)
+    throw Error(a.base.out + ": already exists; a sweep writes a new folder of runs");
+  for (int b : bits) {
+    for (size_t i = 0; i < ranks.size(); ++i) {
+      CalibConfig c = base;
+      if (b > 0) c.wbits = c.abits = c.kvbits = b;
+      c.rank = ranks[i];
+      std::string name = "w" + std::to_string(c.wbits) + "a" + std::to_string(c.abits) + "kv" + std::to_string(c.kvbits);
+      if (c.method == Method::ReSpin) name += "-r" + (c.rank < 0 ? std::string("full") : std::to_string(c.rank));
+      plan.push_back({c, (fs::path(a.base.out) / name).string(), i == 0});
+      c.validate();
+    }
+  }
+  std::set<std::string> names;
+  for (const Planned& p : plan)
+    if (!names.insert(p.dir).second) throw Error("the sweep would write " + p.dir + " twice (repeated rank or bits)");
+
+  fs::create_directories(a.base.out);
+  RunStore store = RunStore::open(store_path(a.base.db));
+  std::string desc = std::string(method_name(base.method)) + " sweep: ";
+  for (const Planned& p : plan) desc += p.config.label() + (&p == &plan.back() ? "" : "; ");
+  const int64_t sweep = store.create_sweep(base.method == Method::ReSpin ? "rank" : "bits", fs::absolute(base.model).string(), desc);
+  std::fprintf(stderr, "sweep %lld: %zu runs into %s (store %s)\n", static_cast<long long>(sweep), plan.size(),
+               a.base.out.c_str(), store.path().c_str());
+  std::string learned_dir;
+  const auto t0 = std::chrono::steady_clock::now();
+  double derived_seconds = 0;
+  int derived = 0;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    Planned& p = plan[i];
+    if (!p.learns) p.config.rotations_from = learned_dir;
+    // ETA: runs that learn cost what the first did; derived runs what the derived so far did.
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::string eta = "?";
+    if (i > 0) {
+      const double per_derived = derived ? derived_seconds / derived : elapsed / i;
+      const double per_learning = (elapsed - derived_seconds) / std::max<size_t>(1, i - derived);
+      double left = 0;
+      for (size_t k = i; k < plan.size(); ++k) left += plan[k].learns ? per_learning : per_derived;
+      eta = duration_text(left);
+    }
+    std::fprintf(stderr, "[sweep %zu/%zu] %s%s  (elapsed %s, ETA %s)\n", i + 1, plan.size(), p.config.label().c_str(),
+                 p.learns ? "" : " (rotations of the first run)", duration_text(elapsed).c_str(), eta.c_str());
+    CalibPrinter printer;
+    std::optional<int64_t> id;
+    std::string store_error;
+    const auto r0 = std::chrono::steady_clock::now();
+    CalibOutcome r = calibrate_and_record(p.config, p.dir, store, &g_control, &printer, sweep, &id, &store_error);
+    if (!store_error.empty()) std::fprintf(stderr, "warning: the run store could not record this run: %s\n", store_error.c_str());
+    if (p.learns) {
+      learned_dir = r.run_dir;
+    } else {
+      derived_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - r0).count();
+      ++derived;
+    }
+    std::printf("%-28s ppl %.4f (FP %.4f)  run %lld  %s\n", p.config.label().c_str(), r.record.results.quantized_perplexity,
+                r.record.results.fp_perplexity, id ? static_cast<long long>(*id) : -1LL, r.run_dir.c_str());
+  }
+  std::printf("sweep %lld done: respin runs compare --sweep %lld\n", static_cast<long long>(sweep), static_cast<long long>(sweep));
   return 0;
 }
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/calib/calib_config.h"
+#include "core/util/run_control.h"
 
 namespace respin::cli {
 
@@ -82,7 +83,34 @@ struct CalibrateArgs {
   std::string out;
   bool gptq = false;
   bool json = false;
+  std::string db;         // the run store (default <data home>/runs.db)
+  bool no_store = false;  // do not record the run in the store
 };
+
+// `respin sweep`: a group of calibrations stored as one sweep.
+struct SweepArgs {
+  CalibrateArgs base;             // the calibrate options every run shares (base.out: the sweep's folder)
+  std::vector<std::string> ranks;  // respin: "0", "8", ..., "full"
+  std::vector<int> bits;           // W = A = KV bits per run; empty: the base config's
+};
+
+// `respin runs VERB`.
+struct RunsArgs {
+  std::string db;
+  std::string model, method, status, tag;
+  long long sweep = -1;
+  bool json = false;
+  std::vector<long long> ids;
+  long long id = -1;           // show, tag, note
+  std::string text;            // tag, note
+  bool remove = false;         // runs tag --remove
+  std::string format = "json"; // runs export
+  std::string out;
+  bool yes = false;            // runs delete / clean without asking
+};
+
+// The store a verb uses: --db, else $RESPIN_DB, else <data home>/runs.db (its folder is created).
+std::string store_path(const std::string& db_option);
 
 int run_info(const InfoArgs& a);
 int run_calibrate(const CalibrateArgs& a);
@@ -92,6 +120,18 @@ int run_generate(const GenerateArgs& a);
 int run_tokenize(const TokenizeArgs& a);
 int run_eval(const EvalArgs& a);
 int run_init_model(const InitModelArgs& a);
+int run_sweep(const SweepArgs& a);
+int run_runs_list(const RunsArgs& a);
+int run_runs_show(const RunsArgs& a);
+int run_runs_compare(const RunsArgs& a);
+int run_runs_export(const RunsArgs& a);
+int run_runs_tag(const RunsArgs& a);
+int run_runs_note(const RunsArgs& a);
+int run_runs_delete(const RunsArgs& a);
+int run_runs_clean(const RunsArgs& a);
+
+// The stop flag SIGINT/SIGTERM set (for verbs in other files).
+RunControl& stop_control();
 
 // Installs SIGINT/SIGTERM handlers that request a stop of the running command.
 void install_stop_handlers();

@@ -9,6 +9,7 @@
 #include <iostream>
 
 #include "app/cli_commands.h"
+#include "app/cli_export.h"
 #include "core/util/error.h"
 #include "core/util/error_message.h"
 #include "core/util/threads.h"
@@ -96,54 +97,108 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(bits_check);
 
   CalibrateArgs cal;
-  CalibConfig& cc = cal.config;
   auto* c_cal = app.add_subcommand(
       "calibrate", "Quantize a model with a method (rtn, quarot, spinquant, respin); writes a run directory");
-  c_cal->add_option("--model", cc.model, "Hugging Face model folder")->required();
-  const std::map<std::string, respin::Method> methods = {{"rtn", respin::Method::Rtn},
-                                                         {"quarot", respin::Method::QuaRot},
-                                                         {"spinquant", respin::Method::SpinQuant},
-                                                         {"respin", respin::Method::ReSpin}};
-  c_cal->add_option("--method", cc.method, "Quantization method (rtn, quarot, spinquant, respin)")
-      ->transform(CLI::CheckedTransformer(methods))->default_str("respin");
+  // The options of one calibration, shared by calibrate and sweep.
+  auto add_calib_options = [&](CLI::App* c, CalibrateArgs& a) {
+    c->add_option("--model", a.config.model, "Hugging Face model folder")->required();
+    static const std::map<std::string, respin::Method> methods = {{"rtn", respin::Method::Rtn},
+                                                           {"quarot", respin::Method::QuaRot},
+                                                           {"spinquant", respin::Method::SpinQuant},
+                                                           {"respin", respin::Method::ReSpin}};
+    c->add_option("--method", a.config.method, "Quantization method (rtn, quarot, spinquant, respin)")
+        ->transform(CLI::CheckedTransformer(methods))->default_str("respin");
+    c->add_option("--wbits", a.config.wbits, "Weight bits (16 = off)")->capture_default_str()->check(bits_check);
+    c->add_option("--abits", a.config.abits, "Activation bits (16 = off)")->capture_default_str()->check(bits_check);
+    c->add_option("--kvbits", a.config.kvbits, "KV-cache bits (16 = off)")->capture_default_str()->check(bits_check);
+    c->add_option("--rank", a.config.rank, "ReSpinQuant skip-path rank r (-1 = full)")
+        ->capture_default_str()->check(CLI::Range(-1LL, 1LL << 20));
+    c->add_flag("--gptq", a.gptq, "Quantize weights with GPTQ instead of RTN");
+    c->add_option("--samples", a.config.samples, "Calibration windows")->capture_default_str()->check(kPositiveCount);
+    c->add_option("--seq-len", a.config.seq_len, "Tokens per window (capped at the model's maximum)")
+        ->capture_default_str()->check(CLI::Range(2LL, 1LL << 20));
+    c->add_option("--iters", a.config.iters, "Rotation-learning steps (spinquant, respin)")
+        ->capture_default_str()->check(kCount);
+    c->add_option("--lr", a.config.lr, "Cayley SGD learning rate")->capture_default_str()->check(CLI::Range(1e-9, 1e3));
+    c->add_option("--batch", a.config.batch, "Windows per rotation-learning step")
+        ->capture_default_str()->check(kPositiveCount);
+    c->add_option("--seed", a.config.seed, "Seed of the random Hadamard rotations")->capture_default_str();
+    c->add_option("--calib-text", a.config.calib_text, "Calibration text file (default: the corpus training split)");
+    c->add_option("--eval-text", a.config.eval_text, "Evaluation text file (default: the corpus test split)");
+    c->add_option("--eval-windows", a.config.eval_windows, "Evaluate at most this many windows (0 = all)")
+        ->capture_default_str()->check(kCount);
+    c->add_option("--stats-windows", a.config.stats_windows, "Windows for the activation statistics")
+        ->capture_default_str()->check(kCount);
+    c->add_option("--w-group", a.config.w_group, "Weight group size (0 = per output channel)")->capture_default_str();
+    c->add_option("--a-group", a.config.a_group, "Activation group size (0 = per token, and on o_proj's input the method's default: per token, or per head for spinquant/respin)")->capture_default_str();
+    c->add_option("--a-clip", a.config.a_clip, "Activation clip ratio")->capture_default_str();
+    c->add_option("--kv-clip", a.config.kv_clip, "KV-cache clip ratio")->capture_default_str();
+    c->add_option("--kv-group", a.config.kv_group, "KV-cache group size within a head (0 = whole head)")
+        ->capture_default_str();
+    c->add_flag("--a-sym", a.config.a_sym, "Symmetric activation quantizer (default asymmetric)");
+    c->add_flag("--kv-sym", a.config.kv_sym, "Symmetric KV-cache quantizer (default asymmetric)");
+    c->add_flag("--w-asym{false}", a.config.w_sym, "Asymmetric weight quantizer (default symmetric)");
+    static const std::map<std::string, respin::DeviceChoice> devices = {
+        {"auto", respin::DeviceChoice::Auto}, {"cpu", respin::DeviceChoice::Cpu}, {"cuda", respin::DeviceChoice::Cuda}};
+    c->add_option("--device", a.config.device, "Compute device (auto, cpu, cuda)")
+        ->transform(CLI::CheckedTransformer(devices))->default_str("auto");
+    c->add_option("--threads", a.config.threads, "Compute threads (0 = all cores)")
+        ->capture_default_str()->check(thread_range());
+    c->add_option("--db", a.db, "Run store to record into (default <data home>/runs.db)");
+    c->add_flag("--no-store", a.no_store, "Do not record the run in the run store");
+  };
+  add_calib_options(c_cal, cal);
   c_cal->add_option("--out", cal.out, "Run directory to create (must not exist)")->required();
-  c_cal->add_option("--wbits", cc.wbits, "Weight bits (16 = off)")->capture_default_str()->check(bits_check);
-  c_cal->add_option("--abits", cc.abits, "Activation bits (16 = off)")->capture_default_str()->check(bits_check);
-  c_cal->add_option("--kvbits", cc.kvbits, "KV-cache bits (16 = off)")->capture_default_str()->check(bits_check);
-  c_cal->add_option("--rank", cc.rank, "ReSpinQuant skip-path rank r (-1 = full)")
-      ->capture_default_str()->check(CLI::Range(-1LL, 1LL << 20));
-  c_cal->add_flag("--gptq", cal.gptq, "Quantize weights with GPTQ instead of RTN");
-  c_cal->add_option("--samples", cc.samples, "Calibration windows")->capture_default_str()->check(kPositiveCount);
-  c_cal->add_option("--seq-len", cc.seq_len, "Tokens per window (capped at the model's maximum)")
-      ->capture_default_str()->check(CLI::Range(2LL, 1LL << 20));
-  c_cal->add_option("--iters", cc.iters, "Rotation-learning steps (spinquant, respin)")
-      ->capture_default_str()->check(kCount);
-  c_cal->add_option("--lr", cc.lr, "Cayley SGD learning rate")->capture_default_str()->check(CLI::Range(1e-9, 1e3));
-  c_cal->add_option("--batch", cc.batch, "Windows per rotation-learning step")
-      ->capture_default_str()->check(kPositiveCount);
-  c_cal->add_option("--seed", cc.seed, "Seed of the random Hadamard rotations")->capture_default_str();
-  c_cal->add_option("--calib-text", cc.calib_text, "Calibration text file (default: the corpus training split)");
-  c_cal->add_option("--eval-text", cc.eval_text, "Evaluation text file (default: the corpus test split)");
-  c_cal->add_option("--eval-windows", cc.eval_windows, "Evaluate at most this many windows (0 = all)")
-      ->capture_default_str()->check(kCount);
-  c_cal->add_option("--stats-windows", cc.stats_windows, "Windows for the activation statistics")
-      ->capture_default_str()->check(kCount);
-  c_cal->add_option("--w-group", cc.w_group, "Weight group size (0 = per output channel)")->capture_default_str();
-  c_cal->add_option("--a-group", cc.a_group, "Activation group size (0 = per token, and on o_proj's input the method's default: per token, or per head for spinquant/respin)")->capture_default_str();
-  c_cal->add_option("--a-clip", cc.a_clip, "Activation clip ratio")->capture_default_str();
-  c_cal->add_option("--kv-clip", cc.kv_clip, "KV-cache clip ratio")->capture_default_str();
-  c_cal->add_option("--kv-group", cc.kv_group, "KV-cache group size within a head (0 = whole head)")
-      ->capture_default_str();
-  c_cal->add_flag("--a-sym", cc.a_sym, "Symmetric activation quantizer (default asymmetric)");
-  c_cal->add_flag("--kv-sym", cc.kv_sym, "Symmetric KV-cache quantizer (default asymmetric)");
-  c_cal->add_flag("--w-asym{false}", cc.w_sym, "Asymmetric weight quantizer (default symmetric)");
-  const std::map<std::string, respin::DeviceChoice> devices = {
-      {"auto", respin::DeviceChoice::Auto}, {"cpu", respin::DeviceChoice::Cpu}, {"cuda", respin::DeviceChoice::Cuda}};
-  c_cal->add_option("--device", cc.device, "Compute device (auto, cpu, cuda)")
-      ->transform(CLI::CheckedTransformer(devices))->default_str("auto");
-  c_cal->add_option("--threads", cc.threads, "Compute threads (0 = all cores)")
-      ->capture_default_str()->check(thread_range());
   c_cal->add_flag("--json", cal.json, "Print run.json instead of the summary");
+
+  SweepArgs sw;
+  auto* c_sweep = app.add_subcommand(
+      "sweep", "A group of calibrations stored as one sweep: ranks (respin) and/or bit widths; rotations are "
+               "learned once per bit width and every rank derived from them");
+  add_calib_options(c_sweep, sw.base);
+  c_sweep->add_option("--out", sw.base.out, "Folder to create for the sweep's run directories")->required();
+  c_sweep->add_option("--ranks", sw.ranks, "Skip ranks, comma separated (numbers or 'full'; respin only)")->delimiter(',');
+  c_sweep->add_option("--bits", sw.bits, "Bit widths, comma separated: each run is W=A=KV=b")
+      ->delimiter(',')->check(bits_check);
+
+  RunsArgs rn;
+  auto* c_runs = app.add_subcommand("runs", "The run store: list, show, compare, export, tag, note, delete, clean");
+  c_runs->require_subcommand(1);
+  c_runs->add_option("--db", rn.db, "Run store (default <data home>/runs.db)");
+  c_runs->fallthrough();
+  auto* r_list = c_runs->add_subcommand("list", "Runs, filtered");
+  r_list->add_option("--model", rn.model, "Only runs of this model folder");
+  r_list->add_option("--method", rn.method, "Only runs of this method")
+      ->check(CLI::IsMember({"rtn", "quarot", "spinquant", "respin"}));
+  r_list->add_option("--status", rn.status, "Only runs with this status")
+      ->check(CLI::IsMember({"running", "finished", "cancelled", "failed", "interrupted"}));
+  r_list->add_option("--tag", rn.tag, "Only runs with this tag");
+  r_list->add_option("--sweep", rn.sweep, "Only the runs of this sweep")->check(kCount);
+  r_list->add_flag("--json", rn.json, "Machine-readable output");
+  auto* r_show = c_runs->add_subcommand("show", "One run in full");
+  r_show->add_option("id", rn.id, "Run id")->required();
+  r_show->add_flag("--json", rn.json, "Machine-readable output");
+  auto* r_compare = c_runs->add_subcommand("compare", "Runs side by side: config differences and metrics; or a sweep's table");
+  r_compare->add_option("ids", rn.ids, "Run ids");
+  r_compare->add_option("--sweep", rn.sweep, "The rank/bits table of a sweep with each rank's online cost")->check(kCount);
+  r_compare->add_flag("--json", rn.json, "Machine-readable output");
+  auto* r_export = c_runs->add_subcommand("export", "Run data (config, metrics, loss curve, per-layer statistics)");
+  r_export->add_option("ids", rn.ids, "Run ids")->required();
+  r_export->add_option("--format", rn.format, "json (one file) or csv (F.csv, F.loss.csv, F.layers.csv)")
+      ->check(CLI::IsMember({"json", "csv"}))->capture_default_str();
+  r_export->add_option("--out", rn.out, "Output file")->required();
+  auto* r_tag = c_runs->add_subcommand("tag", "Add (or --remove) a tag");
+  r_tag->add_option("id", rn.id, "Run id")->required();
+  r_tag->add_option("tag", rn.text, "Tag")->required();
+  r_tag->add_flag("--remove", rn.remove, "Remove the tag instead");
+  auto* r_note = c_runs->add_subcommand("note", "Set a run's free-text note");
+  r_note->add_option("id", rn.id, "Run id")->required();
+  r_note->add_option("text", rn.text, "Note (empty clears it)")->required();
+  auto* r_delete = c_runs->add_subcommand("delete", "Delete runs and their run directories (asks first)");
+  r_delete->add_option("ids", rn.ids, "Run ids")->required();
+  r_delete->add_flag("--yes", rn.yes, "Do not ask");
+  auto* r_clean = c_runs->add_subcommand("clean", "Mark runs whose writer died as interrupted and remove their temporary directories");
+  r_clean->add_flag("--yes", rn.yes, "Do not ask");
 
   InitModelArgs im;
   auto* c_init = app.add_subcommand(
@@ -204,6 +259,22 @@ int main(int argc, char** argv) {
   c_gen->add_option("--device", gn.device, "Compute device (auto: CUDA when available)")
       ->capture_default_str()->check(CLI::IsMember({"auto", "cpu", "cuda"}));
 
+  ExportArgs ex;
+  auto* c_export = app.add_subcommand(
+      "export", "Export a calibration run for other tools: a Hugging Face folder with the online operations in a "
+                "sidecar (hf), or packed integer weights (compressed-tensors); see docs/export.md");
+  c_export->add_option("run", ex.run, "Calibration run directory")->required();
+  c_export->add_option("--format", ex.format, "hf or compressed-tensors")
+      ->required()->check(CLI::IsMember({"hf", "compressed-tensors"}));
+  c_export->add_option("--out", ex.out, "Folder to create (must not exist)")->required();
+  c_export->add_option("--dtype", ex.dtype, "Storage dtype of the floating-point tensors")
+      ->capture_default_str()->check(CLI::IsMember({"bf16", "f16", "f32"}));
+  c_export->add_flag("--allow-sidecar", ex.allow_sidecar,
+                     "compressed-tensors: put what the format cannot express (skip corrections, KV and asymmetric or "
+                     "clipped activation quantizers, QuaRot's head Hadamard, R3) into respin_online.json instead of "
+                     "refusing");
+  c_export->add_flag("--json", ex.json, "Machine-readable output");
+
   // A word that is neither an option nor a verb: say which (CLI11 would only ask for a subcommand).
   std::vector<std::string> verbs;
   for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) verbs.push_back(sub->get_name());
@@ -256,10 +327,20 @@ int main(int argc, char** argv) {
     if (c_tok->parsed()) return run_tokenize(tok);
     if (c_eval->parsed()) return run_eval(ev);
     if (c_cal->parsed()) return run_calibrate(cal);
+    if (c_sweep->parsed()) return run_sweep(sw);
+    if (r_list->parsed()) return run_runs_list(rn);
+    if (r_show->parsed()) return run_runs_show(rn);
+    if (r_compare->parsed()) return run_runs_compare(rn);
+    if (r_export->parsed()) return run_runs_export(rn);
+    if (r_tag->parsed()) return run_runs_tag(rn);
+    if (r_note->parsed()) return run_runs_note(rn);
+    if (r_delete->parsed()) return run_runs_delete(rn);
+    if (r_clean->parsed()) return run_runs_clean(rn);
     if (c_init->parsed()) return run_init_model(im);
     if (c_forge->parsed()) return run_forge(fg);
     if (c_corpus->parsed()) return run_corpus(cp);
     if (c_gen->parsed()) return run_generate(gn);
+    if (c_export->parsed()) return run_export(ex);
   } catch (const respin::Cancelled&) {
     std::cerr << "\ncancelled\n";
     return 130;

@@ -79,6 +79,7 @@ void CalibConfig::validate() const {
   if (eval_windows < 0) fail("eval_windows must be >= 0");
   if (stats_windows < 0) fail("stats_windows must be >= 0");
   if (threads < 0) fail("threads must be >= 0");
+  if (!rotations_from.empty() && !method_rotates(method)) fail("rotations_from applies to rotating methods only");
 }
 
 std::string CalibConfig::label() const {
@@ -123,6 +124,7 @@ void for_each_field(Config& c, Visit&& visit) {
   visit("device", c.device);
   visit("threads", c.threads);
   visit("data_dir", c.data_dir);
+  visit("rotations_from", c.rotations_from);
 }
 
 // Enums travel as their names.

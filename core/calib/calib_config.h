@@ -47,6 +47,10 @@ struct CalibConfig {
   DeviceChoice device = DeviceChoice::Auto;
   int threads = 0;               // 0 = all cores (applied by the entry point, not the pipeline)
   std::string data_dir;          // corpus folder for the default texts; empty = default_corpus_dir()
+  // A run directory whose rotations this run reuses instead of learning its own (a sweep learns
+  // once and derives every rank from one set): its config must agree on everything the learning
+  // saw (model, method, seed, bits, quantizers, samples, window length, steps, lr, batch, data).
+  std::string rotations_from;
 
   // Throws respin::Error naming the field for any invalid value (including the quantizer
   // combinations the methods cannot run).

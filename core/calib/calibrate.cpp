@@ -398,9 +398,50 @@ class Pipeline {
     if (observer_) observer_->on_started(rec_, tmp_.string(), final_dir_.string());
   }
 
+  // ---- a run whose rotations come from another (sweeps)
+  const RunRecord* rotations_source() {
+    if (cfg_.rotations_from.empty()) return nullptr;
+    if (!source_) {
+      const std::string path = (fs::path(cfg_.rotations_from) / "run.json").string();
+      if (!fs::is_regular_file(path)) throw Error(cfg_.rotations_from + ": not a run directory (no run.json)");
+      RunRecord r = run_record_from_json(nlohmann::json::parse(read_text_file(path)), path);
+      // Everything the learned rotations depend on must agree.
+      const CalibConfig &a = r.config, &b = cfg_;
+      std::vector<std::string> differ;
+      auto same = [&](bool eq, const char* what) {
+        if (!eq) differ.push_back(what);
+      };
+      same(r.model.sha256 == rec_.model.sha256, "model");
+      same(a.method == b.method, "method");
+      same(a.seed == b.seed, "seed");
+      same(a.wbits == b.wbits && a.abits == b.abits && a.kvbits == b.kvbits, "bits");
+      same(a.w_group == b.w_group && a.a_group == b.a_group && a.kv_group == b.kv_group, "group sizes");
+      same(a.w_sym == b.w_sym && a.a_sym == b.a_sym && a.kv_sym == b.kv_sym, "symmetry");
+      same(a.a_clip == b.a_clip && a.kv_clip == b.kv_clip && a.w_mse_clip == b.w_mse_clip, "clipping");
+      same(a.weight_quantizer == b.weight_quantizer, "weight quantizer");
+      same(a.samples == b.samples && r.calibration.seq_len == seq_len_, "calibration windows");
+      same(a.iters == b.iters && a.lr == b.lr && a.batch == b.batch, "learning steps, lr or batch");
+      same(r.calibration.data.sha256 == rec_.calibration.data.sha256, "calibration text");
+      if (!differ.empty()) {
+        std::string list;
+        for (const std::string& d : differ) list += (list.empty() ? "" : ", ") + d;
+        throw Error(path + ": its rotations were learned with another " + list + " than this run's");
+      }
+      source_ = std::move(r);
+    }
+    return &*source_;
+  }
+
   // ---- evaluations
   void evaluate_full_precision() {
     begin(Phase::EvalFp);
+    // The same model on the same text with the same windows: the source run's number is this one.
+    if (const RunRecord* src = rotations_source();
+        src && src->results.eval_data.sha256 == rec_.results.eval_data.sha256 && src->results.eval_seq_len == seq_len_ &&
+        src->config.eval_windows == cfg_.eval_windows && src->results.fp_perplexity > 0) {
+      fp_.perplexity = src->results.fp_perplexity;
+      return;
+    }
     fp_ = with_error_context("evaluating " + eval_src_ + " (tokenized with " + tokenizer_path_ + ")",
                              [&] { return evaluate_perplexity(*original_, eval_ids_, po_, &steps_); });
   }
@@ -434,6 +475,8 @@ class Pipeline {
     stats_before_ = before.results();
     stats_after_ = stats_before_;  // without rotation, the quantizers see the original activations
     if (observer_) observer_->on_stats(StatsStage::Before, stats_before_);
+    // Without rotation the quantizers see the original activations: "after" is "before".
+    if (observer_ && !method_rotates(cfg_.method)) observer_->on_stats(StatsStage::After, stats_after_);
   }
   void statistics_after() {
     begin(Phase::StatsAfter);
@@ -450,11 +493,22 @@ class Pipeline {
   void rotations() {
     begin(Phase::Rotate);
     LlamaModel fused = fuse_rms_norms(*original_);
-    InitialRotations init = initial_rotations(cfg_.method, mc(), cfg_.seed, device_);
-    rec_.method.residual_init = init.residual_init;
-    rec_.method.head_init = init.head_init;
-    ResidualRotations rot = std::move(init.rotations);
-    if (method_learns(cfg_.method)) {
+    ResidualRotations rot;
+    if (const RunRecord* src = rotations_source()) {
+      rot = load_rotations(cfg_.rotations_from, mc(), device_);
+      // One residual rotation for every layer (all but ReSpinQuant): shared again, as learned.
+      if (cfg_.method != Method::ReSpin) rot = ResidualRotations::global(rot.final_basis, rot.head, mc().num_hidden_layers);
+      rec_.method.residual_init = src->method.residual_init;
+      rec_.method.head_init = src->method.head_init;
+      rec_.method.training = src->method.training;
+      rec_.method.rotations_from = fs::absolute(cfg_.rotations_from).lexically_normal().string();
+    } else {
+      InitialRotations init = initial_rotations(cfg_.method, mc(), cfg_.seed, device_);
+      rec_.method.residual_init = init.residual_init;
+      rec_.method.head_init = init.head_init;
+      rot = std::move(init.rotations);
+    }
+    if (method_learns(cfg_.method) && !rotations_source()) {
       RotationTrainingOptions to;
       to.iterations = cfg_.iters;
       to.lr = cfg_.lr;
@@ -628,6 +682,7 @@ class Pipeline {
   std::optional<ResidualRotations> final_rot_;
   ModelWeights qw_;
   ModelWeightGrids grids_;
+  std::optional<RunRecord> source_;
   fs::path final_dir_, tmp_;
 };
 

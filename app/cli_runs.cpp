@@ -1,0 +1,480 @@
+// `respin runs ...`: the run store from the command line (see cli_commands.h).
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+
+#include "app/cli_commands.h"
+#include "core/io/atomic_file.h"
+#include "core/store/run_store.h"
+#include "core/util/error.h"
+
+namespace respin::cli {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string text_json(const json& j) { return j.dump(2, ' ', false, json::error_handler_t::replace); }
+
+RunStore open_store(const RunsArgs& a, bool write) {
+  const std::string path = store_path(a.db);
+  if (!write && !fs::exists(path)) throw Error(path + ": no run store yet (calibrate a model first, or pass --db)");
+  return write ? RunStore::open(path) : RunStore::open_readonly(path);
+}
+
+std::string opt_num(const std::optional<double>& v, const char* fmt = "%.4f") {
+  if (!v) return "-";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, fmt, *v);
+  return buf;
+}
+
+std::string rank_text(const RunSummary& r) {
+  if (r.method != Method::ReSpin) return "-";
+  if (r.applied_rank) return std::to_string(*r.applied_rank);
+  return r.rank < 0 ? "full" : std::to_string(r.rank);
+}
+
+json summary_json(const RunSummary& r) {
+  json j = {{"id", r.id},
+            {"uuid", r.uuid},
+            {"status", run_status_name(r.status)},
+            {"message", r.message},
+            {"created", r.created},
+            {"ended", r.ended},
+            {"model", r.model_folder},
+            {"architecture", r.model_architecture},
+            {"method", method_name(r.method)},
+            {"wbits", r.wbits},
+            {"abits", r.abits},
+            {"kvbits", r.kvbits},
+            {"rank", r.rank},
+            {"weight_quantizer", weight_quantizer_name(r.weight_quantizer)},
+            {"tags", r.tags},
+            {"run_dir", r.run_dir}};
+  auto put = [&](const char* k, const std::optional<double>& v) { j[k] = v ? json(*v) : json(nullptr); };
+  put("fp_perplexity", r.fp_perplexity);
+  put("quantized_perplexity", r.quantized_perplexity);
+  put("calibration_seconds", r.calibration_seconds);
+  put("total_seconds", r.total_seconds);
+  j["applied_rank"] = r.applied_rank ? json(*r.applied_rank) : json(nullptr);
+  j["sweep"] = r.sweep_id ? json(*r.sweep_id) : json(nullptr);
+  j["tmp_dir"] = r.tmp_dir.empty() ? json(nullptr) : json(r.tmp_dir);
+  return j;
+}
+
+RunDetail need_run(const RunStore& s, long long id) {
+  std::optional<RunDetail> d = s.get_run(id);
+  if (!d) throw Error(s.path() + ": no run " + std::to_string(id));
+  return *d;
+}
+
+// Parameters (= MACs per token) of one decoder layer's linear layers.
+int64_t layer_linear_params(const ModelIdentity& m) {
+  const int64_t D = m.hidden_size, q = m.heads * m.head_dim, kv = m.kv_heads * m.head_dim;
+  return D * q + 2 * D * kv + q * D + 3 * D * m.intermediate_size;
+}
+
+// Flattens a JSON object to "a.b.c" -> value (arrays stay values).
+void flatten(const json& j, const std::string& prefix, std::map<std::string, json>& out) {
+  if (j.is_object()) {
+    for (auto it = j.begin(); it != j.end(); ++it) flatten(it.value(), prefix.empty() ? it.key() : prefix + "." + it.key(), out);
+  } else {
+    out[prefix] = j;
+  }
+}
+
+std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string o = "\"";
+  for (char c : s) o += c == '"' ? std::string("\"\"") : std::string(1, c);
+  return o + "\"";
+}
+
+std::string value_text(const json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_null()) return "";
+  return v.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+bool confirm(const std::string& question, bool yes) {
+  if (yes) return true;
+  if (!isatty(STDIN_FILENO)) throw Error(question + ": refusing without --yes (standard input is not a terminal)");
+  std::fprintf(stderr, "%s [y/N] ", question.c_str());
+  std::string line;
+  std::getline(std::cin, line);
+  return line == "y" || line == "Y" || line == "yes";
+}
+
+}  // namespace
+
+int run_runs_list(const RunsArgs& a) {
+  RunStore s = open_store(a, false);
+  RunFilter f;
+  if (!a.model.empty()) f.model = fs::absolute(a.model).lexically_normal().string();
+  if (!a.method.empty()) f.method = method_from_name(a.method);
+  if (!a.status.empty()) f.status = run_status_from_name(a.status);
+  if (!a.tag.empty()) f.tag = a.tag;
+  if (a.sweep >= 0) f.sweep = a.sweep;
+  const std::vector<RunSummary> runs = s.list_runs(f);
+  if (a.json) {
+    json arr = json::array();
+    for (const RunSummary& r : runs) arr.push_back(summary_json(r));
+    std::cout << text_json(arr) << "\n";
+    return 0;
+  }
+  std::printf("%-5s %-11s %-20s %-10s %-8s %-5s %-5s %10s %10s %9s  %s\n", "ID", "STATUS", "MODEL", "METHOD", "BITS",
+              "RANK", "SWEEP", "FP PPL", "Q PPL", "CALIB", "CREATED / TAGS");
+  for (const RunSummary& r : runs) {
+    const std::string bits = "W" + std::to_string(r.wbits) + "A" + std::to_string(r.abits) + "KV" + std::to_string(r.kvbits);
+    std::string tags;
+    for (const std::string& t : r.tags) tags += " #" + t;
+    std::printf("%-5lld %-11s %-20.20s %-10s %-8s %-5s %-5s %10s %10s %9s  %s%s\n", static_cast<long long>(r.id),
+                run_status_name(r.status), fs::path(r.model_folder).filename().c_str(),
+                (std::string(method_name(r.method)) + (r.weight_quantizer == WeightQuantizer::Gptq ? "+gptq" : "")).c_str(),
+                bits.c_str(), rank_text(r).c_str(), r.sweep_id ? std::to_string(*r.sweep_id).c_str() : "-",
+                opt_num(r.fp_perplexity).c_str(), opt_num(r.quantized_perplexity).c_str(),
+                opt_num(r.calibration_seconds, "%.1fs").c_str(), r.created.substr(0, 19).c_str(), tags.c_str());
+  }
+  if (runs.empty()) std::fprintf(stderr, "no runs%s in %s\n", f.model || f.method || f.status || f.tag || f.sweep ? " match" : "",
+                                 s.path().c_str());
+  return 0;
+}
+
+int run_runs_show(const RunsArgs& a) {
+  RunStore s = open_store(a, false);
+  const RunDetail d = need_run(s, a.id);
+  if (a.json) {
+    json j = summary_json(d.summary);
+    j["config"] = json::parse(d.config_json);
+    j["config_sha256"] = d.config_sha256;
+    j["note"] = d.note;
+    j["respin_version"] = d.respin_version;
+    j["record"] = d.record ? run_record_to_json(*d.record) : json(nullptr);
+    json loss = json::array();
+    for (const LossPoint& p : d.loss) loss.push_back(std::isfinite(p.loss) ? json(p.loss) : json("nan"));
+    j["loss"] = loss;
+    std::cout << text_json(j) << "\n";
+    return 0;
+  }
+  const RunSummary& r = d.summary;
+  std::printf("run %lld (%s)  %s%s\n", static_cast<long long>(r.id), r.uuid.c_str(), run_status_name(r.status),
+              r.message.empty() ? "" : (": " + r.message).c_str());
+  std::printf("  config:       %s, weights %s\n", d.config.label().c_str(), weight_quantizer_name(d.config.weight_quantizer));
+  std::printf("  model:        %s (%s, %lld parameters, sha256 %.12s)\n", d.model.folder.c_str(), d.model.architecture.c_str(),
+              static_cast<long long>(d.model.parameters), d.model.sha256.c_str());
+  std::printf("  created:      %s  ended: %s\n", r.created.c_str(), r.ended.empty() ? "-" : r.ended.c_str());
+  std::printf("  run dir:      %s\n", r.run_dir.c_str());
+  if (!r.tmp_dir.empty()) std::printf("  temp dir:     %s\n", r.tmp_dir.c_str());
+  if (r.sweep_id) std::printf("  sweep:        %lld\n", static_cast<long long>(*r.sweep_id));
+  std::printf("  perplexity:   FP %s -> quantized %s\n", opt_num(r.fp_perplexity).c_str(), opt_num(r.quantized_perplexity).c_str());
+  if (d.record) {
+    const RunRecord& rec = *d.record;
+    std::printf("  eval:         %lld windows x %lld tokens of %s, %.0f tokens/s\n",
+                static_cast<long long>(rec.results.eval_windows), static_cast<long long>(rec.results.eval_seq_len),
+                rec.results.eval_data.source.c_str(), rec.results.eval_tokens_per_s);
+    if (rec.method.rank >= 0)
+      std::printf("  skip rank:    %lld (%lld extra parameters, %lld MACs per token)%s\n",
+                  static_cast<long long>(rec.method.rank), static_cast<long long>(rec.method.online_parameters),
+                  static_cast<long long>(rec.method.online_macs_per_token),
+                  rec.method.rotations_from.empty() ? "" : ("; rotations from " + rec.method.rotations_from).c_str());
+    std::printf("  time:         calibration %.1f s, total %.1f s on %s (%d threads), peak RSS %.0f MiB\n",
+                rec.timing.calibration_seconds, rec.timing.total_seconds, rec.timing.device.c_str(), rec.timing.threads,
+                rec.peak_rss_bytes / 1048576.0);
+  }
+  if (!d.loss.empty())
+    std::printf("  loss:         %.4f -> %.4f over %zu steps\n", d.loss.front().loss, d.loss.back().loss, d.loss.size());
+  if (!r.tags.empty()) {
+    std::string t;
+    for (const std::string& x : r.tags) t += " #" + x;
+    std::printf("  tags:        %s\n", t.c_str());
+  }
+  if (!d.note.empty()) std::printf("  note:         %s\n", d.note.c_str());
+  return 0;
+}
+
+int run_runs_compare(const RunsArgs& a) {
+  RunStore s = open_store(a, false);
+  std::vector<RunDetail> runs;
+  if (a.sweep >= 0) {
+    RunFilter f;
+    f.sweep = a.sweep;
+    for (const RunSummary& r : s.list_runs(f)) runs.push_back(need_run(s, r.id));
+    if (runs.empty()) throw Error(s.path() + ": sweep " + std::to_string(a.sweep) + " has no runs");
+  } else {
+    if (a.ids.size() < 2) throw Error("runs compare needs two or more run ids, or --sweep");
+    for (long long id : a.ids) runs.push_back(need_run(s, id));
+  }
+
+  if (a.sweep >= 0) {
+    // The rank (or bits) table of a sweep, with what each rank costs online.
+    json rows = json::array();
+    for (const RunDetail& d : runs) {
+      const RunSummary& r = d.summary;
+      const int64_t layer = layer_linear_params(d.model);
+      const int64_t rank = d.record ? d.record->method.rank : -1;
+      const int64_t D = d.model.hidden_size;
+      // Per decoder layer: two residual adds, each Q [D, r] and M [r, r]; 2 D r + r^2 MACs each.
+      const int64_t params = rank >= 0 ? 2 * (D * rank + rank * rank) : 0;
+      const int64_t macs = rank >= 0 ? 2 * (2 * D * rank + rank * rank) : 0;
+      json row = {{"id", r.id}, {"label", d.config.label()}, {"status", run_status_name(r.status)},
+                  {"wbits", r.wbits}, {"abits", r.abits}, {"kvbits", r.kvbits},
+                  {"rank", rank}, {"online_parameters_per_layer", params}, {"online_macs_per_token_per_layer", macs},
+                  {"share_of_layer_parameters", layer ? double(params) / layer : 0.0},
+                  {"share_of_layer_macs", layer ? double(macs) / layer : 0.0}};
+      row["fp_perplexity"] = r.fp_perplexity ? json(*r.fp_perplexity) : json(nullptr);
+      row["quantized_perplexity"] = r.quantized_perplexity ? json(*r.quantized_perplexity) : json(nullptr);
+      row["rotations_from"] = d.record ? json(d.record->method.rotations_from) : json(nullptr);
+      rows.push_back(row);
+    }
+    if (a.json) {
+      std::cout << text_json(json{{"sweep", a.sweep}, {"runs", rows}}) << "\n";
+      return 0;
+    }
+    std::printf("sweep %lld (%zu runs); online cost per decoder layer and its share of the layer's linear "
+                "parameters / MACs per token\n",
+                a.sweep, runs.size());
+    std::printf("%-5s %-24s %-8s %6s %10s %10s %14s %14s %8s\n", "ID", "RUN", "BITS", "RANK", "FP PPL", "Q PPL",
+                "+PARAMS/LAYER", "+MACS/TOKEN/L", "SHARE");
+    for (const json& row : rows) {
+      const std::string bits = "W" + std::to_string(row["wbits"].get<int>()) + "A" + std::to_string(row["abits"].get<int>()) +
+                               "KV" + std::to_string(row["kvbits"].get<int>());
+      char share[32];
+      std::snprintf(share, sizeof share, "%.2f%%", 100 * row["share_of_layer_parameters"].get<double>());
+      std::printf("%-5lld %-24s %-8s %6s %10s %10s %14lld %14lld %8s\n", row["id"].get<long long>(),
+                  row["label"].get<std::string>().c_str(), bits.c_str(),
+                  row["rank"].get<long long>() < 0 ? "-" : std::to_string(row["rank"].get<long long>()).c_str(),
+                  row["fp_perplexity"].is_null() ? "-" : opt_num(row["fp_perplexity"].get<double>()).c_str(),
+                  row["quantized_perplexity"].is_null() ? "-" : opt_num(row["quantized_perplexity"].get<double>()).c_str(),
+                  row["online_parameters_per_layer"].get<long long>(), row["online_macs_per_token_per_layer"].get<long long>(),
+                  share);
+    }
+    return 0;
+  }
+
+  // Two or more runs: the config fields that differ, and the metrics side by side.
+  std::vector<std::map<std::string, json>> configs;
+  for (const RunDetail& d : runs) {
+    std::map<std::string, json> m;
+    flatten(json::parse(d.config_json), "", m);
+    configs.push_back(std::move(m));
+  }
+  std::set<std::string> keys;
+  for (const auto& c : configs)
+    for (const auto& [k, v] : c) keys.insert(k);
+  json differ = json::object();
+  for (const std::string& k : keys) {
+    bool same = true;
+    for (const auto& c : configs) same &= c.count(k) && configs[0].count(k) && c.at(k) == configs[0].at(k);
+    if (same) continue;
+    json vals = json::array();
+    for (const auto& c : configs) vals.push_back(c.count(k) ? c.at(k) : json(nullptr));
+    differ[k] = vals;
+  }
+  const std::vector<std::pair<std::string, std::function<json(const RunDetail&)>>> metrics = {
+      {"status", [](const RunDetail& d) { return json(run_status_name(d.summary.status)); }},
+      {"fp_perplexity", [](const RunDetail& d) { return d.summary.fp_perplexity ? json(*d.summary.fp_perplexity) : json(nullptr); }},
+      {"quantized_perplexity",
+       [](const RunDetail& d) { return d.summary.quantized_perplexity ? json(*d.summary.quantized_perplexity) : json(nullptr); }},
+      {"eval_tokens_per_s", [](const RunDetail& d) { return d.record ? json(d.record->results.eval_tokens_per_s) : json(nullptr); }},
+      {"calibration_seconds",
+       [](const RunDetail& d) { return d.summary.calibration_seconds ? json(*d.summary.calibration_seconds) : json(nullptr); }},
+      {"total_seconds", [](const RunDetail& d) { return d.summary.total_seconds ? json(*d.summary.total_seconds) : json(nullptr); }},
+      {"peak_rss_bytes", [](const RunDetail& d) { return d.record ? json(d.record->peak_rss_bytes) : json(nullptr); }},
+      {"online_parameters", [](const RunDetail& d) { return d.record ? json(d.record->method.online_parameters) : json(nullptr); }},
+      {"online_macs_per_token",
+       [](const RunDetail& d) { return d.record ? json(d.record->method.online_macs_per_token) : json(nullptr); }},
+  };
+  json side = json::object();
+  for (const auto& [name, get] : metrics) {
+    json vals = json::array();
+    for (const RunDetail& d : runs) vals.push_back(get(d));
+    side[name] = vals;
+  }
+  if (a.json) {
+    json ids = json::array();
+    for (const RunDetail& d : runs) ids.push_back(d.summary.id);
+    std::cout << text_json(json{{"runs", ids}, {"config_differences", differ}, {"metrics", side}}) << "\n";
+    return 0;
+  }
+  auto row = [&](const std::string& name, const json& vals) {
+    std::printf("  %-26s", name.c_str());
+    for (const json& v : vals) std::printf(" %16.16s", value_text(v).c_str());
+    std::printf("\n");
+  };
+  std::printf("  %-26s", "run");
+  for (const RunDetail& d : runs) std::printf(" %16lld", static_cast<long long>(d.summary.id));
+  std::printf("\nconfig differences%s\n", differ.empty() ? ": none" : "");
+  for (auto it = differ.begin(); it != differ.end(); ++it) row(it.key(), it.value());
+  std::printf("metrics\n");
+  for (const auto& [name, get] : metrics) row(name, side[name]);
+  return 0;
+}
+
+int run_runs_export(const RunsArgs& a) {
+  RunStore s = open_store(a, false);
+  if (a.ids.empty()) throw Error("runs export needs one or more run ids");
+  if (a.format != "json" && a.format != "csv") throw Error("--format must be csv or json, got '" + a.format + "'");
+  std::vector<RunDetail> runs;
+  for (long long id : a.ids) runs.push_back(need_run(s, id));
+  auto stats_rows = [&](const RunDetail& d, StatsStage stage) { return s.layer_stats_summary(d.summary.id, stage); };
+  if (a.format == "json") {
+    json out = json::array();
+    for (const RunDetail& d : runs) {
+      json j = summary_json(d.summary);
+      j["config"] = json::parse(d.config_json);
+      j["note"] = d.note;
+      j["record"] = d.record ? run_record_to_json(*d.record) : json(nullptr);
+      json loss = json::array();
+      for (const LossPoint& p : d.loss) loss.push_back(json{{"step", p.step}, {"loss", std::isfinite(p.loss) ? json(p.loss) : json("nan")}});
+      j["loss"] = loss;
+      json layers = json::array();
+      for (StatsStage stage : {StatsStage::Before, StatsStage::After})
+        for (const SiteSummary& c : stats_rows(d, stage))
+          layers.push_back({{"stage", stats_stage_name(stage)}, {"layer", c.layer}, {"site", hook_site_name(c.site)},
+                            {"count", c.count}, {"channels", c.channels}, {"kurtosis", c.kurtosis}, {"absmax", c.absmax},
+                            {"max_median_ratio", c.max_median_ratio}, {"mean_square", c.mean_square},
+                            {"nonfinite", c.nonfinite}});
+      j["layer_stats"] = layers;
+      out.push_back(j);
+    }
+    write_file_atomically(a.out, text_json(out) + "\n");
+    std::fprintf(stderr, "wrote %s (%zu runs)\n", a.out.c_str(), runs.size());
+    return 0;
+  }
+  // CSV: three tables, one row per run / per loss step / per (stage, layer, site).
+  std::string base = a.out;
+  if (base.size() > 4 && base.compare(base.size() - 4, 4, ".csv") == 0) base.resize(base.size() - 4);
+  const std::string runs_path = base + ".csv", loss_path = base + ".loss.csv", layers_path = base + ".layers.csv";
+  std::vector<std::map<std::string, json>> flat;
+  std::set<std::string> cols;
+  for (const RunDetail& d : runs) {
+    std::map<std::string, json> m;
+    json j = summary_json(d.summary);
+    j.erase("tags");
+    j["tags"] = "";
+    for (const std::string& t : d.summary.tags) j["tags"] = j["tags"].get<std::string>() + (j["tags"].get<std::string>().empty() ? "" : " ") + t;
+    flatten(j, "", m);
+    flatten(json::parse(d.config_json), "config", m);
+    if (d.record) {
+      flatten(run_record_to_json(*d.record)["results"], "results", m);
+      flatten(run_record_to_json(*d.record)["timing"], "timing", m);
+    }
+    for (const auto& [k, v] : m) cols.insert(k);
+    flat.push_back(std::move(m));
+  }
+  std::string csv;
+  for (auto it = cols.begin(); it != cols.end(); ++it) csv += (it == cols.begin() ? "" : ",") + csv_field(*it);
+  csv += "\n";
+  for (const auto& m : flat) {
+    bool first = true;
+    for (const std::string& c : cols) {
+      csv += (first ? "" : ",") + csv_field(m.count(c) ? value_text(m.at(c)) : "");
+      first = false;
+    }
+    csv += "\n";
+  }
+  std::string loss = "run_id,step,loss\n";
+  for (const RunDetail& d : runs)
+    for (const LossPoint& p : d.loss) {
+      char buf[96];
+      std::snprintf(buf, sizeof buf, "%lld,%lld,%.17g\n", static_cast<long long>(d.summary.id), static_cast<long long>(p.step), p.loss);
+      loss += buf;
+    }
+  std::string layers = "run_id,stage,layer,site,count,channels,kurtosis,absmax,max_median_ratio,mean_square,nonfinite\n";
+  for (const RunDetail& d : runs)
+    for (StatsStage stage : {StatsStage::Before, StatsStage::After})
+      for (const SiteSummary& c : stats_rows(d, stage)) {
+        char buf[256];
+        std::snprintf(buf, sizeof buf, "%lld,%s,%d,%s,%lld,%lld,%.17g,%.17g,%.17g,%.17g,%lld\n",
+                      static_cast<long long>(d.summary.id), stats_stage_name(stage), c.layer, hook_site_name(c.site),
+                      static_cast<long long>(c.count), static_cast<long long>(c.channels), c.kurtosis, c.absmax,
+                      c.max_median_ratio, c.mean_square, static_cast<long long>(c.nonfinite));
+        layers += buf;
+      }
+  write_file_atomically(runs_path, csv);
+  write_file_atomically(loss_path, loss);
+  write_file_atomically(layers_path, layers);
+  std::fprintf(stderr, "wrote %s, %s, %s (%zu runs)\n", runs_path.c_str(), loss_path.c_str(), layers_path.c_str(), runs.size());
+  return 0;
+}
+
+int run_runs_tag(const RunsArgs& a) {
+  RunStore s = open_store(a, true);
+  need_run(s, a.id);
+  if (a.remove) s.remove_tag(a.id, a.text);
+  else s.add_tag(a.id, a.text);
+  return 0;
+}
+
+int run_runs_note(const RunsArgs& a) {
+  RunStore s = open_store(a, true);
+  need_run(s, a.id);
+  s.set_note(a.id, a.text);
+  return 0;
+}
+
+int run_runs_delete(const RunsArgs& a) {
+  RunStore s = open_store(a, true);
+  for (long long id : a.ids) {
+    const RunDetail d = need_run(s, id);
+    std::string what = "delete run " + std::to_string(id) + " (" + d.config.label() + ")";
+    const bool has_dir = !d.summary.run_dir.empty() && fs::exists(d.summary.run_dir);
+    if (has_dir) what += " and its directory " + d.summary.run_dir;
+    if (!d.summary.tmp_dir.empty() && fs::exists(d.summary.tmp_dir)) what += " and " + d.summary.tmp_dir;
+    if (!confirm(what, a.yes)) {
+      std::fprintf(stderr, "kept run %lld\n", id);
+      continue;
+    }
+    const DeletedRun gone = s.delete_run(id);
+    std::error_code ec;
+    for (const std::string& dir : {gone.run_dir, gone.tmp_dir})
+      if (!dir.empty() && fs::exists(dir)) {
+        fs::remove_all(dir, ec);
+        if (ec) std::fprintf(stderr, "warning: %s: %s\n", dir.c_str(), ec.message().c_str());
+      }
+    std::fprintf(stderr, "deleted run %lld\n", id);
+  }
+  return 0;
+}
+
+int run_runs_clean(const RunsArgs& a) {
+  RunStore s = open_store(a, true);
+  const std::vector<RunSummary> stale = s.stale_runs();
+  int left = 0;
+  for (const RunSummary& r : stale) {
+    const bool tmp = !r.tmp_dir.empty() && fs::exists(r.tmp_dir);
+    std::printf("run %lld interrupted (%s)%s%s\n", static_cast<long long>(r.id), r.message.empty() ? "writer gone" : r.message.c_str(),
+                tmp ? ": left " : "", tmp ? r.tmp_dir.c_str() : "");
+    if (!tmp) continue;
+    ++left;
+  }
+  if (left == 0) {
+    std::printf("nothing to clean in %s\n", s.path().c_str());
+    for (const RunSummary& r : stale)
+      if (r.status == RunStatus::Interrupted) s.mark_interrupted(r.id);
+    return 0;
+  }
+  if (!confirm("remove " + std::to_string(left) + " temporary run director" + (left == 1 ? "y" : "ies"), a.yes)) return 0;
+  for (const RunSummary& r : stale) {
+    s.mark_interrupted(r.id);
+    if (r.tmp_dir.empty() || !fs::exists(r.tmp_dir)) continue;
+    std::error_code ec;
+    fs::remove_all(r.tmp_dir, ec);
+    if (ec) throw Error(r.tmp_dir + ": " + ec.message());
+    s.clear_tmp_dir(r.id);
+    std::printf("removed %s\n", r.tmp_dir.c_str());
+  }
+  return 0;
+}
+
+}  // namespace respin::cli
