@@ -27,6 +27,7 @@
 #include "core/io/atomic_file.h"
 #include "core/io/model_config.h"
 #include "core/io/model_folder.h"
+#include "core/io/model_summary.h"
 #include "core/model/random_init.h"
 #include "core/model/weights.h"
 #include "core/tokenizer/tokenizer.h"
@@ -122,28 +123,32 @@ void install_stop_handlers() {
 }
 
 int run_info(const InfoArgs& a) {
-  ModelFolder folder = ModelFolder::open(a.model);
-  ModelConfig c = load_model_config(folder.config_path);
-  std::optional<Tokenizer> tok;
-  if (!folder.tokenizer_path.empty()) tok = Tokenizer::from_file(folder.tokenizer_path);
+  const ModelSummary m = summarize_model(a.model);
+  const ModelConfig& c = m.config;
   if (a.json) {
     nlohmann::json j = nlohmann::json::parse(model_config_to_json(c));
-    j["parameter_count"] = c.parameter_count();
-    j["folder"] = folder.dir;
-    j["sharded"] = folder.sharded;
-    if (tok) {
-      auto ti = tok->info();
-      j["tokenizer"] = {{"kind", ti.kind}, {"vocab_size", ti.vocab_size}, {"merges", ti.num_merges}};
+    j["parameter_count"] = m.parameters;
+    j["folder"] = m.folder;
+    j["sharded"] = m.sharded;
+    j["weight_bytes"] = m.weight_bytes;
+    if (m.tokenizer) {
+      j["tokenizer"] = {{"kind", m.tokenizer->kind}, {"vocab_size", m.tokenizer->vocab_size}, {"merges", m.tokenizer->num_merges}};
     } else {
       j["tokenizer"] = nullptr;
     }
+    nlohmann::json h = nlohmann::json::array();
+    for (const HadamardSummary& x : m.hadamards)
+      h.push_back({{"role", x.role}, {"order", x.order},
+                   {"construction", x.construction.empty() ? nlohmann::json(nullptr) : nlohmann::json(x.construction)},
+                   {"text", x.text}});
+    j["hadamard"] = h;
     std::cout << json_text(j) << "\n";
     return 0;
   }
-  std::printf("model:          %s\n", folder.dir.c_str());
+  std::printf("model:          %s\n", m.folder.c_str());
   std::printf("architecture:   %s (%s)\n", c.architecture.c_str(), c.model_type.c_str());
-  std::printf("parameters:     %s (%lld)\n", human_count(c.parameter_count()).c_str(),
-              static_cast<long long>(c.parameter_count()));
+  std::printf("parameters:     %s (%lld), %.1f MB of weights%s\n", human_count(m.parameters).c_str(),
+              static_cast<long long>(m.parameters), m.weight_bytes / 1e6, m.sharded ? " (sharded)" : "");
   std::printf("layers:         %lld\n", static_cast<long long>(c.num_hidden_layers));
   std::printf("hidden size:    %lld\n", static_cast<long long>(c.hidden_size));
   std::printf("intermediate:   %lld\n", static_cast<long long>(c.intermediate_size));
@@ -155,13 +160,13 @@ int run_info(const InfoArgs& a) {
   std::printf("rope:           theta %g, scaling %s\n", c.rope_theta, c.rope_scaling.type.c_str());
   std::printf("embeddings:     %s\n", c.tie_word_embeddings ? "tied" : "untied");
   std::printf("dtype:          %s\n", c.torch_dtype.c_str());
-  if (tok) {
-    auto ti = tok->info();
-    std::printf("tokenizer:      %s, %d tokens, %d merges\n", ti.kind.c_str(), ti.vocab_size,
-                ti.num_merges);
+  if (m.tokenizer) {
+    std::printf("tokenizer:      %s, %d tokens, %d merges\n", m.tokenizer->kind.c_str(), m.tokenizer->vocab_size,
+                m.tokenizer->num_merges);
   } else {
     std::printf("tokenizer:      none (no tokenizer.json)\n");
   }
+  for (const HadamardSummary& h : m.hadamards) std::printf("hadamard:       %-40s %s\n", (h.role + ":").c_str(), h.text.c_str());
   return 0;
 }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares, on a Debian 12 machine (this project's development machine), the headers and libraries
-# that a GPU server with PyTorch but without internet or apt lacks: nlohmann-json, CLI11,
+# that a GPU server with PyTorch but without internet or apt lacks: nlohmann-json, CLI11, SQLite, OpenSSL,
 # GoogleTest/GMock and ICU, as Debian packages fetched with `apt-get download` and unpacked with
 # `dpkg -x` into one folder (default .gpu-bundle/, ignored by git: it is build output, never
 # committed). scripts/gpu_check.sh builds against it on the GPU machine.
@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=$(realpath -m "${1:-.gpu-bundle}")
-packages=(nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libicu-dev libicu72)
+packages=(nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libicu-dev libicu72
+          libsqlite3-dev libsqlite3-0 libssl-dev libssl3)  # the run store and sha256
 
 command -v apt-get >/dev/null && command -v dpkg >/dev/null || { echo "gpu_bundle: needs apt-get and dpkg (Debian)" >&2; exit 1; }
 tmp=$(mktemp -d)

@@ -48,7 +48,7 @@ build=$root/build/gpu
 t0=$(date +%s)
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DRESPIN_BUILD_UI=OFF -DRESPIN_WITH_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="${RESPIN_CUDA_ARCH:-90}" -DCMAKE_PREFIX_PATH="$torch_prefix;$bundle/usr" \
-  -DICU_ROOT="$bundle/usr" >"$out/configure.log" 2>&1 || { tail -n 40 "$out/configure.log"; die "configure failed (log: $out/configure.log)"; }
+  -DICU_ROOT="$bundle/usr" -DOPENSSL_ROOT_DIR="$bundle/usr" >"$out/configure.log" 2>&1 || { tail -n 40 "$out/configure.log"; die "configure failed (log: $out/configure.log)"; }
 cmake --build "$build" -j "$jobs" >"$out/build.log" 2>&1 || { grep -m 20 -B2 -A6 'error' "$out/build.log"; die "build failed (log: $out/build.log)"; }
 log "build: $(( $(date +%s) - t0 )) s"
 

@@ -50,6 +50,10 @@ TEST_F(Cli, InfoHumanAndJson) {
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["vocab_size"], 259);
   EXPECT_EQ(j["num_key_value_heads"], 2);
+  // hidden 32, intermediate 64, head_dim 8, 4 heads: all Sylvester.
+  ASSERT_EQ(j["hadamard"].size(), 4u);
+  EXPECT_EQ(j["hadamard"][0]["text"], "32 = 2^5, Sylvester(32)");
+  EXPECT_EQ(j["hadamard"][1]["construction"], "sylvester(64)");
   EXPECT_EQ(j["torch_dtype"], "float32");
   // 259*32 embed + 259*32 lm_head + 32 final norm + 2 layers * (attn 32*32*2 + 2*32*16 + mlp 3*32*64 + 64)
   EXPECT_EQ(j["parameter_count"], 259 * 32 * 2 + 32 + 2 * (2048 + 1024 + 6144 + 64));

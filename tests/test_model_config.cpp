@@ -297,3 +297,14 @@ TEST(ModelConfig4x5x, BothFormsPresentMustAgree) {
   msg = error_after(kLinear_4x, [](json& j) { j["rope_scaling"]["rope_type"] = "llama3"; });
   expect_mentions(msg, {"rope_scaling.type", "disagrees"});
 }
+
+// The model summary's Hadamard lines (respin info, the workbench's model panel).
+#include "core/io/model_summary.h"
+
+TEST(ModelSummary, NamesTheHadamardConstructionOfEveryWidth) {
+  EXPECT_EQ(respin::hadamard_summary_text(11008), "11008 = 172 x 64, Goethals-Seidel(43) x Sylvester(64)");
+  EXPECT_EQ(respin::hadamard_summary_text(14336), "14336 = 28 x 512, Paley I(27) x Sylvester(512)");
+  EXPECT_EQ(respin::hadamard_summary_text(4096), "4096 = 2^12, Sylvester(4096)");
+  EXPECT_EQ(respin::hadamard_summary_text(116), "116: no known construction: random orthogonal fallback");
+  EXPECT_EQ(respin::hadamard_summary_text(6), "6: no known construction: random orthogonal fallback");
+}
