@@ -4,7 +4,7 @@
 # GoogleTest/GMock and ICU, as Debian packages fetched with `apt-get download` and unpacked with
 # `dpkg -x` into one folder (default .gpu-bundle/, ignored by git: it is build output, never
 # committed). scripts/gpu_check.sh builds against it on the GPU machine.
-# Usage: scripts/gpu_bundle.sh [DIR]      (about 10 MB compressed; ICU's static archives are dropped)
+# Usage: scripts/gpu_bundle.sh [DIR]      (static archives other than GoogleTest's are dropped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=$(realpath -m "${1:-.gpu-bundle}")
@@ -22,7 +22,7 @@ fi
 rm -rf "$dest.partial" && mkdir -p "$dest.partial"
 for deb in "$tmp"/*.deb; do dpkg -x "$deb" "$dest.partial"; done
 # ICU's static archives are large and unused (the build links the shared libraries).
-find "$dest.partial" -name 'libicu*.a' -delete
+find "$dest.partial" -name '*.a' ! -name 'libgtest*.a' ! -name 'libgmock*.a' -delete  # shared libraries only (carry limit: 64 MiB)
 {
   echo "# Debian packages unpacked here by scripts/gpu_bundle.sh on $(date -u +%Y-%m-%dT%H:%MZ)"
   for deb in "$tmp"/*.deb; do echo "$(dpkg-deb -f "$deb" Package) $(dpkg-deb -f "$deb" Version)"; done
