@@ -10,7 +10,7 @@ struct ExportArgs {
   std::string run;
   std::string format = "hf";  // hf | compressed-tensors
   std::string out;
-  std::string dtype = "bf16";  // bf16 | f16 | f32
+  std::string dtype = "f16";  // bf16 | f16 | f32
   bool allow_sidecar = false;
   bool json = false;
 };

@@ -294,7 +294,9 @@ std::string readme_text(const RunRecord& rec, const std::string& run_dir, const 
   }
   o << "## Which runtimes can run it\n\n";
   o << "- The workbench: `respin eval --model <this folder> --text-file F --seq-len " << rec.results.eval_seq_len
-    << " --max-windows " << rec.results.eval_windows << "` applies everything and reproduces the run's quantized perplexity.\n";
+    << " --max-windows " << rec.results.eval_windows << " --batch " << (side.source ? side.source->eval_batch : 1)
+    << "` (F: the run's evaluation text) applies everything and reproduces the run's quantized perplexity (exactly with "
+       "--dtype f32; bf16 rounds the stored floating-point tensors).\n";
   if (res.format == "hf") {
     if (required.empty())
       o << "- Hugging Face transformers (and any runtime that loads the architecture) computes the same float function "
@@ -318,9 +320,9 @@ std::string readme_text(const RunRecord& rec, const std::string& run_dir, const 
   }
   if (sidecar) {
     o << "\n## Online operations (`respin_online.json`)\n\n";
-    o << "Required (the float function changes without them): " << (required.empty() ? std::string("none") : "") << "\n";
+    o << "Required (the float function changes without them):" << (required.empty() ? " none" : "") << "\n\n";
     for (const std::string& s : required) o << "- " << s << "\n";
-    o << "\nOptional (quantization fidelity): " << (optional.empty() ? std::string("none") : "") << "\n";
+    o << "\nOptional (they define the quantized model the run evaluated):" << (optional.empty() ? " none" : "") << "\n\n";
     for (const std::string& s : optional) o << "- " << s << "\n";
   }
   if (!res.gaps.empty()) {
@@ -458,7 +460,8 @@ ExportResult export_run(const std::string& run_dir, const std::string& out_dir, 
   std::error_code ec;
   if (fs::symlink_status(out_dir, ec).type() != fs::file_type::not_found)
     throw Error(out_dir + ": already exists; export writes a new folder and never writes into an existing one");
-  const fs::path final_dir = fs::absolute(out_dir).lexically_normal();
+  fs::path final_dir = fs::absolute(out_dir).lexically_normal();
+  if (final_dir.filename().empty()) final_dir = final_dir.parent_path();  // "out/"
   const fs::path parent = final_dir.parent_path();
   if (!fs::is_directory(parent)) throw Error(parent.string() + ": no such directory for the export");
   if (!is_run_dir(run_dir)) throw Error(run_dir + ": not a run directory (no run.json)");

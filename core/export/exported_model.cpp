@@ -266,6 +266,7 @@ ExportedModel load_exported_model(const std::string& dir, const LoadOptions& opt
     const bool qkv_bias = mc.attention_bias || mc.qkv_bias;
     w.embed_tokens = fl("model.embed_tokens.weight", {V, D});
     w.final_norm = fl("model.norm.weight", {D});
+    const at::Tensor r4 = s.transforms.empty() ? at::Tensor() : hadamard_dense_pm1(mc.intermediate_size);
     for (int64_t i = 0; i < mc.num_hidden_layers; ++i) {
       const std::string p = "model.layers." + std::to_string(i) + ".";
       LayerWeights L;
@@ -289,7 +290,7 @@ ExportedModel load_exported_model(const std::string& dir, const LoadOptions& opt
       for (const CtTransform& tr : s.transforms) {
         const std::string name = p + "mlp.down_proj." + tr.name + "_input.weight";
         const at::Tensor h = fl(name, {mc.intermediate_size, mc.intermediate_size});
-        if (!at::equal(h, hadamard_dense_pm1(mc.intermediate_size)))
+        if (!at::equal(h, r4))
           throw Error(folder.dir + ": tensor '" + name + "' is not the Hadamard matrix H_" +
                       std::to_string(mc.intermediate_size) + " of docs/export.md 2.3 (the one fused into down_proj)");
       }
@@ -310,7 +311,9 @@ ExportedModel load_exported_model(const std::string& dir, const LoadOptions& opt
     em.quant.activation = QuantSpec{s.activation_bits, s.activation_symmetric, 0, 1.0};
     em.quant.kv = QuantSpec{16, false, 0, 1.0};
   } else {
-    w = load_model(folder.dir, options).weights();
+    LoadOptions plain = options;
+    plain.caller_applies_export = true;
+    w = load_model(folder.dir, plain).weights();
     em.quant.weight.bits = 16;
     em.quant.activation.bits = 16;
     em.quant.kv.bits = 16;

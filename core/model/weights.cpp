@@ -1,5 +1,7 @@
 // Model folder <-> LlamaModel (see weights.h).
 #include "core/model/weights.h"
+#include <nlohmann/json.hpp>
+#include <filesystem>
 
 #include <ATen/ATen.h>
 #include <sys/stat.h>
@@ -141,6 +143,15 @@ LlamaModel load_model(const std::string& dir, const LoadOptions& options) {
     throw Error("compute dtype must be float32 or bfloat16");
   ModelFolder folder = ModelFolder::open(dir);
   ModelConfig config = load_model_config(folder.config_path);
+  if (!options.caller_applies_export) {
+    if (std::filesystem::exists(folder.dir + "/respin_online.json"))
+      throw Error(folder.dir + "/respin_online.json: an exported model whose online operations and quantizers are part "
+                  "of its function; evaluate it with `respin eval --model`, which applies them");
+    const nlohmann::json raw = nlohmann::json::parse(read_text_file(folder.config_path), nullptr, false);
+    if (raw.is_object() && raw.contains("quantization_config") && !raw["quantization_config"].is_null())
+      throw Error(folder.config_path + ": field 'quantization_config': a quantized checkpoint (packed integer weights); "
+                  "respin reads it through `respin eval --model` only");
+  }
   ShardedSafetensors st = ShardedSafetensors::open_folder(folder.dir);
   // A head_dim that contradicts the stored projections is the config's fault: say so there.
   if (const ShardedSafetensors::Entry* q = st.find("model.layers.0.self_attn.q_proj.weight")) {

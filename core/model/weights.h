@@ -14,6 +14,10 @@ namespace respin {
 struct LoadOptions {
   at::ScalarType dtype = at::kFloat;  // compute dtype: kFloat or kBFloat16
   at::Device device = at::kCPU;       // where the model (and so everything computed with it) lives
+  // An exported folder (a respin_online.json sidecar, or a quantization_config in config.json)
+  // is not the float model its weights alone describe: refused unless the caller applies what it
+  // says (core/export/exported_model.h does).
+  bool caller_applies_export = false;
 };
 
 // Reads config.json and the safetensors file(s) of `dir` and converts every weight to
