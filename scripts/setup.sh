@@ -11,8 +11,9 @@ PACKAGES=(
   nlohmann-json3-dev libsqlite3-dev libssl-dev libicu-dev libcli11-dev sqlite3
   libgtest-dev libgmock-dev libbenchmark-dev
   qt6-base-dev libqt6opengl6-dev libgl-dev libxkbcommon-dev libqt6sql6-sqlite
-  libqcustomplot-dev libqcustomplot2.1-qt6
+  libqcustomplot-dev libqcustomplot2.1-qt6 qt6-svg-dev
   xvfb xauth                                  # GUI tests and screenshots without a display
+  desktop-file-utils appstream librsvg2-bin file dpkg-dev  # .deb checks (tests/test_package.sh), icon PNGs
   clang libclang-rt-14-dev                    # libFuzzer harnesses (tests/fuzz)
 )
 

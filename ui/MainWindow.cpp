@@ -2,31 +2,284 @@
 #include "ui/MainWindow.h"
 
 #include <QAction>
+#include <QApplication>
+#include <QCloseEvent>
+#include <QDateTime>
+#include <QDir>
+#include <QDockWidget>
+#include <QDragEnterEvent>
+#include <QDropEvent>
 #include <QFileDialog>
+#include <QFileInfo>
 #include <QMenuBar>
+#include <QMessageBox>
+#include <QMimeData>
+#include <QPalette>
+#include <QScrollArea>
+#include <QSettings>
 #include <QStatusBar>
+#include <QStyle>
+#include <QStyleFactory>
+#include <QTabWidget>
 
+#include "core/data/corpus.h"
+#include "core/util/version.h"
+#include "ui/CalibrationWorker.h"
+#include "ui/CompareView.h"
 #include "ui/ModelInfoPanel.h"
+#include "ui/OutliersView.h"
+#include "ui/ProgressView.h"
+#include "ui/RunPanel.h"
+#include "ui/RunsView.h"
+#include "ui/SystemInfo.h"
 
-MainWindow::MainWindow(QWidget* parent) : QMainWindow(parent) {
+namespace {
+
+QString defaultDbPath() {
+  const QString home = QString::fromStdString(respin::data_home());
+  QDir().mkpath(home);
+  return home + "/runs.db";
+}
+
+QDockWidget* dock(const QString& title, const QString& name, QWidget* content, QMainWindow* w) {
+  auto* d = new QDockWidget(title, w);
+  d->setObjectName(name);
+  auto* scroll = new QScrollArea;
+  scroll->setWidget(content);
+  scroll->setWidgetResizable(true);
+  scroll->setFrameShape(QFrame::NoFrame);
+  d->setWidget(scroll);
+  return d;
+}
+
+}  // namespace
+
+MainWindow::MainWindow(QWidget* parent, const QString& dbPath)
+    : QMainWindow(parent), db_(dbPath.isEmpty() ? defaultDbPath() : dbPath) {
   setWindowTitle("ReSpin Workbench");
-  modelPanel_ = new ModelInfoPanel(this);
-  setCentralWidget(modelPanel_);
+  setAcceptDrops(true);
+  modelPanel_ = new ModelInfoPanel;
+  runPanel_ = new RunPanel;
+  progress_ = new ProgressView;
+  outliers_ = new OutliersView;
+  runs_ = new RunsView;
+  compare_ = new CompareView;
+  for (auto* v : std::initializer_list<QWidget*>{progress_, outliers_, runs_, compare_}) v->setParent(this);
+  outliers_->setStorePath(db_);
+  runs_->setStorePath(db_);
+  compare_->setStorePath(db_);
+
+  tabs_ = new QTabWidget;
+  tabs_->addTab(progress_, "Calibration");
+  tabs_->addTab(outliers_, "Outliers");
+  tabs_->addTab(runs_, "Runs");
+  tabs_->addTab(compare_, "Compare");
+  setCentralWidget(tabs_);
+  QDockWidget* modelDock = dock("Model", "modelDock", modelPanel_, this);
+  QDockWidget* runDock = dock("Run", "runDock", runPanel_, this);
+  addDockWidget(Qt::LeftDockWidgetArea, modelDock);
+  addDockWidget(Qt::LeftDockWidgetArea, runDock);
+  tabifyDockWidget(modelDock, runDock);
+  modelDock->raise();
+  resizeDocks({modelDock}, {600}, Qt::Horizontal);
+
+  worker_ = new CalibrationWorker(db_, this);
+
+  // ---- menus
   QMenu* file = menuBar()->addMenu("&File");
-  QAction* open = file->addAction("&Open model folder…", this, &MainWindow::chooseModelFolder);
-  open->setShortcut(QKeySequence::Open);
-  file->addAction("&Quit", this, &QWidget::close)->setShortcut(QKeySequence::Quit);
-  statusBar()->showMessage("Open a Hugging Face model folder (File > Open)");
-  resize(720, 480);
+  file->addAction("&Open model folder…", QKeySequence::Open, this, &MainWindow::chooseModelFolder);
+  recent_ = file->addMenu("Open &recent");
+  rebuildRecentMenu();
+  file->addSeparator();
+  file->addAction("&Quit", QKeySequence::Quit, this, &QWidget::close);
+  QMenu* run = menuBar()->addMenu("&Run");
+  run->addAction("&Start calibration", QKeySequence(Qt::CTRL | Qt::Key_Return), this, [this] { startCalibration(); });
+  run->addAction("&Cancel", QKeySequence(Qt::Key_Escape), this, [this] { worker_->cancel(); });
+  QMenu* view = menuBar()->addMenu("&View");
+  view->addAction(modelDock->toggleViewAction());
+  view->addAction(runDock->toggleViewAction());
+  view->addSeparator();
+  const char* names[] = {"Calibration", "Outliers", "Runs", "Compare"};
+  for (int i = 0; i < 4; ++i)
+    view->addAction(names[i], QKeySequence(Qt::CTRL | (Qt::Key_1 + i)), this, [this, i] { tabs_->setCurrentIndex(i); });
+  view->addSeparator();
+  QAction* dark = view->addAction("&Dark theme");
+  dark->setCheckable(true);
+  connect(dark, &QAction::toggled, this, &MainWindow::setDarkTheme);
+  QMenu* help = menuBar()->addMenu("&Help");
+  help->addAction("&About ReSpin Workbench", this, &MainWindow::about);
+
+  // ---- wiring
+  connect(runPanel_, &RunPanel::startRequested, this, [this](const respin::CalibConfig&) { startCalibration(); });
+  connect(progress_, &ProgressView::cancelRequested, worker_, &CalibrationWorker::cancel);
+  connect(worker_, &CalibrationWorker::started, this, [this](int, qint64 id, QString dir) {
+    currentRun_ = id;
+    progress_->runStarted(QString::fromStdString(runPanel_->config().label()) + (id >= 0 ? QString(" (run %1)").arg(id) : ""),
+                          dir);
+    runs_->refresh();
+  });
+  connect(worker_, &CalibrationWorker::progress, this, [this](int, respin::CalibProgress p) {
+    progress_->showProgress(p);
+    statusBar()->showMessage(QString("%1 — %2%").arg(respin::phase_title(p.phase)).arg(int(100 * p.overall_fraction)));
+  });
+  connect(worker_, &CalibrationWorker::lossPoint, this, [this](int, qint64 s, double l) { progress_->addLoss(s, l); });
+  connect(worker_, &CalibrationWorker::stats, this,
+          [this](int, respin::StatsStage st, std::vector<respin::SiteStats> v) { progress_->showStats(st, v); });
+  connect(worker_, &CalibrationWorker::ended, this, [this](int, qint64 id, QString status, QString msg, double ppl) {
+    progress_->runEnded(status, msg, ppl);
+    statusBar()->showMessage(status == "failed" ? "Run failed: " + msg : "Run " + status);
+    runs_->refresh();
+    if (status == "finished" && id >= 0) outliers_->showRun(id);
+  });
+  connect(worker_, &CalibrationWorker::queueChanged, this, &MainWindow::refreshQueue);
+  connect(runs_, &RunsView::runActivated, this, [this](qint64 id) {
+    if (showRunOutliers(id)) tabs_->setCurrentWidget(outliers_);
+  });
+  connect(runs_, &RunsView::compareRequested, this, [this](qint64 a, qint64 b) {
+    if (compareRuns(a, b)) tabs_->setCurrentWidget(compare_);
+  });
+
+  QSettings s;
+  restoreGeometry(s.value("window/geometry").toByteArray());
+  restoreState(s.value("window/state").toByteArray());
+  if (s.value("window/dark", false).toBool()) dark->setChecked(true);
+  if (!s.contains("window/geometry")) resize(1280, 820);
+  statusBar()->showMessage("Open a Hugging Face model folder (File > Open, or drop it on the window)");
+  refreshQueue();
+}
+
+MainWindow::~MainWindow() = default;
+
+void MainWindow::closeEvent(QCloseEvent* e) {
+  if (worker_->busy() &&
+      QMessageBox::question(this, "Calibration running", "A calibration is running. Cancel it and quit?") !=
+          QMessageBox::Yes) {
+    e->ignore();
+    return;
+  }
+  worker_->cancel();
+  QSettings s;
+  s.setValue("window/geometry", saveGeometry());
+  s.setValue("window/state", saveState());
+  e->accept();
+}
+
+void MainWindow::dragEnterEvent(QDragEnterEvent* e) {
+  if (e->mimeData()->hasUrls() && e->mimeData()->urls().size() == 1 && QFileInfo(e->mimeData()->urls()[0].toLocalFile()).isDir())
+    e->acceptProposedAction();
+}
+
+void MainWindow::dropEvent(QDropEvent* e) {
+  openModel(e->mimeData()->urls()[0].toLocalFile());
 }
 
 bool MainWindow::openModel(const QString& dir) {
   const bool ok = modelPanel_->showFolder(dir);
-  statusBar()->showMessage(ok ? "Loaded " + dir : "Could not open " + dir);
+  if (ok) {
+    model_ = modelPanel_->summary();
+    runPanel_->setModel(*model_);
+    rememberRecent(QString::fromStdString(model_->folder));
+    setWindowTitle("ReSpin Workbench — " + QFileInfo(dir).fileName());
+  } else {
+    model_.reset();
+    runPanel_->clearModel();
+  }
+  statusBar()->showMessage(ok ? "Opened " + dir + ": ready to calibrate" : "Could not open " + dir);
   return ok;
 }
+
+int MainWindow::startCalibration() {
+  const QString problems = runPanel_->problems();
+  if (!problems.isEmpty()) {
+    statusBar()->showMessage("Cannot start: " + problems.section('\n', 0, 0));
+    return -1;
+  }
+  respin::CalibConfig c = runPanel_->config();
+  QString folder = runsFolder_;
+  if (folder.isEmpty()) folder = QString::fromStdString(respin::data_home()) + "/runs";
+  QDir().mkpath(folder);
+  const QString name = QFileInfo(QString::fromStdString(c.model)).fileName() + "-" +
+                       QString::fromStdString(respin::method_name(c.method)) + "-" +
+                       QDateTime::currentDateTime().toString("yyyyMMdd-HHmmss-zzz");
+  const int ticket = worker_->enqueue(c, folder + "/" + name);
+  tabs_->setCurrentWidget(progress_);
+  return ticket;
+}
+
+void MainWindow::refreshQueue() {
+  QStringList waiting;
+  for (const QueuedRun& r : worker_->queued()) waiting << QString::fromStdString(r.config.label()) + "  →  " + r.outDir;
+  progress_->setQueue(waiting);
+}
+
+void MainWindow::showView(const QString& name) {
+  if (name == "model" || name == "run") {
+    for (QDockWidget* d : findChildren<QDockWidget*>())
+      if (d->objectName() == (name == "model" ? "modelDock" : "runDock")) d->raise();
+    tabs_->setCurrentWidget(progress_);
+  } else if (name == "outliers") {
+    tabs_->setCurrentWidget(outliers_);
+  } else if (name == "runs") {
+    runs_->refresh();
+    tabs_->setCurrentWidget(runs_);
+  } else if (name == "compare") {
+    tabs_->setCurrentWidget(compare_);
+  } else if (name == "calibration") {
+    tabs_->setCurrentWidget(progress_);
+  }
+}
+
+bool MainWindow::showRunOutliers(qint64 runId) { return outliers_->showRun(runId); }
+bool MainWindow::compareRuns(qint64 a, qint64 b) { return compare_->compare(a, b); }
 
 void MainWindow::chooseModelFolder() {
   const QString dir = QFileDialog::getExistingDirectory(this, "Open model folder");
   if (!dir.isEmpty()) openModel(dir);
+}
+
+void MainWindow::rememberRecent(const QString& dir) {
+  QSettings s;
+  QStringList r = s.value("recentModels").toStringList();
+  r.removeAll(dir);
+  r.prepend(dir);
+  while (r.size() > 8) r.removeLast();
+  s.setValue("recentModels", r);
+  rebuildRecentMenu();
+}
+
+void MainWindow::rebuildRecentMenu() {
+  recent_->clear();
+  const QStringList r = QSettings().value("recentModels").toStringList();
+  for (const QString& dir : r) recent_->addAction(dir, this, [this, dir] { openModel(dir); });
+  recent_->setEnabled(!r.isEmpty());
+}
+
+void MainWindow::setDarkTheme(bool dark) {
+  QSettings().setValue("window/dark", dark);
+  qApp->setStyle(QStyleFactory::create("Fusion"));
+  QPalette p;
+  if (dark) {
+    p.setColor(QPalette::Window, QColor(45, 45, 48));
+    p.setColor(QPalette::WindowText, QColor(230, 230, 230));
+    p.setColor(QPalette::Base, QColor(30, 30, 32));
+    p.setColor(QPalette::AlternateBase, QColor(52, 52, 56));
+    p.setColor(QPalette::Text, QColor(230, 230, 230));
+    p.setColor(QPalette::Button, QColor(58, 58, 62));
+    p.setColor(QPalette::ButtonText, QColor(230, 230, 230));
+    p.setColor(QPalette::Highlight, QColor(42, 130, 218));
+    p.setColor(QPalette::HighlightedText, Qt::white);
+    p.setColor(QPalette::ToolTipBase, QColor(58, 58, 62));
+    p.setColor(QPalette::ToolTipText, QColor(230, 230, 230));
+    p.setColor(QPalette::PlaceholderText, QColor(150, 150, 150));
+    p.setColor(QPalette::Disabled, QPalette::Text, QColor(120, 120, 120));
+    p.setColor(QPalette::Disabled, QPalette::ButtonText, QColor(120, 120, 120));
+    p.setColor(QPalette::Disabled, QPalette::WindowText, QColor(120, 120, 120));
+  } else {
+    p = qApp->style()->standardPalette();
+  }
+  qApp->setPalette(p);
+}
+
+void MainWindow::about() {
+  QMessageBox::about(this, "About ReSpin Workbench", system_info_html());
 }

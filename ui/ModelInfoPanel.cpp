@@ -22,7 +22,8 @@ ModelInfoPanel::ModelInfoPanel(QWidget* parent) : QWidget(parent) {
   layout->addStretch(1);
   for (const char* f : {"Folder", "Architecture", "Parameters", "Layers", "Hidden size",
                         "Intermediate size", "Heads", "Vocabulary", "Max positions", "RoPE",
-                        "Embeddings", "Stored dtype", "Tokenizer"}) {
+                        "Embeddings", "Stored dtype", "Weights on disk", "Tokenizer", "Hadamard hidden",
+                        "Hadamard intermediate", "Hadamard head dim", "Hadamard heads"}) {
     auto* value = new QLabel(QStringLiteral("—"));
     value->setObjectName(QString::fromLatin1(f));
     value->setTextInteractionFlags(Qt::TextSelectableByMouse);
@@ -43,12 +44,12 @@ QString ModelInfoPanel::errorText() const { return error_->isHidden() ? QString(
 
 bool ModelInfoPanel::showFolder(const QString& dir) {
   try {
-    respin::ModelFolder folder = respin::ModelFolder::open(dir.toStdString());
-    respin::ModelConfig c = respin::load_model_config(folder.config_path);
+    const respin::ModelSummary m = respin::summarize_model(dir.toStdString());
+    const respin::ModelConfig& c = m.config;
     auto q = [](const std::string& s) { return QString::fromStdString(s); };
-    setField("Folder", q(folder.dir));
+    setField("Folder", q(m.folder));
     setField("Architecture", q(c.architecture));
-    setField("Parameters", QLocale().toString(static_cast<qlonglong>(c.parameter_count())));
+    setField("Parameters", QLocale().toString(static_cast<qlonglong>(m.parameters)));
     setField("Layers", QString::number(c.num_hidden_layers));
     setField("Hidden size", QString::number(c.hidden_size));
     setField("Intermediate size", QString::number(c.intermediate_size));
@@ -59,15 +60,16 @@ bool ModelInfoPanel::showFolder(const QString& dir) {
     setField("RoPE", QString("theta %1, scaling %2").arg(c.rope_theta).arg(q(c.rope_scaling.type)));
     setField("Embeddings", c.tie_word_embeddings ? "tied" : "untied");
     setField("Stored dtype", q(c.torch_dtype));
-    if (folder.tokenizer_path.empty()) {
-      setField("Tokenizer", "none (no tokenizer.json)");
-    } else {
-      respin::TokenizerInfo ti = respin::Tokenizer::from_file(folder.tokenizer_path).info();
-      setField("Tokenizer", QString("%1, %2 tokens").arg(q(ti.kind)).arg(ti.vocab_size));
-    }
+    setField("Weights on disk", QString("%1 MB%2").arg(m.weight_bytes / 1e6, 0, 'f', 1).arg(m.sharded ? ", sharded" : ""));
+    setField("Tokenizer", m.tokenizer ? QString("%1, %2 tokens").arg(q(m.tokenizer->kind)).arg(m.tokenizer->vocab_size)
+                                      : QString("none (no tokenizer.json)"));
+    const char* rows[] = {"Hadamard hidden", "Hadamard intermediate", "Hadamard head dim", "Hadamard heads"};
+    for (size_t i = 0; i < m.hadamards.size() && i < 4; ++i) setField(rows[i], q(m.hadamards[i].text));
+    summary_ = m;
     error_->hide();
     return true;
   } catch (const std::exception& e) {
+    summary_.reset();
     error_->setText(QString::fromStdString(e.what()));
     error_->show();
     return false;

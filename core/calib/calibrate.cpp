@@ -762,6 +762,8 @@ ActivationHook run_hook(const ModelConfig& c, at::Device device, const OnlineTra
   return online_hook(c, std::move(ho));
 }
 
+const char* libtorch_version() { return TORCH_VERSION; }
+
 EvalText eval_text_of(const CalibConfig& c) {
   if (!c.eval_text.empty()) return {c.eval_text, read_text_file(c.eval_text)};
   return {"corpus test split", Corpus::load(c.data_dir.empty() ? default_corpus_dir() : c.data_dir).text_of(Split::Test)};

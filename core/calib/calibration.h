@@ -71,6 +71,9 @@ struct CalibOutcome {
   std::vector<SiteStats> stats_before, stats_after;
 };
 
+// The libtorch version core was built with (for About boxes and reports).
+const char* libtorch_version();
+
 // The evaluation text a run uses: config.eval_text, else the corpus test split of
 // config.data_dir (else default_corpus_dir()). Throws respin::Error naming the file.
 struct EvalText {

@@ -1,0 +1,67 @@
+// Runs calibrations on a worker thread for the workbench: a queue of configs, one run at a time,
+// each recorded into the run store. Core's observer is adapted to queued signals carrying plain
+// copies, so no core callback ever touches a widget; cancel() asks the running calibration to stop
+// at its next check (every window, learning step or GPTQ layer).
+#pragma once
+
+#include <QObject>
+#include <QString>
+#include <QVector>
+
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "core/calib/calibration.h"
+
+class QThread;
+
+// One calibration waiting or running.
+struct QueuedRun {
+  int ticket = 0;
+  respin::CalibConfig config;
+  QString outDir;
+};
+Q_DECLARE_METATYPE(respin::CalibProgress)
+Q_DECLARE_METATYPE(std::vector<respin::SiteStats>)
+Q_DECLARE_METATYPE(respin::StatsStage)
+
+class CalibrationWorker : public QObject {
+  Q_OBJECT
+ public:
+  // `dbPath`: the run store every run records into.
+  explicit CalibrationWorker(QString dbPath, QObject* parent = nullptr);
+  ~CalibrationWorker() override;
+
+  // Adds a run to the queue (it starts when the previous one ends); returns its ticket.
+  int enqueue(const respin::CalibConfig& config, const QString& outDir);
+  // Stops the running calibration (the store marks it cancelled); queued runs stay queued.
+  void cancel();
+  // Removes a queued run that has not started.
+  bool dequeue(int ticket);
+  QVector<QueuedRun> queued() const;
+  bool busy() const { return busy_.load(); }
+  const QString& dbPath() const { return db_; }
+
+ signals:
+  void started(int ticket, qint64 runId, QString runDir);
+  void progress(int ticket, respin::CalibProgress p);
+  void lossPoint(int ticket, qint64 step, double loss);
+  void stats(int ticket, respin::StatsStage stage, std::vector<respin::SiteStats> stats);
+  // status: "finished", "cancelled" or "failed"; message: the one-line error for failed.
+  void ended(int ticket, qint64 runId, QString status, QString message, double quantizedPerplexity);
+  void queueChanged();
+
+ private:
+  void runNext();  // on the worker thread
+  QString db_;
+  QThread* thread_;
+  QObject* context_;  // lives on the worker thread; runs are invoked through it
+  mutable std::mutex mutex_;
+  std::deque<QueuedRun> queue_;
+  std::atomic<bool> busy_{false};
+  std::atomic<respin::RunControl*> control_{nullptr};
+  int nextTicket_ = 1;
+};

@@ -1,0 +1,212 @@
+// Live calibration display (see ProgressView.h).
+#include "ui/ProgressView.h"
+
+#include <QComboBox>
+#include <QGridLayout>
+#include <QGroupBox>
+#include <QHBoxLayout>
+#include <QLabel>
+#include <QListWidget>
+#include <QProgressBar>
+#include <QPushButton>
+#include <QSpinBox>
+#include <QVBoxLayout>
+#include <qcustomplot.h>
+
+#include <cmath>
+
+namespace {
+
+QString duration(double s) {
+  if (s < 0) return "?";
+  if (s < 120) return QString::number(s, 'f', 0) + " s";
+  if (s < 7200) return QString("%1 min %2 s").arg(int(s / 60)).arg(int(std::fmod(s, 60)));
+  return QString::number(s / 3600, 'f', 1) + " h";
+}
+
+const respin::HookSite kSites[] = {respin::HookSite::AttnInput, respin::HookSite::Query,    respin::HookSite::Key,
+                                   respin::HookSite::Value,     respin::HookSite::OProjInput, respin::HookSite::MlpInput,
+                                   respin::HookSite::DownProjInput};
+
+}  // namespace
+
+ProgressView::ProgressView(QWidget* parent) : QWidget(parent) {
+  auto* outer = new QVBoxLayout(this);
+  title_ = new QLabel("No calibration running. Choose a model and press Start in the run panel.");
+  title_->setWordWrap(true);
+  QFont f = title_->font();
+  f.setBold(true);
+  title_->setFont(f);
+  outer->addWidget(title_);
+  auto* bars = new QGridLayout;
+  overall_ = new QProgressBar;
+  overall_->setRange(0, 1000);
+  overall_->setFormat("%p% overall");
+  phaseBar_ = new QProgressBar;
+  phaseBar_->setRange(0, 1000);
+  phase_ = new QLabel("—");
+  detail_ = new QLabel;
+  cancel_ = new QPushButton("Cancel");
+  cancel_->setEnabled(false);
+  bars->addWidget(new QLabel("Run:"), 0, 0);
+  bars->addWidget(overall_, 0, 1);
+  bars->addWidget(cancel_, 0, 2);
+  bars->addWidget(phase_, 1, 0);
+  bars->addWidget(phaseBar_, 1, 1);
+  bars->addWidget(detail_, 2, 1);
+  bars->setColumnStretch(1, 1);
+  outer->addLayout(bars);
+  status_ = new QLabel;
+  status_->setWordWrap(true);
+  status_->setTextInteractionFlags(Qt::TextSelectableByMouse);
+  outer->addWidget(status_);
+
+  auto* plots = new QHBoxLayout;
+  loss_ = new QCustomPlot;
+  loss_->addGraph();
+  loss_->graph(0)->setName("loss");
+  loss_->graph(0)->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, 4));
+  loss_->xAxis->setLabel("learning step");
+  loss_->yAxis->setLabel("cross-entropy loss");
+  loss_->plotLayout()->insertRow(0);
+  loss_->plotLayout()->addElement(0, 0, new QCPTextElement(loss_, "Rotation learning", QFont(font().family(), 10, QFont::Bold)));
+  loss_->setMinimumSize(320, 240);
+  plots->addWidget(loss_, 1);
+
+  auto* histBox = new QVBoxLayout;
+  auto* pick = new QHBoxLayout;
+  layer_ = new QSpinBox;
+  layer_->setRange(0, 0);
+  site_ = new QComboBox;
+  for (respin::HookSite s : kSites) site_->addItem(respin::hook_site_name(s), int(s));
+  pick->addWidget(new QLabel("Layer"));
+  pick->addWidget(layer_);
+  pick->addWidget(new QLabel("Site"));
+  pick->addWidget(site_, 1);
+  histBox->addLayout(pick);
+  hist_ = new QCustomPlot;
+  hist_->setMinimumSize(320, 240);
+  hist_->xAxis->setLabel("|x| (log2, fixed bins)");
+  hist_->yAxis->setLabel("count");
+  hist_->yAxis->setScaleType(QCPAxis::stLogarithmic);
+  hist_->yAxis->setTicker(QSharedPointer<QCPAxisTickerLog>(new QCPAxisTickerLog));
+  hist_->legend->setVisible(false);  // shown once a histogram is drawn
+  hist_->axisRect()->insetLayout()->setInsetAlignment(0, Qt::AlignTop | Qt::AlignLeft);
+  histBox->addWidget(hist_, 1);
+  plots->addLayout(histBox, 1);
+  outer->addLayout(plots, 1);
+
+  auto* q = new QGroupBox("Queue");
+  auto* ql = new QVBoxLayout(q);
+  queue_ = new QListWidget;
+  queue_->setMaximumHeight(80);
+  ql->addWidget(queue_);
+  outer->addWidget(q);
+
+  connect(cancel_, &QPushButton::clicked, this, [this] {
+    cancel_->setEnabled(false);
+    status_->setText("Cancelling…");
+    emit cancelRequested();
+  });
+  connect(layer_, qOverload<int>(&QSpinBox::valueChanged), this, [this] { drawHistogram(); });
+  connect(site_, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] { drawHistogram(); });
+}
+
+void ProgressView::runStarted(const QString& label, const QString& runDir) {
+  title_->setText("Calibrating: " + label);
+  status_->setText("Run directory: " + runDir);
+  overall_->setValue(0);
+  phaseBar_->setValue(0);
+  cancel_->setEnabled(true);
+  loss_->graph(0)->data()->clear();
+  loss_->replot();
+  before_.clear();
+  after_.clear();
+  drawHistogram();
+}
+
+void ProgressView::showProgress(const respin::CalibProgress& p) {
+  overall_->setValue(static_cast<int>(1000 * p.overall_fraction));
+  phase_->setText(respin::phase_title(p.phase));
+  phaseBar_->setValue(static_cast<int>(1000 * p.phase_fraction));
+  phaseBar_->setFormat(p.total > 0 ? QString("%1 / %2").arg(p.done).arg(p.total) : QString("%p%"));
+  QStringList d;
+  if (p.layer >= 0) d << QString("layer %1").arg(p.layer);
+  if (p.tokens_per_s > 0) d << QString("%1 tokens/s").arg(p.tokens_per_s, 0, 'f', 0);
+  if (p.phase == respin::Phase::Rotate && p.done > 0) d << QString("loss %1").arg(p.value, 0, 'f', 4);
+  if ((p.phase == respin::Phase::EvalFp || p.phase == respin::Phase::EvalQuant) && p.done > 0)
+    d << QString("running perplexity %1").arg(p.value, 0, 'f', 3);
+  if (p.eta_s >= 0) d << "phase ETA " + duration(p.eta_s);
+  if (p.overall_fraction > 0.02 && p.overall_fraction < 1)
+    d << "run ETA ~" + duration(p.elapsed_s * (1 - p.overall_fraction) / p.overall_fraction);
+  d << "elapsed " + duration(p.elapsed_s);
+  detail_->setText(d.join(" · "));
+}
+
+void ProgressView::addLoss(qint64 step, double loss) {
+  loss_->graph(0)->addData(double(step), loss);
+  loss_->rescaleAxes();
+  loss_->replot(QCustomPlot::rpQueuedReplot);
+}
+
+int ProgressView::lossPoints() const { return loss_->graph(0)->dataCount(); }
+QString ProgressView::statusText() const { return status_->text(); }
+
+void ProgressView::showStats(respin::StatsStage stage, const std::vector<respin::SiteStats>& stats) {
+  (stage == respin::StatsStage::Before ? before_ : after_) = stats;
+  int layers = 0;
+  for (const respin::SiteStats& s : stats) layers = std::max(layers, s.layer + 1);
+  layer_->setRange(0, std::max(0, layers - 1));
+  drawHistogram();
+}
+
+void ProgressView::drawHistogram() {
+  hist_->clearPlottables();
+  const auto site = static_cast<respin::HookSite>(site_->currentData().toInt());
+  auto find = [&](const std::vector<respin::SiteStats>& v) -> const respin::SiteStats* {
+    for (const respin::SiteStats& s : v)
+      if (s.layer == layer_->value() && s.site == site) return &s;
+    return nullptr;
+  };
+  // Bin k's centre on a log2 axis: bin 0 (zeros and below 2^-16) at -17, the last (>= 256) at 8.5.
+  auto draw = [&](const respin::SiteStats* s, const QString& name, QColor color, bool ghost) {
+    if (!s) return;
+    auto* g = new QCPGraph(hist_->xAxis, hist_->yAxis);
+    g->setName(name);
+    g->setLineStyle(QCPGraph::lsStepCenter);
+    QColor fill = color;
+    fill.setAlpha(ghost ? 40 : 90);
+    g->setPen(QPen(color, ghost ? 1 : 2, ghost ? Qt::DashLine : Qt::SolidLine));
+    g->setBrush(fill);
+    for (int k = 0; k < respin::kHistogramBins; ++k) {
+      const double x = k == 0 ? respin::kHistogramMinExp2 - 1 : respin::kHistogramMinExp2 + (k - 0.5) / 2.0;
+      g->addData(x, std::max<double>(0.5, double(s->histogram[k])));
+    }
+  };
+  draw(find(before_), "before rotation", QColor(150, 150, 150), !after_.empty());
+  draw(find(after_), "after rotation", QColor(31, 119, 180), false);
+  hist_->legend->setVisible(hist_->plottableCount() > 0);
+  hist_->xAxis->setRange(respin::kHistogramMinExp2 - 1.5, respin::kHistogramMaxExp2 + 1);
+  hist_->yAxis->rescale();
+  if (hist_->yAxis->range().lower < 0.5) hist_->yAxis->setRangeLower(0.5);
+  hist_->replot(QCustomPlot::rpQueuedReplot);
+}
+
+void ProgressView::runEnded(const QString& status, const QString& message, double perplexity) {
+  cancel_->setEnabled(false);
+  if (status == "finished") {
+    overall_->setValue(1000);
+    status_->setText(QString("Finished: quantized perplexity %1").arg(perplexity, 0, 'f', 4));
+  } else if (status == "cancelled") {
+    status_->setText("Cancelled: nothing was written; the run store marks the run cancelled.");
+  } else {
+    status_->setText("Failed: " + message);
+  }
+  title_->setText(title_->text().replace("Calibrating: ", "Last run: "));
+}
+
+void ProgressView::setQueue(const QStringList& waiting) {
+  queue_->clear();
+  if (waiting.isEmpty()) queue_->addItem("(no runs waiting)");
+  for (const QString& w : waiting) queue_->addItem(w);
+}

@@ -1,0 +1,53 @@
+// What a running calibration shows: overall and per-phase progress, the current layer, tokens/s
+// and ETA, the live loss curve of rotation learning, and the |x| histogram of a chosen layer/site
+// (the pre-rotation histogram ghosted behind the post-rotation one once both exist); Cancel; the
+// queue of runs waiting.
+#pragma once
+
+#include <QWidget>
+
+#include <vector>
+
+#include "core/calib/calibration.h"
+
+class QComboBox;
+class QCustomPlot;
+class QLabel;
+class QListWidget;
+class QProgressBar;
+class QPushButton;
+class QSpinBox;
+
+class ProgressView : public QWidget {
+  Q_OBJECT
+ public:
+  explicit ProgressView(QWidget* parent = nullptr);
+
+  void runStarted(const QString& label, const QString& runDir);
+  void showProgress(const respin::CalibProgress& p);
+  void addLoss(qint64 step, double loss);
+  void showStats(respin::StatsStage stage, const std::vector<respin::SiteStats>& stats);
+  void runEnded(const QString& status, const QString& message, double perplexity);
+  void setQueue(const QStringList& waiting);
+
+  QPushButton* cancelButton() const { return cancel_; }
+  QProgressBar* overallBar() const { return overall_; }
+  int lossPoints() const;
+  QString statusText() const;
+  QCustomPlot* lossPlot() const { return loss_; }
+  QCustomPlot* histogramPlot() const { return hist_; }
+
+ signals:
+  void cancelRequested();
+
+ private:
+  void drawHistogram();
+  QLabel *title_, *phase_, *detail_, *status_;
+  QProgressBar *overall_, *phaseBar_;
+  QPushButton* cancel_;
+  QCustomPlot *loss_, *hist_;
+  QSpinBox* layer_;
+  QComboBox* site_;
+  QListWidget* queue_;
+  std::vector<respin::SiteStats> before_, after_;
+};

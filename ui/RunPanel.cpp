@@ -1,0 +1,367 @@
+// Run panel (see RunPanel.h). Validation is core's (CalibConfig::validate) plus the checks that
+// need the model (group sizes that must divide a width); this only arranges controls.
+#include "ui/RunPanel.h"
+
+#include <QCheckBox>
+#include <QComboBox>
+#include <QDoubleSpinBox>
+#include <QFormLayout>
+#include <QGroupBox>
+#include <QHBoxLayout>
+#include <QLabel>
+#include <QLineEdit>
+#include <QPushButton>
+#include <QSettings>
+#include <QSlider>
+#include <QSpinBox>
+#include <QThread>
+#include <QVBoxLayout>
+
+#include <cmath>
+
+#include "core/util/error.h"
+
+using respin::CalibConfig;
+
+namespace {
+
+QComboBox* bitsBox(int value) {
+  auto* b = new QComboBox;
+  for (int v : {2, 3, 4, 5, 6, 7, 8, 16}) b->addItem(v == 16 ? "16 (off)" : QString::number(v), v);
+  b->setCurrentIndex(b->findData(value));
+  return b;
+}
+
+QSpinBox* spin(int lo, int hi, int value) {
+  auto* s = new QSpinBox;
+  s->setRange(lo, hi);
+  s->setValue(value);
+  return s;
+}
+
+QString count(double n) {
+  if (n >= 1e9) return QString::number(n / 1e9, 'f', 2) + "B";
+  if (n >= 1e6) return QString::number(n / 1e6, 'f', 2) + "M";
+  if (n >= 1e3) return QString::number(n / 1e3, 'f', 1) + "K";
+  return QString::number(n, 'f', 0);
+}
+
+// Rank slider positions: 0, 1, 2, 4, ..., 2^k up to the hidden size (the last is "full").
+int sliderToRank(int pos) { return pos == 0 ? 0 : 1 << (pos - 1); }
+int rankToSlider(int64_t r) { return r <= 0 ? 0 : static_cast<int>(std::round(std::log2(double(r)))) + 1; }
+
+}  // namespace
+
+RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
+  auto* outer = new QVBoxLayout(this);
+
+  auto* quant = new QGroupBox("Method and quantizers");
+  auto* qf = new QFormLayout(quant);
+  method_ = new QComboBox;
+  method_->addItem("ReSpinQuant (layer-wise rotations + rank-r skip correction)", int(respin::Method::ReSpin));
+  method_->addItem("SpinQuant (learned global rotation)", int(respin::Method::SpinQuant));
+  method_->addItem("QuaRot (random Hadamard)", int(respin::Method::QuaRot));
+  method_->addItem("RTN (no rotation)", int(respin::Method::Rtn));
+  qf->addRow("Method:", method_);
+  auto* bits = new QHBoxLayout;
+  wbits_ = bitsBox(4), abits_ = bitsBox(4), kvbits_ = bitsBox(4);
+  bits->addWidget(new QLabel("W"));
+  bits->addWidget(wbits_);
+  bits->addWidget(new QLabel("A"));
+  bits->addWidget(abits_);
+  bits->addWidget(new QLabel("KV"));
+  bits->addWidget(kvbits_);
+  qf->addRow("Bits:", bits);
+  auto* groups = new QHBoxLayout;
+  wGroup_ = spin(0, 1 << 16, 0), aGroup_ = spin(0, 1 << 16, 0), kvGroup_ = spin(0, 1 << 12, 0);
+  for (QSpinBox* g : {wGroup_, aGroup_, kvGroup_}) g->setSpecialValueText("per channel");
+  aGroup_->setSpecialValueText("per token");
+  kvGroup_->setSpecialValueText("per head");
+  groups->addWidget(wGroup_);
+  groups->addWidget(aGroup_);
+  groups->addWidget(kvGroup_);
+  qf->addRow("Groups (W/A/KV):", groups);
+  auto* syms = new QHBoxLayout;
+  wSym_ = new QCheckBox("W symmetric"), aSym_ = new QCheckBox("A symmetric"), kvSym_ = new QCheckBox("KV symmetric");
+  wSym_->setChecked(true);
+  syms->addWidget(wSym_);
+  syms->addWidget(aSym_);
+  syms->addWidget(kvSym_);
+  qf->addRow("", syms);
+  auto* clips = new QHBoxLayout;
+  aClip_ = new QDoubleSpinBox, kvClip_ = new QDoubleSpinBox;
+  for (QDoubleSpinBox* c : {aClip_, kvClip_}) {
+    c->setRange(0.01, 1.0);
+    c->setSingleStep(0.05);
+    c->setDecimals(2);
+    c->setValue(1.0);
+  }
+  clips->addWidget(new QLabel("A"));
+  clips->addWidget(aClip_);
+  clips->addWidget(new QLabel("KV"));
+  clips->addWidget(kvClip_);
+  qf->addRow("Clip ratios:", clips);
+  auto* wopts = new QHBoxLayout;
+  gptq_ = new QCheckBox("GPTQ weights");
+  wMse_ = new QCheckBox("MSE clip search");
+  wMse_->setChecked(true);
+  wopts->addWidget(gptq_);
+  wopts->addWidget(wMse_);
+  qf->addRow("Weights:", wopts);
+  auto* rankRow = new QHBoxLayout;
+  rankSlider_ = new QSlider(Qt::Horizontal);
+  rankSlider_->setRange(0, 13);
+  rankSlider_->setPageStep(1);
+  rankSlider_->setTickPosition(QSlider::TicksBelow);
+  rank_ = spin(0, 1 << 16, 32);
+  fullRank_ = new QCheckBox("full");
+  rankRow->addWidget(rankSlider_, 1);
+  rankRow->addWidget(rank_);
+  rankRow->addWidget(fullRank_);
+  qf->addRow("Rank r:", rankRow);
+  cost_ = new QLabel;
+  cost_->setWordWrap(true);
+  cost_->setObjectName("cost");
+  qf->addRow("", cost_);
+  outer->addWidget(quant);
+
+  auto* data = new QGroupBox("Data and learning");
+  auto* df = new QFormLayout(data);
+  calibText_ = new QLineEdit;
+  calibText_->setPlaceholderText("corpus training split");
+  evalText_ = new QLineEdit;
+  evalText_->setPlaceholderText("corpus test split");
+  df->addRow("Calibration text:", calibText_);
+  df->addRow("Evaluation text:", evalText_);
+  samples_ = spin(1, 1 << 20, 128), seqLen_ = spin(2, 1 << 20, 512), iters_ = spin(0, 1 << 20, 100);
+  batch_ = spin(1, 4096, 1), evalWindows_ = spin(0, 1 << 20, 0);
+  evalWindows_->setSpecialValueText("all");
+  df->addRow("Samples:", samples_);
+  df->addRow("Sequence length:", seqLen_);
+  df->addRow("Iterations:", iters_);
+  df->addRow("Batch:", batch_);
+  lr_ = new QDoubleSpinBox;
+  lr_->setRange(1e-6, 100);
+  lr_->setDecimals(4);
+  lr_->setValue(1.5);
+  df->addRow("Learning rate:", lr_);
+  seed_ = spin(0, 1 << 30, 0);
+  df->addRow("Seed:", seed_);
+  df->addRow("Evaluation windows:", evalWindows_);
+  device_ = new QComboBox;
+  device_->addItem("auto (CUDA when available)", int(respin::DeviceChoice::Auto));
+  device_->addItem("CPU", int(respin::DeviceChoice::Cpu));
+  device_->addItem("CUDA", int(respin::DeviceChoice::Cuda));
+  df->addRow("Device:", device_);
+  threads_ = spin(0, QThread::idealThreadCount(), 0);
+  threads_->setSpecialValueText(QString("all %1 cores").arg(QThread::idealThreadCount()));
+  df->addRow("Threads:", threads_);
+  outer->addWidget(data);
+
+  problems_ = new QLabel;
+  problems_->setWordWrap(true);
+  problems_->setObjectName("problems");
+  problems_->setStyleSheet("color: #b00020");
+  outer->addWidget(problems_);
+  start_ = new QPushButton("Start calibration");
+  start_->setDefault(true);
+  outer->addWidget(start_);
+  outer->addStretch(1);
+
+  connect(start_, &QPushButton::clicked, this, [this] {
+    if (!problems().isEmpty()) return;
+    remember();
+    emit startRequested(config());
+  });
+  connect(rankSlider_, &QSlider::valueChanged, this, [this](int pos) {
+    if (loading_) return;
+    const int r = sliderToRank(pos);
+    if (model_ && r >= model_->config.hidden_size) {
+      fullRank_->setChecked(true);
+    } else {
+      fullRank_->setChecked(false);
+      rank_->setValue(r);
+    }
+  });
+  connect(rank_, qOverload<int>(&QSpinBox::valueChanged), this, [this](int r) {
+    loading_ = true;
+    rankSlider_->setValue(rankToSlider(r));
+    loading_ = false;
+    update();
+  });
+  for (QComboBox* c : {method_, wbits_, abits_, kvbits_, device_})
+    connect(c, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] { update(); });
+  for (QSpinBox* s : {wGroup_, aGroup_, kvGroup_, samples_, seqLen_, iters_, batch_, threads_, evalWindows_, seed_})
+    connect(s, qOverload<int>(&QSpinBox::valueChanged), this, [this] { update(); });
+  for (QDoubleSpinBox* s : {aClip_, kvClip_, lr_})
+    connect(s, qOverload<double>(&QDoubleSpinBox::valueChanged), this, [this] { update(); });
+  for (QCheckBox* c : {wSym_, aSym_, kvSym_, gptq_, wMse_, fullRank_})
+    connect(c, &QCheckBox::toggled, this, [this] { update(); });
+  for (QLineEdit* e : {calibText_, evalText_}) connect(e, &QLineEdit::textChanged, this, [this] { update(); });
+  clearModel();
+}
+
+void RunPanel::clearModel() {
+  model_.reset();
+  update();
+}
+
+void RunPanel::setModel(const respin::ModelSummary& m) {
+  model_ = m;
+  rankSlider_->setRange(0, rankToSlider(m.config.hidden_size));
+  rank_->setMaximum(static_cast<int>(m.config.hidden_size));
+  seqLen_->setValue(static_cast<int>(std::min<int64_t>(seqLen_->value(), m.config.max_position_embeddings)));
+  loading_ = true;
+  rankSlider_->setValue(rankToSlider(rank_->value()));
+  loading_ = false;
+  // The values last used with this model, else the defaults already in the controls.
+  QSettings s;
+  s.beginGroup("models/" + QString::fromStdString(m.folder).replace('/', '|'));
+  const QString saved = s.value("config").toString();
+  s.endGroup();
+  if (!saved.isEmpty()) {
+    try {
+      CalibConfig c = respin::calib_config_from_json(saved.toStdString(), "saved settings");
+      c.model = m.folder;
+      setConfig(c);
+    } catch (const std::exception&) {
+      // Settings from another version: keep the defaults.
+    }
+  }
+  update();
+}
+
+void RunPanel::remember() const {
+  if (!model_) return;
+  QSettings s;
+  s.beginGroup("models/" + QString::fromStdString(model_->folder).replace('/', '|'));
+  s.setValue("config", QString::fromStdString(respin::calib_config_to_json(config())));
+  s.endGroup();
+}
+
+CalibConfig RunPanel::config() const {
+  CalibConfig c;
+  if (model_) c.model = model_->folder;
+  c.method = static_cast<respin::Method>(method_->currentData().toInt());
+  c.wbits = wbits_->currentData().toInt();
+  c.abits = abits_->currentData().toInt();
+  c.kvbits = kvbits_->currentData().toInt();
+  c.w_group = wGroup_->value();
+  c.a_group = aGroup_->value();
+  c.kv_group = kvGroup_->value();
+  c.w_sym = wSym_->isChecked();
+  c.a_sym = aSym_->isChecked();
+  c.kv_sym = kvSym_->isChecked();
+  c.w_mse_clip = wMse_->isChecked();
+  c.a_clip = aClip_->value();
+  c.kv_clip = kvClip_->value();
+  c.rank = fullRank_->isChecked() ? -1 : rank_->value();
+  c.weight_quantizer = gptq_->isChecked() ? respin::WeightQuantizer::Gptq : respin::WeightQuantizer::Rtn;
+  c.calib_text = calibText_->text().toStdString();
+  c.eval_text = evalText_->text().toStdString();
+  c.samples = samples_->value();
+  c.seq_len = seqLen_->value();
+  c.iters = iters_->value();
+  c.lr = lr_->value();
+  c.batch = batch_->value();
+  c.eval_windows = evalWindows_->value();
+  c.seed = static_cast<uint64_t>(seed_->value());
+  c.device = static_cast<respin::DeviceChoice>(device_->currentData().toInt());
+  c.threads = threads_->value();
+  return c;
+}
+
+void RunPanel::setConfig(const CalibConfig& c) {
+  loading_ = true;
+  method_->setCurrentIndex(method_->findData(int(c.method)));
+  wbits_->setCurrentIndex(wbits_->findData(c.wbits));
+  abits_->setCurrentIndex(abits_->findData(c.abits));
+  kvbits_->setCurrentIndex(kvbits_->findData(c.kvbits));
+  wGroup_->setValue(static_cast<int>(c.w_group));
+  aGroup_->setValue(static_cast<int>(c.a_group));
+  kvGroup_->setValue(static_cast<int>(c.kv_group));
+  wSym_->setChecked(c.w_sym);
+  aSym_->setChecked(c.a_sym);
+  kvSym_->setChecked(c.kv_sym);
+  wMse_->setChecked(c.w_mse_clip);
+  aClip_->setValue(c.a_clip);
+  kvClip_->setValue(c.kv_clip);
+  fullRank_->setChecked(c.rank < 0);
+  if (c.rank >= 0) rank_->setValue(static_cast<int>(c.rank));
+  gptq_->setChecked(c.weight_quantizer == respin::WeightQuantizer::Gptq);
+  calibText_->setText(QString::fromStdString(c.calib_text));
+  evalText_->setText(QString::fromStdString(c.eval_text));
+  samples_->setValue(static_cast<int>(c.samples));
+  seqLen_->setValue(static_cast<int>(c.seq_len));
+  iters_->setValue(static_cast<int>(c.iters));
+  lr_->setValue(c.lr);
+  batch_->setValue(static_cast<int>(c.batch));
+  evalWindows_->setValue(static_cast<int>(c.eval_windows));
+  seed_->setValue(static_cast<int>(c.seed));
+  device_->setCurrentIndex(device_->findData(int(c.device)));
+  threads_->setValue(c.threads);
+  loading_ = false;
+  update();
+}
+
+QString RunPanel::costText() const { return cost_->text(); }
+QString RunPanel::problemText() const { return problems_->text(); }
+
+QString RunPanel::problems() const {
+  QStringList out;
+  if (!model_) return "Open a model folder first (File > Open model folder).";
+  const CalibConfig c = config();
+  try {
+    c.validate();
+  } catch (const std::exception& e) {
+    out << QString::fromStdString(e.what());
+  }
+  const respin::ModelConfig& m = model_->config;
+  auto divides = [&](int64_t g, int64_t width, const QString& what, const QString& where) {
+    if (g > 0 && width % g != 0) out << QString("%1 group %2 does not divide %3 (%4)").arg(what).arg(g).arg(where).arg(width);
+  };
+  if (c.wbits != 16) {
+    divides(c.w_group, m.hidden_size, "Weight", "the hidden size");
+    divides(c.w_group, m.intermediate_size, "Weight", "the intermediate size");
+  }
+  if (c.abits != 16) {
+    divides(c.a_group, m.hidden_size, "Activation", "the hidden size");
+    divides(c.a_group, m.intermediate_size, "Activation", "the intermediate size");
+  }
+  if (c.kvbits != 16) divides(c.kv_group, m.head_dim, "KV", "the head dim");
+  if (c.w_mse_clip && c.wbits == 16 && c.weight_quantizer == respin::WeightQuantizer::Gptq)
+    out << "GPTQ needs quantized weights (W below 16)";
+  if (respin::method_learns(c.method) && c.iters == 0)
+    out << "0 iterations: the rotations stay at their random Hadamard start (set iterations > 0 to learn them)";
+  if (c.batch > c.samples) out << QString("Batch %1 is larger than the %2 samples").arg(c.batch).arg(c.samples);
+  return out.join("\n");
+}
+
+void RunPanel::update() {
+  if (loading_) return;
+  const CalibConfig c = config();
+  const bool respinMethod = c.method == respin::Method::ReSpin;
+  for (QWidget* w : std::initializer_list<QWidget*>{rankSlider_, rank_, fullRank_}) w->setEnabled(respinMethod);
+  rank_->setEnabled(respinMethod && !fullRank_->isChecked());
+  const bool learns = respin::method_learns(c.method);
+  for (QWidget* w : std::initializer_list<QWidget*>{iters_, lr_, batch_}) w->setEnabled(learns);
+  if (model_ && respinMethod) {
+    const respin::ModelConfig& m = model_->config;
+    const int64_t D = m.hidden_size, L = m.num_hidden_layers;
+    const int64_t r = c.rank < 0 ? D : std::min<int64_t>(c.rank, D);
+    // Q [D, r] and M [r, r] per residual add, two adds per layer.
+    const double params = 2.0 * L * (D * r + r * r), macs = 2.0 * L * (2 * D * r + r * r);
+    const double layer = double(D) * m.q_dim() + 2.0 * D * m.kv_dim() + double(m.q_dim()) * D + 3.0 * D * m.intermediate_size;
+    cost_->setText(QString("rank %1: +%2 parameters, +%3 MACs per token (%4% of the decoder layers' linear layers)")
+                       .arg(r)
+                       .arg(count(params))
+                       .arg(count(macs))
+                       .arg(100.0 * params / (layer * L), 0, 'f', 2));
+  } else {
+    cost_->setText(respinMethod ? "" : "no skip correction (ReSpinQuant only)");
+  }
+  const QString p = problems();
+  problems_->setText(p);
+  problems_->setVisible(!p.isEmpty());
+  start_->setEnabled(p.isEmpty());
+}

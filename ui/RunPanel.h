@@ -1,0 +1,60 @@
+// The run panel: everything one calibration needs (method, bits, quantizer options, rank r with
+// its online cost, data, learning schedule, seed, device, threads), with sensible defaults for the
+// open model, invalid combinations explained inline before Start, and values remembered per model.
+#pragma once
+
+#include <QString>
+#include <QWidget>
+
+#include <optional>
+
+#include "core/calib/calib_config.h"
+#include "core/io/model_summary.h"
+
+class QCheckBox;
+class QComboBox;
+class QDoubleSpinBox;
+class QLabel;
+class QLineEdit;
+class QPushButton;
+class QSlider;
+class QSpinBox;
+
+class RunPanel : public QWidget {
+  Q_OBJECT
+ public:
+  explicit RunPanel(QWidget* parent = nullptr);
+
+  // The model the run is for (enables Start; restores the values last used with it).
+  void setModel(const respin::ModelSummary& model);
+  void clearModel();
+  // The config the controls describe (model path included); validate() has not been applied.
+  respin::CalibConfig config() const;
+  void setConfig(const respin::CalibConfig& c);
+  // Empty when the config can run on the open model; else the reasons, one per line.
+  QString problems() const;
+  QString problemText() const;  // what the panel shows
+  QPushButton* startButton() const { return start_; }
+  // Online cost text of the current rank ("rank 32: +1.2M parameters (0.4% of the layers'), ...").
+  QString costText() const;
+  QSlider* rankSlider() const { return rankSlider_; }
+  QSpinBox* rankBox() const { return rank_; }
+
+ signals:
+  void startRequested(respin::CalibConfig config);
+
+ private:
+  void update();
+  void remember() const;
+  QComboBox *method_, *wbits_, *abits_, *kvbits_, *device_;
+  QSpinBox *wGroup_, *aGroup_, *kvGroup_, *rank_, *samples_, *seqLen_, *iters_, *batch_, *threads_, *evalWindows_;
+  QSpinBox* seed_;
+  QDoubleSpinBox *aClip_, *kvClip_, *lr_;
+  QCheckBox *wSym_, *aSym_, *kvSym_, *gptq_, *wMse_, *fullRank_;
+  QSlider* rankSlider_;
+  QLineEdit *calibText_, *evalText_;
+  QLabel *cost_, *problems_;
+  QPushButton* start_;
+  std::optional<respin::ModelSummary> model_;
+  bool loading_ = false;
+};
