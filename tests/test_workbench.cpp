@@ -129,6 +129,18 @@ TEST_F(Workbench, CalibrationRunsOnAWorkerThreadAndTheWindowStaysResponsive) {
   EXPECT_TRUE(w->showRunOutliers(id));
   w->showView("outliers");
   save_shot(*w, "outliers-after-run");
+
+  // Export the run's model from the window (on a background thread), then the refusal of an
+  // existing folder as one line.
+  QString message;
+  const QString out = QString::fromStdString(runs_.file("exported"));
+  EXPECT_TRUE(w->exportRunModel(id, out, "hf", "f32", false, &message)) << message.toStdString();
+  EXPECT_TRUE(fs::is_regular_file(runs_.file("exported") + "/respin_online.json"));
+  EXPECT_TRUE(message.contains("with the online sidecar")) << message.toStdString();
+  EXPECT_FALSE(w->exportRunModel(id, out, "hf", "f32", false, &message));
+  EXPECT_TRUE(message.contains("already exists")) << message.toStdString();
+  EXPECT_FALSE(w->exportRunModel(id, QString::fromStdString(runs_.file("ct")), "compressed-tensors", "f16", false, &message));
+  EXPECT_TRUE(message.contains("--allow-sidecar") || message.contains("cannot")) << message.toStdString();
 }
 
 TEST_F(Workbench, CancelStopsWithinTwoSecondsAndTheStoreSaysCancelled) {

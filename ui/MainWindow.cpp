@@ -22,7 +22,24 @@
 #include <QStyleFactory>
 #include <QTabWidget>
 
+#include <QCheckBox>
+#include <QComboBox>
+#include <QDialog>
+#include <QDialogButtonBox>
+#include <QFormLayout>
+#include <QHBoxLayout>
+#include <QLineEdit>
+#include <QProgressDialog>
+#include <QPushButton>
+
+#include <future>
+#include <thread>
+
 #include "core/data/corpus.h"
+#include "core/export/export.h"
+#include "core/store/run_store.h"
+#include "core/util/error.h"
+#include "core/util/error_message.h"
 #include "core/util/version.h"
 #include "ui/CalibrationWorker.h"
 #include "ui/CompareView.h"
@@ -135,6 +152,7 @@ MainWindow::MainWindow(QWidget* parent, const QString& dbPath)
   connect(runs_, &RunsView::runActivated, this, [this](qint64 id) {
     if (showRunOutliers(id)) tabs_->setCurrentWidget(outliers_);
   });
+  connect(runs_, &RunsView::exportModelRequested, this, &MainWindow::askExportRunModel);
   connect(runs_, &RunsView::compareRequested, this, [this](qint64 a, qint64 b) {
     if (compareRuns(a, b)) tabs_->setCurrentWidget(compare_);
   });
@@ -278,6 +296,81 @@ void MainWindow::setDarkTheme(bool dark) {
     p = qApp->style()->standardPalette();
   }
   qApp->setPalette(p);
+}
+
+bool MainWindow::exportRunModel(qint64 runId, const QString& outDir, const QString& format, const QString& dtype,
+                                bool allowSidecar, QString* message) {
+  QString msg;
+  bool ok = false;
+  try {
+    const auto run = respin::RunStore::open_readonly(db_.toStdString()).get_run(runId);
+    if (!run) throw respin::Error(db_.toStdString() + ": no run " + std::to_string(runId));
+    if (run->summary.status != respin::RunStatus::Finished)
+      throw respin::Error("run " + std::to_string(runId) + " is " + respin::run_status_name(run->summary.status) +
+                          "; only finished runs have a model to export");
+    respin::ExportOptions o;
+    o.format = respin::export_format_from_name(format.toStdString());
+    o.dtype = respin::export_dtype_from_name(dtype.toStdString());
+    o.allow_sidecar = allowSidecar;
+    const std::string dir = run->summary.run_dir, out = outDir.toStdString();
+    // Export reads and writes hundreds of megabytes: off the GUI thread, with a live dialog.
+    std::packaged_task<respin::ExportResult()> task([dir, out, o] { return respin::export_run(dir, out, o); });
+    std::future<respin::ExportResult> result = task.get_future();
+    std::thread worker(std::move(task));
+    QProgressDialog progress(QString("Exporting run %1 as %2…").arg(runId).arg(format), QString(), 0, 0, this);
+    progress.setWindowModality(Qt::WindowModal);
+    progress.setMinimumDuration(300);
+    while (result.wait_for(std::chrono::milliseconds(20)) != std::future_status::ready)
+      QApplication::processEvents(QEventLoop::AllEvents, 20);
+    worker.join();
+    const respin::ExportResult r = result.get();
+    msg = QString("Exported run %1 to %2 (%3 MB in %4 s)%5")
+              .arg(runId)
+              .arg(QString::fromStdString(r.dir))
+              .arg(r.bytes / 1e6, 0, 'f', 1)
+              .arg(r.seconds, 0, 'f', 2)
+              .arg(r.sidecar ? "; with the online sidecar (respin_online.json)" : "");
+    ok = true;
+  } catch (const std::exception& e) {
+    msg = QString::fromStdString(respin::error_message(e));
+  }
+  statusBar()->showMessage(msg);
+  if (message) *message = msg;
+  return ok;
+}
+
+void MainWindow::askExportRunModel(qint64 runId) {
+  QDialog d(this);
+  d.setWindowTitle(QString("Export the model of run %1").arg(runId));
+  auto* form = new QFormLayout(&d);
+  auto* format = new QComboBox;
+  format->addItem("hf (Hugging Face folder + online sidecar)", "hf");
+  format->addItem("compressed-tensors (packed integer weights)", "compressed-tensors");
+  auto* dtype = new QComboBox;
+  for (const char* t : {"f16", "bf16", "f32"}) dtype->addItem(t, t);
+  auto* sidecar = new QCheckBox("Allow a sidecar for what compressed-tensors cannot express");
+  auto* out = new QLineEdit;
+  auto* browse = new QPushButton("Choose…");
+  auto* row = new QHBoxLayout;
+  row->addWidget(out, 1);
+  row->addWidget(browse);
+  form->addRow("Format:", format);
+  form->addRow("Storage dtype:", dtype);
+  form->addRow("", sidecar);
+  form->addRow("New folder:", row);
+  auto* buttons = new QDialogButtonBox(QDialogButtonBox::Ok | QDialogButtonBox::Cancel);
+  form->addRow(buttons);
+  connect(browse, &QPushButton::clicked, &d, [&] {
+    const QString f = QFileDialog::getSaveFileName(&d, "Export into a new folder");
+    if (!f.isEmpty()) out->setText(f);
+  });
+  connect(buttons, &QDialogButtonBox::accepted, &d, &QDialog::accept);
+  connect(buttons, &QDialogButtonBox::rejected, &d, &QDialog::reject);
+  if (d.exec() != QDialog::Accepted || out->text().isEmpty()) return;
+  QString message;
+  if (!exportRunModel(runId, out->text(), format->currentData().toString(), dtype->currentData().toString(),
+                      sidecar->isChecked(), &message))
+    QMessageBox::warning(this, "Export failed", message);
 }
 
 void MainWindow::about() {

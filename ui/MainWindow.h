@@ -36,6 +36,10 @@ class MainWindow : public QMainWindow {
   bool showRunOutliers(qint64 runId);
   bool compareRuns(qint64 a, qint64 b);
   void setDarkTheme(bool dark);
+  // Exports a stored run's model (core/export) on a background thread while a progress dialog
+  // keeps the window live; false with the one-line error in `message` on failure.
+  bool exportRunModel(qint64 runId, const QString& outDir, const QString& format, const QString& dtype,
+                      bool allowSidecar, QString* message = nullptr);
 
   ModelInfoPanel* modelPanel() const { return modelPanel_; }
   RunPanel* runPanel() const { return runPanel_; }
@@ -59,6 +63,7 @@ class MainWindow : public QMainWindow {
   void rebuildRecentMenu();
   void about();
   void refreshQueue();
+  void askExportRunModel(qint64 runId);
 
   QString db_;
   QString runsFolder_;
