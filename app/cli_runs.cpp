@@ -78,10 +78,9 @@ RunDetail need_run(const RunStore& s, long long id) {
   return *d;
 }
 
-// Parameters (= MACs per token) of one decoder layer's linear layers.
 int64_t layer_linear_params(const ModelIdentity& m) {
-  const int64_t D = m.hidden_size, q = m.heads * m.head_dim, kv = m.kv_heads * m.head_dim;
-  return D * q + 2 * D * kv + q * D + 3 * D * m.intermediate_size;
+  return decoder_layer_linear_parameters(m.hidden_size, m.heads * m.head_dim, m.kv_heads * m.head_dim,
+                                         m.intermediate_size);
 }
 
 // Flattens a JSON object to "a.b.c" -> value (arrays stay values).
@@ -223,9 +222,8 @@ int run_runs_compare(const RunsArgs& a) {
       const int64_t layer = layer_linear_params(d.model);
       const int64_t rank = d.record ? d.record->method.rank : -1;
       const int64_t D = d.model.hidden_size;
-      // Per decoder layer: two residual adds, each Q [D, r] and M [r, r]; 2 D r + r^2 MACs each.
-      const int64_t params = rank >= 0 ? 2 * (D * rank + rank * rank) : 0;
-      const int64_t macs = rank >= 0 ? 2 * (2 * D * rank + rank * rank) : 0;
+      const int64_t params = rank >= 0 ? skip_correction_parameters_per_layer(D, rank) : 0;
+      const int64_t macs = rank >= 0 ? skip_correction_macs_per_token_per_layer(D, rank) : 0;
       json row = {{"id", r.id}, {"label", d.config.label()}, {"status", run_status_name(r.status)},
                   {"wbits", r.wbits}, {"abits", r.abits}, {"kvbits", r.kvbits},
                   {"rank", rank}, {"online_parameters_per_layer", params}, {"online_macs_per_token_per_layer", macs},

@@ -19,6 +19,7 @@
 
 #include <cmath>
 
+#include "core/calib/run_record.h"
 #include "core/util/error.h"
 
 using respin::CalibConfig;
@@ -349,9 +350,9 @@ void RunPanel::update() {
     const respin::ModelConfig& m = model_->config;
     const int64_t D = m.hidden_size, L = m.num_hidden_layers;
     const int64_t r = c.rank < 0 ? D : std::min<int64_t>(c.rank, D);
-    // Q [D, r] and M [r, r] per residual add, two adds per layer.
-    const double params = 2.0 * L * (D * r + r * r), macs = 2.0 * L * (2 * D * r + r * r);
-    const double layer = double(D) * m.q_dim() + 2.0 * D * m.kv_dim() + double(m.q_dim()) * D + 3.0 * D * m.intermediate_size;
+    const double params = double(L) * respin::skip_correction_parameters_per_layer(D, r);
+    const double macs = double(L) * respin::skip_correction_macs_per_token_per_layer(D, r);
+    const double layer = double(respin::decoder_layer_linear_parameters(D, m.q_dim(), m.kv_dim(), m.intermediate_size));
     cost_->setText(QString("rank %1: +%2 parameters, +%3 MACs per token (%4% of the decoder layers' linear layers)")
                        .arg(r)
                        .arg(count(params))

@@ -533,9 +533,8 @@ class Pipeline {
       const int64_t D = mc().hidden_size, r = plan_.rank, L = mc().num_hidden_layers;
       rec_.method.rank = r;
       rec_.method.transition_spectral_error = errors;
-      // Q [D, r] and M [r, r] per residual add; applying one costs 2 D r + r^2 MACs per token.
-      rec_.method.online_parameters = 2 * L * (D * r + r * r);
-      rec_.method.online_macs_per_token = 2 * L * (2 * D * r + r * r);
+      rec_.method.online_parameters = L * skip_correction_parameters_per_layer(D, r);
+      rec_.method.online_macs_per_token = L * skip_correction_macs_per_token_per_layer(D, r);
     }
     final_rot_ = r64;
   }

@@ -193,6 +193,14 @@ template <class T> void read(const json& j, T& out, const std::string& path) {
 
 }  // namespace
 
+int64_t skip_correction_parameters_per_layer(int64_t hidden, int64_t rank) { return 2 * (hidden * rank + rank * rank); }
+int64_t skip_correction_macs_per_token_per_layer(int64_t hidden, int64_t rank) {
+  return 2 * (2 * hidden * rank + rank * rank);
+}
+int64_t decoder_layer_linear_parameters(int64_t hidden, int64_t q_dim, int64_t kv_dim, int64_t intermediate) {
+  return hidden * q_dim + 2 * hidden * kv_dim + q_dim * hidden + 3 * hidden * intermediate;
+}
+
 json run_record_to_json(const RunRecord& r) {
   json j = {{"format", "respin-run"}};
   json body = write_record(r);

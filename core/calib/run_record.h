@@ -153,6 +153,14 @@ struct RunRecord {
   std::optional<int64_t> gpu_memory_in_use_bytes;
 };
 
+// ReSpinQuant's online cost at skip rank r (docs/methods.md): per decoder layer two residual adds,
+// each with Q [hidden, r] and M [r, r]; applying one costs 2 hidden r + r^2 MACs per token.
+int64_t skip_correction_parameters_per_layer(int64_t hidden, int64_t rank);
+int64_t skip_correction_macs_per_token_per_layer(int64_t hidden, int64_t rank);
+// Parameters (= MACs per token) of one decoder layer's seven linear layers, the base the online
+// cost is a share of.
+int64_t decoder_layer_linear_parameters(int64_t hidden, int64_t q_dim, int64_t kv_dim, int64_t intermediate);
+
 nlohmann::json run_record_to_json(const RunRecord& r);
 // Throws respin::Error naming `source` and the field for a missing required field, a wrong type,
 // a format other than "respin-run" or a format_version newer than this build knows.
