@@ -15,6 +15,7 @@
 #include "core/io/atomic_file.h"
 #include "core/store/run_store.h"
 #include "core/util/error.h"
+#include "core/util/fs.h"
 
 namespace respin::cli {
 
@@ -434,12 +435,10 @@ int run_runs_delete(const RunsArgs& a) {
       continue;
     }
     const DeletedRun gone = s.delete_run(id);
-    std::error_code ec;
-    for (const std::string& dir : {gone.run_dir, gone.tmp_dir})
-      if (!dir.empty() && fs::exists(dir)) {
-        fs::remove_all(dir, ec);
-        if (ec) std::fprintf(stderr, "warning: %s: %s\n", dir.c_str(), ec.message().c_str());
-      }
+    for (const std::string& dir : {gone.run_dir, gone.tmp_dir}) {
+      std::string error;
+      if (!dir.empty() && !remove_tree(dir, &error)) std::fprintf(stderr, "warning: %s\n", error.c_str());
+    }
     std::fprintf(stderr, "deleted run %lld\n", id);
   }
   return 0;
@@ -466,9 +465,7 @@ int run_runs_clean(const RunsArgs& a) {
   for (const RunSummary& r : stale) {
     s.mark_interrupted(r.id);
     if (r.tmp_dir.empty() || !fs::exists(r.tmp_dir)) continue;
-    std::error_code ec;
-    fs::remove_all(r.tmp_dir, ec);
-    if (ec) throw Error(r.tmp_dir + ": " + ec.message());
+    remove_tree_or_throw(r.tmp_dir);
     s.clear_tmp_dir(r.id);
     std::printf("removed %s\n", r.tmp_dir.c_str());
   }

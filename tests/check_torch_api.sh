@@ -7,11 +7,15 @@ root=${1:-$(cd "$(dirname "$0")/.." && pwd)}
 # pattern | what to use instead
 rules=(
   'at::NoGradGuard|c10::NoGradGuard from <c10/core/GradMode.h> (at::NoGradGuard is not declared by the 2.x headers)'
+  'remove_all(|respin::remove_tree (core/util/fs.h): PyTorch 2.x exports its own std::filesystem iterators, and remove_all crashed against them'
+  'directory_iterator|respin::list_directory (core/util/fs.h): PyTorch 2.x exports its own std::filesystem iterators'
+  'fs::is_empty|respin::directory_is_empty (core/util/fs.h): std::filesystem::is_empty iterates the folder'
+  'filesystem::is_empty|respin::directory_is_empty (core/util/fs.h): std::filesystem::is_empty iterates the folder'
 )
 status=0
 for rule in "${rules[@]}"; do
   pattern=${rule%%|*}
-  hits=$(grep -rnF --include='*.cpp' --include='*.h' --include='*.cu' "$pattern" \
+  hits=$(grep -rnF --include='*.cpp' --include='*.h' --include='*.cu' --exclude=fs.h --exclude=fs.cpp "$pattern" \
            "$root/core" "$root/app" "$root/ui" "$root/kernels" "$root/tests" "$root/bench" || true)
   if [[ -n $hits ]]; then
     echo "uses $pattern; use ${rule#*|}:" >&2

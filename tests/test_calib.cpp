@@ -19,6 +19,7 @@
 #include "core/tokenizer/bpe_trainer.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/util/error.h"
+#include "core/util/fs.h"
 #include "tests/calib_fixture.h"
 #include "tests/test_util.h"
 
@@ -234,7 +235,7 @@ TEST_F(Calib, CancelledOrFailedRunsLeaveNothingBehind) {
   } stopper;
   stopper.control = &control;
   EXPECT_THROW(run_calibration(c, out("cancelled"), &control, &stopper), Cancelled);
-  EXPECT_TRUE(fs::is_empty(run_dir_.path())) << "left: " << fs::directory_iterator(run_dir_.path())->path();
+  EXPECT_TRUE(directory_is_empty(run_dir_.path())) << "left: " << list_directory(run_dir_.path()).front().name;
 
   // An existing directory is refused before any work and left untouched.
   fs::create_directories(out("existing"));

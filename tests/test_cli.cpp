@@ -117,7 +117,7 @@ TEST_F(Cli, CalibrateWritesARunThatEvalReproduces) {
   for (int i = 0; i < 30; ++i) text += kText;
   write_bytes(dir.file("long.txt"), text);
   const std::string common = " --model " + model + " --calib-text " + dir.file("long.txt") + " --eval-text " +
-                             dir.file("long.txt") + " --seq-len 16 --samples 4 --iters 2 --batch 2 --threads 1";
+                             dir.file("long.txt") + " --seq-len 16 --samples 4 --iters 2 --batch 2 --threads 1 --device cpu";
   Result r = run("calibrate --method respin --rank 4 --wbits 4 --abits 4 --kvbits 4 --json --out " + dir.file("run") + common);
   ASSERT_EQ(r.code, 0) << r.err;
   auto j = nlohmann::json::parse(r.out);
@@ -131,7 +131,7 @@ TEST_F(Cli, CalibrateWritesARunThatEvalReproduces) {
   EXPECT_TRUE(j["gpu_memory_in_use_bytes"].is_null());
 
   // eval --run evaluates the stored model with its rotations and quantizers: the same number.
-  r = run("eval --json --run " + dir.file("run") + " --text-file " + dir.file("long.txt") + " --seq-len 16 --threads 1");
+  r = run("eval --json --run " + dir.file("run") + " --text-file " + dir.file("long.txt") + " --seq-len 16 --threads 1 --device cpu");
   ASSERT_EQ(r.code, 0) << r.err;
   auto e = nlohmann::json::parse(r.out);
   EXPECT_NEAR(e["perplexity"].get<double>() / q, 1.0, 1e-6);

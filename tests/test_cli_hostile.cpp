@@ -15,6 +15,7 @@
 #include "core/io/safetensors.h"
 #include "core/model/weights.h"
 #include "core/util/threads.h"
+#include "core/util/fs.h"
 #include "tests/cli_util.h"
 
 using namespace respin;
@@ -153,8 +154,8 @@ TEST_F(Hostile, CtrlCAndSigtermStopCalibrateCleanly) {
     EXPECT_EQ(WEXITSTATUS(status), 130) << "signal " << sig;
     EXPECT_NE(read_bytes(err).find("cancelled"), std::string::npos) << read_bytes(err);
     EXPECT_FALSE(fs::exists(out));
-    for (const auto& e : fs::directory_iterator(dir.path()))
-      EXPECT_EQ(e.path().filename().string().find("run.partial"), std::string::npos) << e.path();
+    for (const DirEntry& e : list_directory(dir.path()))
+      EXPECT_EQ(e.name.find("run.partial"), std::string::npos) << e.name;
   }
 }
 

@@ -24,6 +24,7 @@
 #include "core/rotation/hadamard_transform.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/util/error.h"
+#include "core/util/fs.h"
 #include "tests/calib_fixture.h"
 #include "tests/test_util.h"
 
@@ -38,8 +39,7 @@ bool contains(const std::string& s, const std::string& what) { return s.find(wha
 
 std::vector<std::string> entries(const std::string& dir) {
   std::vector<std::string> out;
-  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
-  std::sort(out.begin(), out.end());
+  for (const DirEntry& e : list_directory(dir)) out.push_back(e.name);
   return out;
 }
 

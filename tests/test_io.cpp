@@ -13,6 +13,7 @@
 #include "core/io/model_folder.h"
 #include "core/io/safetensors.h"
 #include "core/util/error.h"
+#include "core/util/fs.h"
 #include "tests/test_util.h"
 
 using namespace respin;
@@ -188,9 +189,7 @@ TEST(AtomicFile, AbandonedWriteLeavesOriginalAndNoTemporary) {
     w.write("partial", 7);
   }  // destroyed without commit
   EXPECT_EQ(read_bytes(path), "original");
-  int entries = 0;
-  for (auto& e : std::filesystem::directory_iterator(dir.path())) (void)e, ++entries;
-  EXPECT_EQ(entries, 1);
+  EXPECT_EQ(list_directory(dir.path()).size(), 1u);
 }
 
 TEST(AtomicFile, FullDiskKeepsOriginalAndNamesFile) {
@@ -212,9 +211,7 @@ TEST(AtomicFile, FullDiskKeepsOriginalAndNamesFile) {
   EXPECT_NE(msg.find(path), std::string::npos) << msg;
   EXPECT_NE(msg.find("write failed"), std::string::npos) << msg;
   EXPECT_EQ(read_bytes(path), "original");
-  int entries = 0;
-  for (auto& e : std::filesystem::directory_iterator(dir.path())) (void)e, ++entries;
-  EXPECT_EQ(entries, 1) << "temporary file left behind";
+  EXPECT_EQ(list_directory(dir.path()).size(), 1u) << "temporary file left behind";
 }
 
 TEST(AtomicFile, UnwritableDirectoryIsAnError) {
@@ -369,4 +366,54 @@ TEST(ModelFolder, MissingPartsAreNamed) {
   EXPECT_TRUE(f.tokenizer_path.empty());
   msg = expect_error([&] { f.require_tokenizer(); });
   EXPECT_NE(msg.find("no tokenizer.json"), std::string::npos) << msg;
+}
+
+// core/util/fs.h: the POSIX replacements for std::filesystem's directory iteration.
+TEST(DirectoryWalk, RemoveTreeRemovesNestedFoldersAndNeverFollowsLinks) {
+  TempDir dir, outside;
+  write_bytes(outside.file("keep.txt"), "kept");
+  const std::string root = dir.file("tree");
+  std::filesystem::create_directories(root + "/a/b/c");
+  write_bytes(root + "/a/b/c/deep.bin", std::string(100, 'x'));
+  write_bytes(root + "/top.txt", "t");
+  std::filesystem::create_directory_symlink(outside.path(), root + "/a/link");
+  std::filesystem::create_symlink(outside.file("keep.txt"), root + "/file-link");
+
+  const std::vector<DirEntry> listed = list_directory(root);
+  ASSERT_EQ(listed.size(), 3u);
+  EXPECT_EQ(listed[0].name, "a");
+  EXPECT_TRUE(listed[0].is_directory);
+  EXPECT_EQ(listed[1].name, "file-link");
+  EXPECT_TRUE(listed[1].is_regular_file);  // the link's target, as is_regular_file() says
+  EXPECT_EQ(listed[2].name, "top.txt");
+  EXPECT_EQ(listed[2].size, 1u);
+  EXPECT_FALSE(directory_is_empty(root));
+
+  std::string error;
+  EXPECT_TRUE(remove_tree(root, &error)) << error;
+  EXPECT_FALSE(std::filesystem::exists(root));
+  EXPECT_EQ(read_bytes(outside.file("keep.txt")), "kept");  // the links went, not their targets
+  EXPECT_TRUE(remove_tree(root));                            // a missing path is success
+  EXPECT_TRUE(directory_is_empty(dir.path()));
+  EXPECT_FALSE(directory_is_empty(dir.file("missing")));
+
+  write_bytes(dir.file("plain"), "p");  // a file is removed like rm -r would
+  EXPECT_TRUE(remove_tree(dir.file("plain")));
+  EXPECT_FALSE(std::filesystem::exists(dir.file("plain")));
+
+  const std::string msg = expect_error([&] { list_directory(dir.file("missing")); });
+  EXPECT_NE(msg.find(dir.file("missing")), std::string::npos) << msg;
+}
+
+TEST(DirectoryWalk, RemoveTreeReportsWhatItCouldNotRemove) {
+  TempDir dir;
+  write_bytes(dir.file("file"), "f");
+  const std::string bad = dir.file("file") + "/child";  // a path through a regular file
+  std::string error;
+  EXPECT_FALSE(remove_tree(bad, &error));
+  EXPECT_NE(error.find(bad), std::string::npos) << error;
+  EXPECT_NE(error.find("Not a directory"), std::string::npos) << error;
+  const std::string msg = expect_error([&] { remove_tree_or_throw(bad); });
+  EXPECT_NE(msg.find("cannot remove " + bad), std::string::npos) << msg;
+  EXPECT_EQ(read_bytes(dir.file("file")), "f");
 }

@@ -20,6 +20,7 @@
 #include "core/store/sqlite.h"
 #include "core/util/error.h"
 #include "core/util/sha256.h"
+#include "core/util/fs.h"
 #include "tests/test_util.h"
 
 namespace respin {
@@ -287,12 +288,7 @@ TEST(Store, CreatesOpensAndReopens) {
   }
   EXPECT_TRUE(std::filesystem::exists(path));
   // No temporary creation file left behind.
-  int entries = 0;
-  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
-    (void)e;
-    ++entries;
-  }
-  EXPECT_EQ(entries, 1);
+  EXPECT_EQ(list_directory(dir.path()).size(), 1u);
   {
     Database raw(path, Database::Mode::ReadOnly);
     EXPECT_EQ(raw.query_text("PRAGMA journal_mode"), "wal");

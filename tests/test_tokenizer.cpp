@@ -23,6 +23,7 @@
 #include "core/tokenizer/tokenizer.h"
 #include "core/tokenizer/unicode_text.h"
 #include "core/util/error.h"
+#include "core/util/fs.h"
 
 namespace respin {
 namespace {
@@ -42,8 +43,7 @@ class TempDir {
     fs::create_directories(path_);
   }
   ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
+    respin::remove_tree(path_.string());
   }
   std::string write(const std::string& name, const std::string& content) const {
     const fs::path p = path_ / name;

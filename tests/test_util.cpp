@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/util/error.h"
+#include "core/util/fs.h"
 
 namespace respin::test {
 
@@ -24,8 +25,7 @@ TempDir::TempDir() {
 }
 
 TempDir::~TempDir() {
-  std::error_code ec;
-  std::filesystem::remove_all(path_, ec);
+  remove_tree(path_);
 }
 
 void write_bytes(const std::string& path, const std::string& bytes) {

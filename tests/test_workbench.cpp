@@ -18,6 +18,7 @@
 #include <filesystem>
 
 #include "core/store/run_store.h"
+#include "core/util/fs.h"
 #include "tests/calib_fixture.h"
 #include "tests/test_util.h"
 #include "ui/CalibrationWorker.h"
@@ -169,7 +170,7 @@ TEST_F(Workbench, CancelStopsWithinTwoSecondsAndTheStoreSaysCancelled) {
   auto run = store.get_run(end[1].toLongLong());
   ASSERT_TRUE(run);
   EXPECT_EQ(run->summary.status, RunStatus::Cancelled);
-  EXPECT_TRUE(fs::is_empty(runs_.path()));  // nothing left behind
+  EXPECT_TRUE(directory_is_empty(runs_.path()));  // nothing left behind
 }
 
 TEST_F(Workbench, InvalidSettingsAreExplainedBeforeStartAndRankSnapsToPowersOfTwo) {

@@ -28,6 +28,7 @@
 #include <set>
 
 #include "core/store/run_store.h"
+#include "core/util/fs.h"
 #include "ui/PlotExport.h"
 
 namespace {
@@ -712,11 +713,8 @@ bool RunsView::deleteRuns(const QList<qint64>& ids) {
         const respin::DeletedRun gone = s.delete_run(id);
         ++deleted;
         for (const std::string& dir : {gone.run_dir, gone.tmp_dir}) {
-          std::error_code ec;
-          if (!dir.empty() && std::filesystem::exists(dir, ec)) {
-            std::filesystem::remove_all(dir, ec);
-            if (ec) problems << q(dir) + ": " + q(ec.message());
-          }
+          std::string error;
+          if (!dir.empty() && !respin::remove_tree(dir, &error)) problems << q(error);
         }
       } catch (const std::exception& e) {
         problems << q(e.what());

@@ -39,6 +39,7 @@
 #include "core/util/threads.h"
 #include "core/util/version.h"
 #include "kernels/hadamard.h"
+#include "core/util/fs.h"
 
 namespace fs = std::filesystem;
 
@@ -260,8 +261,7 @@ class Pipeline {
   // A run that did not reach its rename (failed, cancelled) leaves nothing behind.
   ~Pipeline() {
     if (tmp_.empty() || committed_) return;
-    std::error_code ec;
-    fs::remove_all(tmp_, ec);
+    remove_tree(tmp_);
   }
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;

@@ -8,6 +8,7 @@
 
 #include "core/io/atomic_file.h"
 #include "core/util/error.h"
+#include "core/util/fs.h"
 
 namespace respin {
 
@@ -44,8 +45,8 @@ constexpr const char* kFetchHint = " (run scripts/setup.sh to fetch the corpus)"
 std::vector<std::string> sotu_files(const std::string& dir) {
   if (!fs::is_directory(dir)) throw Error(dir + ": corpus folder missing" + kFetchHint);
   std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.is_regular_file() && e.path().extension() == ".txt") names.push_back(e.path().filename());
+  for (const DirEntry& e : list_directory(dir))
+    if (e.is_regular_file && fs::path(e.name).extension() == ".txt") names.push_back(e.name);
   std::sort(names.begin(), names.end());  // byte order = chronological for <year>_<name>.txt
   if (names.empty()) throw Error(dir + ": no .txt files" + kFetchHint);
   return names;

@@ -29,6 +29,7 @@
 #include "core/io/model_folder.h"
 #include "core/util/error.h"
 #include "core/util/version.h"
+#include "core/util/fs.h"
 
 namespace fs = std::filesystem;
 
@@ -345,8 +346,7 @@ class TempFolder {
   }
   ~TempFolder() {
     if (committed_) return;
-    std::error_code ec;
-    fs::remove_all(path_, ec);
+    remove_tree(path_.string());
   }
   TempFolder(const TempFolder&) = delete;
   TempFolder& operator=(const TempFolder&) = delete;
@@ -647,9 +647,9 @@ ExportResult export_run(const std::string& run_dir, const std::string& out_dir, 
   for (const TextFile& f : text_files) write_file_atomically((tmp.path() / f.name).string(), f.contents);
   tmp.commit(final_dir);
 
-  for (const auto& e : fs::directory_iterator(final_dir)) {
-    res.files.push_back(e.path().filename().string());
-    res.bytes += static_cast<uint64_t>(e.file_size());
+  for (const DirEntry& e : list_directory(final_dir.string())) {
+    res.files.push_back(e.name);
+    res.bytes += e.size;
   }
   std::sort(res.files.begin(), res.files.end());
   res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

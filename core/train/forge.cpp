@@ -20,6 +20,7 @@
 #include "core/tokenizer/bpe_trainer.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/util/error.h"
+#include "core/util/fs.h"
 
 namespace respin {
 
@@ -129,16 +130,16 @@ nlohmann::json state_json(const ForgeOptions& o, const std::string& compute, con
 void save_checkpoint(const std::string& dir, const ModelConfig& config, const ModelWeights& w,
                      torch::optim::Optimizer& opt, const nlohmann::json& state) {
   const std::string tmp = dir + ".tmp", old = dir + ".old";
-  fs::remove_all(tmp);
+  remove_tree_or_throw(tmp);
   SaveOptions so;
   so.file_dtype = DType::F32;
   save_model(tmp, config, w, so);
   torch::save(opt, tmp + "/optimizer.pt");
   write_file_atomically(tmp + "/state.json", state.dump(2) + "\n");
-  fs::remove_all(old);
+  remove_tree_or_throw(old);
   if (fs::exists(dir)) fs::rename(dir, old);
   fs::rename(tmp, dir);
-  fs::remove_all(old);
+  remove_tree_or_throw(old);
 }
 
 std::string read_or_train_tokenizer(const ForgeOptions& o, const std::string& train_text, RunControl* control) {
@@ -390,7 +391,7 @@ ForgeResult forge(const ForgeOptions& o, RunControl* control) {
   r.tokens_per_s = st.train_seconds > 0 ? st.tokens_seen / st.train_seconds : 0;
   r.final_train_loss = st.last_loss;
   write_file_atomically(o.out_dir + "/README.md", model_card(o, r, corpus));
-  fs::remove_all(ckpt);
+  remove_tree_or_throw(ckpt);
   return r;
 }
 
