@@ -2,6 +2,7 @@
 // round trips of records and statistics, queries, migration from v1, refusal of files it must not
 // touch, derived interruption, and readers alongside a writer.
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1092,6 +1093,46 @@ TEST(Store, EightyLayerStatisticsGridOpensQuickly) {
   RecordProperty("summary_s", std::to_string(summary_s));
   EXPECT_LT(summary_s, 1.0);
   EXPECT_LT(open_s + summary_s, 1.0);
+}
+
+// Whether another process sees a lock of this process on the SQLite lock bytes of `path` (the
+// SHARED range every WAL connection holds for its lifetime). Asked from a forked child: POSIX
+// locks are per process, so the process holding them cannot see its own.
+bool another_process_sees_a_lock(const std::string& path) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const int fd = ::open(path.c_str(), O_RDWR);
+    struct flock fl {};
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = 0x40000000 + 2;  // SQLite's SHARED_FIRST (PENDING_BYTE + 2)
+    fl.l_len = 510;               // SHARED_SIZE
+    const bool locked = fd >= 0 && ::fcntl(fd, F_GETLK, &fl) == 0 && fl.l_type != F_UNLCK;
+    _exit(locked ? 0 : 1);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+TEST(Store, OpeningTheStoreAgainKeepsTheLocksOfTheConnectionsAlreadyOpen) {
+  // A second descriptor on the database file closed by this process would drop every POSIX lock
+  // the process holds on it, those of SQLite's open connections too (sqlite.org/howtocorrupt.html
+  // 2.2): other processes could then checkpoint and reset the WAL under a live connection. Seen as
+  // damaged indexes on a 16-core machine when the calibration's heartbeat opened its own connection.
+  TempDir dir;
+  const std::string path = dir.file("runs.db");
+  RunStore writer = RunStore::open(path);
+  writer.list_runs({});  // a read: the connection holds its lock
+  ASSERT_TRUE(another_process_sees_a_lock(path)) << "the connection's lock is not visible to a second process";
+  {
+    RunStore reader = RunStore::open_readonly(path);
+    RunStore again = RunStore::open(path);
+    (void)reader;
+    (void)again;
+    EXPECT_TRUE(another_process_sees_a_lock(path)) << "opening the store again released the first connection's lock";
+  }
+  EXPECT_TRUE(another_process_sees_a_lock(path)) << "closing the other connections released the writer's lock";
 }
 
 }  // namespace

@@ -31,6 +31,11 @@ class StoreRecorder : public CalibObserver {
   void on_progress(const CalibProgress& p) override;
   void on_loss(int64_t step, double loss) override;
   void on_stats(StatsStage stage, const std::vector<SiteStats>& stats) override;
+  // Live statistics are the next observer's business (a display); the store keeps before/after.
+  bool live_site(int& layer, HookSite& site) override { return next_ && next_->live_site(layer, site); }
+  void on_live_stats(int64_t step, const SiteStats& stats) override {
+    if (next_) next_->on_live_stats(step, stats);
+  }
 
   // After run_calibration returned / threw (calibrate_and_record calls these).
   void finished(const RunRecord& record);

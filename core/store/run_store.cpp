@@ -339,17 +339,24 @@ uint32_t be32(const unsigned char* p) {
 // SQLite treats an empty file as an empty database and would happily write a schema into a file
 // that is something else entirely; so look at the bytes first. The header fields used are from
 // https://sqlite.org/fileformat2.html#the_database_header.
-void check_header(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(path + ": cannot open: " + std::strerror(errno));
+//
+// stat() before opening (no descriptor), then the bytes through the connection's own file handle
+// (Database::read_file_start): a descriptor of our own, once closed, would drop the POSIX locks
+// of every connection this process already has on the file (the workbench's views and a run's
+// heartbeat open the store beside the recorder) and let other processes corrupt it.
+void check_path(const std::string& path) {
   struct stat st {};
-  unsigned char h[100] = {};
-  ssize_t n = -1;
-  if (fstat(fd, &st) == 0 && !S_ISDIR(st.st_mode)) n = ::pread(fd, h, sizeof h, 0);
-  ::close(fd);
+  if (::stat(path.c_str(), &st) != 0) throw Error(path + ": cannot open: " + std::strerror(errno));
   if (S_ISDIR(st.st_mode)) throw Error(path + ": is a directory, not a run store");
-  if (n < 0) throw Error(path + ": cannot read: " + std::strerror(errno));
   if (st.st_size == 0) throw Error(path + ": empty file, not a run store (SQLite database)");
+}
+
+void check_header(const std::string& path, const Database& db) {
+  int64_t size = 0;
+  const std::string bytes = db.read_file_start(100, &size);
+  const auto* h = reinterpret_cast<const unsigned char*>(bytes.data());
+  const size_t n = bytes.size();
+  if (size == 0) throw Error(path + ": empty file, not a run store (SQLite database)");
   if (n < 16 || std::memcmp(h, "SQLite format 3\0", 16) != 0)
     throw Error(path + ": not a run store (the file is not an SQLite database)");
   if (n < 100) throw Error(path + ": truncated SQLite database (" + std::to_string(n) + " bytes)");
@@ -364,9 +371,9 @@ void check_header(const std::string& path) {
   const auto wal_size = std::filesystem::file_size(path + "-wal", ec);
   const bool live_wal = !ec && wal_size > 0;
   if (!live_wal && be32(h + 92) == be32(h + 24) && pages > 0 &&
-      static_cast<uint64_t>(st.st_size) < uint64_t(pages) * page)
+      static_cast<uint64_t>(size) < uint64_t(pages) * page)
     throw Error(path + ": truncated SQLite database (its header counts " + std::to_string(pages) + " pages of " +
-                std::to_string(page) + " bytes, the file has " + std::to_string(st.st_size) + " bytes)");
+                std::to_string(page) + " bytes, the file has " + std::to_string(size) + " bytes)");
 }
 
 // The newest schema's file at `path`, made at a temporary name in the same directory and moved
@@ -421,8 +428,9 @@ bool create_new(const std::string& path, const RunStoreOptions& options) {
 
 // Opens an existing file after checking it; leaves it byte for byte as it was when refusing it.
 Database open_existing(const std::string& path, const RunStoreOptions& options, bool read_only) {
-  check_header(path);
+  check_path(path);
   Database db(path, read_only ? Database::Mode::ReadOnly : Database::Mode::ReadWrite, options.busy_timeout_ms);
+  check_header(path, db);
   // Closing the last connection of a WAL database checkpoints it into the main file; a file we
   // end up refusing should not be written even that way.
   sqlite3_db_config(db.handle(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);

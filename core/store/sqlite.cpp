@@ -3,6 +3,8 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -30,6 +32,21 @@ Database::Database(const std::string& path, Mode mode, int busy_timeout_ms) : pa
   }
   sqlite3_extended_result_codes(db_, 1);
   sqlite3_busy_timeout(db_, busy_timeout_ms);
+}
+
+std::string Database::read_file_start(size_t n, int64_t* file_size) const {
+  sqlite3_file* f = nullptr;
+  if (sqlite3_file_control(db_, "main", SQLITE_FCNTL_FILE_POINTER, &f) != SQLITE_OK || !f || !f->pMethods)
+    throw Error(path_ + ": cannot read the database file's header");
+  sqlite3_int64 size = 0;
+  if (f->pMethods->xFileSize(f, &size) != SQLITE_OK) throw Error(path_ + ": cannot read the database file's size");
+  if (file_size) *file_size = size;
+  std::string buf(std::min<sqlite3_int64>(static_cast<sqlite3_int64>(n), size), '\0');
+  if (!buf.empty()) {
+    const int rc = f->pMethods->xRead(f, buf.data(), static_cast<int>(buf.size()), 0);
+    if (rc != SQLITE_OK && rc != SQLITE_IOERR_SHORT_READ) throw Error(path_ + ": cannot read the database file");
+  }
+  return buf;
 }
 
 Database::Database(Database&& other) noexcept

@@ -102,6 +102,11 @@ class Database {
   bool in_transaction() const;
   const std::string& path() const { return path_; }
   sqlite3* handle() const { return db_; }
+  // The first `n` bytes of the main database file (fewer at its end) and the file's size, read through
+  // SQLite's own file handle. Never open a second descriptor on a database file a connection of this
+  // process holds: its close() drops every POSIX lock the process has on the file, SQLite's too
+  // (sqlite.org/howtocorrupt.html, 2.2). Throws respin::Error on failure.
+  std::string read_file_start(size_t n, int64_t* file_size) const;
 
   // Throws respin::Error("<path>: <what>: <SQLite's message for rc>").
   [[noreturn]] void fail(int rc, const std::string& what) const;
