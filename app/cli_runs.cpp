@@ -13,6 +13,7 @@
 
 #include "app/cli_commands.h"
 #include "core/io/atomic_file.h"
+#include "core/store/run_data.h"
 #include "core/store/run_store.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
@@ -45,34 +46,6 @@ std::string rank_text(const RunSummary& r) {
   return r.rank < 0 ? "full" : std::to_string(r.rank);
 }
 
-json summary_json(const RunSummary& r) {
-  json j = {{"id", r.id},
-            {"uuid", r.uuid},
-            {"status", run_status_name(r.status)},
-            {"message", r.message},
-            {"created", r.created},
-            {"ended", r.ended},
-            {"model", r.model_folder},
-            {"architecture", r.model_architecture},
-            {"method", method_name(r.method)},
-            {"wbits", r.wbits},
-            {"abits", r.abits},
-            {"kvbits", r.kvbits},
-            {"rank", r.rank},
-            {"weight_quantizer", weight_quantizer_name(r.weight_quantizer)},
-            {"tags", r.tags},
-            {"run_dir", r.run_dir}};
-  auto put = [&](const char* k, const std::optional<double>& v) { j[k] = v ? json(*v) : json(nullptr); };
-  put("fp_perplexity", r.fp_perplexity);
-  put("quantized_perplexity", r.quantized_perplexity);
-  put("calibration_seconds", r.calibration_seconds);
-  put("total_seconds", r.total_seconds);
-  j["applied_rank"] = r.applied_rank ? json(*r.applied_rank) : json(nullptr);
-  j["sweep"] = r.sweep_id ? json(*r.sweep_id) : json(nullptr);
-  j["tmp_dir"] = r.tmp_dir.empty() ? json(nullptr) : json(r.tmp_dir);
-  return j;
-}
-
 RunDetail need_run(const RunStore& s, long long id) {
   std::optional<RunDetail> d = s.get_run(id);
   if (!d) throw Error(s.path() + ": no run " + std::to_string(id));
@@ -82,28 +55,6 @@ RunDetail need_run(const RunStore& s, long long id) {
 int64_t layer_linear_params(const ModelIdentity& m) {
   return decoder_layer_linear_parameters(m.hidden_size, m.heads * m.head_dim, m.kv_heads * m.head_dim,
                                          m.intermediate_size);
-}
-
-// Flattens a JSON object to "a.b.c" -> value (arrays stay values).
-void flatten(const json& j, const std::string& prefix, std::map<std::string, json>& out) {
-  if (j.is_object()) {
-    for (auto it = j.begin(); it != j.end(); ++it) flatten(it.value(), prefix.empty() ? it.key() : prefix + "." + it.key(), out);
-  } else {
-    out[prefix] = j;
-  }
-}
-
-std::string csv_field(const std::string& s) {
-  if (s.find_first_of(",\"\n") == std::string::npos) return s;
-  std::string o = "\"";
-  for (char c : s) o += c == '"' ? std::string("\"\"") : std::string(1, c);
-  return o + "\"";
-}
-
-std::string value_text(const json& v) {
-  if (v.is_string()) return v.get<std::string>();
-  if (v.is_null()) return "";
-  return v.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 bool confirm(const std::string& question, bool yes) {
@@ -128,7 +79,7 @@ int run_runs_list(const RunsArgs& a) {
   const std::vector<RunSummary> runs = s.list_runs(f);
   if (a.json) {
     json arr = json::array();
-    for (const RunSummary& r : runs) arr.push_back(summary_json(r));
+    for (const RunSummary& r : runs) arr.push_back(run_summary_json(r));
     std::cout << text_json(arr) << "\n";
     return 0;
   }
@@ -154,7 +105,7 @@ int run_runs_show(const RunsArgs& a) {
   RunStore s = open_store(a, false);
   const RunDetail d = need_run(s, a.id);
   if (a.json) {
-    json j = summary_json(d.summary);
+    json j = run_summary_json(d.summary);
     j["config"] = json::parse(d.config_json);
     j["config_sha256"] = d.config_sha256;
     j["note"] = d.note;
@@ -264,7 +215,7 @@ int run_runs_compare(const RunsArgs& a) {
   std::vector<std::map<std::string, json>> configs;
   for (const RunDetail& d : runs) {
     std::map<std::string, json> m;
-    flatten(json::parse(d.config_json), "", m);
+    flatten_json(json::parse(d.config_json), "", m);
     configs.push_back(std::move(m));
   }
   std::set<std::string> keys;
@@ -307,7 +258,7 @@ int run_runs_compare(const RunsArgs& a) {
   }
   auto row = [&](const std::string& name, const json& vals) {
     std::printf("  %-26s", name.c_str());
-    for (const json& v : vals) std::printf(" %16.16s", value_text(v).c_str());
+    for (const json& v : vals) std::printf(" %16.16s", json_value_text(v).c_str());
     std::printf("\n");
   };
   std::printf("  %-26s", "run");
@@ -321,89 +272,13 @@ int run_runs_compare(const RunsArgs& a) {
 
 int run_runs_export(const RunsArgs& a) {
   RunStore s = open_store(a, false);
-  if (a.ids.empty()) throw Error("runs export needs one or more run ids");
   if (a.format != "json" && a.format != "csv") throw Error("--format must be csv or json, got '" + a.format + "'");
-  std::vector<RunDetail> runs;
-  for (long long id : a.ids) runs.push_back(need_run(s, id));
-  auto stats_rows = [&](const RunDetail& d, StatsStage stage) { return s.layer_stats_summary(d.summary.id, stage); };
-  if (a.format == "json") {
-    json out = json::array();
-    for (const RunDetail& d : runs) {
-      json j = summary_json(d.summary);
-      j["config"] = json::parse(d.config_json);
-      j["note"] = d.note;
-      j["record"] = d.record ? run_record_to_json(*d.record) : json(nullptr);
-      json loss = json::array();
-      for (const LossPoint& p : d.loss) loss.push_back(json{{"step", p.step}, {"loss", std::isfinite(p.loss) ? json(p.loss) : json("nan")}});
-      j["loss"] = loss;
-      json layers = json::array();
-      for (StatsStage stage : {StatsStage::Before, StatsStage::After})
-        for (const SiteSummary& c : stats_rows(d, stage))
-          layers.push_back({{"stage", stats_stage_name(stage)}, {"layer", c.layer}, {"site", hook_site_name(c.site)},
-                            {"count", c.count}, {"channels", c.channels}, {"kurtosis", c.kurtosis}, {"absmax", c.absmax},
-                            {"max_median_ratio", c.max_median_ratio}, {"mean_square", c.mean_square},
-                            {"nonfinite", c.nonfinite}});
-      j["layer_stats"] = layers;
-      out.push_back(j);
-    }
-    write_file_atomically(a.out, text_json(out) + "\n");
-    std::fprintf(stderr, "wrote %s (%zu runs)\n", a.out.c_str(), runs.size());
-    return 0;
-  }
-  // CSV: three tables, one row per run / per loss step / per (stage, layer, site).
-  std::string base = a.out;
-  if (base.size() > 4 && base.compare(base.size() - 4, 4, ".csv") == 0) base.resize(base.size() - 4);
-  const std::string runs_path = base + ".csv", loss_path = base + ".loss.csv", layers_path = base + ".layers.csv";
-  std::vector<std::map<std::string, json>> flat;
-  std::set<std::string> cols;
-  for (const RunDetail& d : runs) {
-    std::map<std::string, json> m;
-    json j = summary_json(d.summary);
-    j.erase("tags");
-    j["tags"] = "";
-    for (const std::string& t : d.summary.tags) j["tags"] = j["tags"].get<std::string>() + (j["tags"].get<std::string>().empty() ? "" : " ") + t;
-    flatten(j, "", m);
-    flatten(json::parse(d.config_json), "config", m);
-    if (d.record) {
-      flatten(run_record_to_json(*d.record)["results"], "results", m);
-      flatten(run_record_to_json(*d.record)["timing"], "timing", m);
-    }
-    for (const auto& [k, v] : m) cols.insert(k);
-    flat.push_back(std::move(m));
-  }
-  std::string csv;
-  for (auto it = cols.begin(); it != cols.end(); ++it) csv += (it == cols.begin() ? "" : ",") + csv_field(*it);
-  csv += "\n";
-  for (const auto& m : flat) {
-    bool first = true;
-    for (const std::string& c : cols) {
-      csv += (first ? "" : ",") + csv_field(m.count(c) ? value_text(m.at(c)) : "");
-      first = false;
-    }
-    csv += "\n";
-  }
-  std::string loss = "run_id,step,loss\n";
-  for (const RunDetail& d : runs)
-    for (const LossPoint& p : d.loss) {
-      char buf[96];
-      std::snprintf(buf, sizeof buf, "%lld,%lld,%.17g\n", static_cast<long long>(d.summary.id), static_cast<long long>(p.step), p.loss);
-      loss += buf;
-    }
-  std::string layers = "run_id,stage,layer,site,count,channels,kurtosis,absmax,max_median_ratio,mean_square,nonfinite\n";
-  for (const RunDetail& d : runs)
-    for (StatsStage stage : {StatsStage::Before, StatsStage::After})
-      for (const SiteSummary& c : stats_rows(d, stage)) {
-        char buf[256];
-        std::snprintf(buf, sizeof buf, "%lld,%s,%d,%s,%lld,%lld,%.17g,%.17g,%.17g,%.17g,%lld\n",
-                      static_cast<long long>(d.summary.id), stats_stage_name(stage), c.layer, hook_site_name(c.site),
-                      static_cast<long long>(c.count), static_cast<long long>(c.channels), c.kurtosis, c.absmax,
-                      c.max_median_ratio, c.mean_square, static_cast<long long>(c.nonfinite));
-        layers += buf;
-      }
-  write_file_atomically(runs_path, csv);
-  write_file_atomically(loss_path, loss);
-  write_file_atomically(layers_path, layers);
-  std::fprintf(stderr, "wrote %s, %s, %s (%zu runs)\n", runs_path.c_str(), loss_path.c_str(), layers_path.c_str(), runs.size());
+  std::vector<int64_t> ids(a.ids.begin(), a.ids.end());
+  const std::vector<std::string> files =
+      export_run_data(s, ids, a.format == "json" ? RunDataFormat::Json : RunDataFormat::Csv, a.out);
+  std::string list;
+  for (const std::string& f : files) list += (list.empty() ? "" : ", ") + f;
+  std::fprintf(stderr, "wrote %s (%zu runs)\n", list.c_str(), ids.size());
   return 0;
 }
 

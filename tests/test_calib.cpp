@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <nlohmann/json.hpp>
 
 #include "core/calib/calibrate.h"
@@ -98,6 +99,14 @@ TEST_F(Calib, QuantizedRunDirectoryReloadsToTheSamePerplexity) {
       stats.push_back(s);
       EXPECT_EQ(st.size(), 7u * 2);  // 7 sites x 2 layers
     }
+    // The live histogram: layer 1's down_proj input while rotations are learned.
+    std::vector<std::pair<int64_t, SiteStats>> live;
+    bool live_site(int& layer, HookSite& site) override {
+      layer = 1;
+      site = HookSite::DownProjInput;
+      return true;
+    }
+    void on_live_stats(int64_t step, const SiteStats& st) override { live.emplace_back(step, st); }
   } watch;
   CalibOutcome r = run_calibration(c, out("run"), &control, &watch);
   // 4-bit everything changes the model's predictions (on a random model not necessarily for the worse).
@@ -120,6 +129,17 @@ TEST_F(Calib, QuantizedRunDirectoryReloadsToTheSamePerplexity) {
     EXPECT_EQ(watch.losses[i].second, r.record.method.training->loss[i]);
   }
   EXPECT_EQ(watch.stats, (std::vector<StatsStage>{StatsStage::Before, StatsStage::After}));
+  // Live statistics came at the first and the last learning step at least, from the steps' own
+  // batches, for the site asked; what the quantizers see there is already Hadamard-rotated (R4).
+  ASSERT_GE(watch.live.size(), 2u);
+  EXPECT_EQ(watch.live.front().first, 0);
+  EXPECT_EQ(watch.live.back().first, 2);
+  for (const auto& [step, st] : watch.live) {
+    EXPECT_EQ(st.layer, 1);
+    EXPECT_EQ(st.site, HookSite::DownProjInput);
+    EXPECT_EQ(st.count, c.batch * c.seq_len * static_cast<int64_t>(st.channel_absmax.size())) << step;
+    EXPECT_EQ(std::accumulate(st.histogram.begin(), st.histogram.end(), int64_t{0}), st.count);
+  }
   EXPECT_EQ(watch.run_dir, fs::absolute(out("run")).string());
   EXPECT_FALSE(fs::exists(watch.temp_dir));  // renamed into place
   EXPECT_EQ(r.stats_before.size(), 14u);
@@ -171,6 +191,10 @@ TEST_F(Calib, QuantizedRunDirectoryReloadsToTheSamePerplexity) {
     // R4 (a Hadamard over the intermediate size) makes the heavy-tailed down_proj input close to
     // Gaussian: kurtosis down towards 3, the largest channel closer to the median one.
     if (before[i].site == HookSite::DownProjInput) {
+      if (before[i].layer == 1) {
+        EXPECT_LT(watch.live.back().second.kurtosis(), 4.0);
+        EXPECT_LT(watch.live.back().second.kurtosis(), before[i].kurtosis() - 0.5);
+      }
       EXPECT_LT(after[i].kurtosis(), before[i].kurtosis() - 0.5) << "layer " << before[i].layer;
       EXPECT_LT(after[i].kurtosis(), 4.0) << "layer " << before[i].layer;
       EXPECT_LT(after[i].max_median_ratio(), before[i].max_median_ratio()) << "layer " << before[i].layer;

@@ -16,10 +16,12 @@
 #include <QTableView>
 #include <QTest>
 #include <QTreeView>
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "core/store/run_store.h"
@@ -34,6 +36,7 @@ namespace {
 
 using respin::HookSite;
 using respin::Method;
+using respin::RunDetail;
 using respin::RunStore;
 using respin::SiteStats;
 using respin::StatsStage;
@@ -304,6 +307,39 @@ TEST(PlotExport, WritesPngSvgPdfAndCsv) {
 }
 
 // ---- Outliers ----
+
+TEST(PlotExport, PlotsFollowTheLightAndDarkPalette) {
+  ExportablePlot plot("palette");
+  plot.resize(400, 300);
+  plot.xAxis->setLabel("x");
+  plot.plotLayout()->insertRow(0);
+  auto* title = new QCPTextElement(&plot, "title");
+  plot.plotLayout()->addElement(0, 0, title);
+  auto* frame = new QCPItemRect(&plot);
+  frame->setPen(QPen(Qt::black, 2));
+  auto* marked = new QCPItemRect(&plot);
+  marked->setPen(QPen(QColor(200, 0, 0), 2));  // a colour of the view's own: kept
+  QPalette dark = plot.palette();
+  dark.setColor(QPalette::Base, QColor(30, 30, 32));
+  dark.setColor(QPalette::Text, QColor(230, 230, 230));
+  plot.setPalette(dark);  // what the application's palette change sends to every widget
+  EXPECT_EQ(plot.xAxis->labelColor(), QColor(230, 230, 230));
+  EXPECT_EQ(plot.xAxis->tickLabelColor(), QColor(230, 230, 230));
+  EXPECT_EQ(plot.xAxis->basePen().color(), QColor(230, 230, 230));
+  EXPECT_EQ(title->textColor(), QColor(230, 230, 230));
+  EXPECT_EQ(frame->pen().color(), QColor(230, 230, 230));
+  EXPECT_EQ(marked->pen().color(), QColor(200, 0, 0));
+  const QImage img = plot.toPixmap(400, 300).toImage();
+  EXPECT_LT(qGray(img.pixel(2, 2)), 60) << "background not dark";
+  // And back to light.
+  QPalette light = dark;
+  light.setColor(QPalette::Base, Qt::white);
+  light.setColor(QPalette::Text, Qt::black);
+  plot.setPalette(light);
+  EXPECT_EQ(plot.xAxis->labelColor(), QColor(Qt::black));
+  EXPECT_EQ(frame->pen().color(), QColor(Qt::black));
+  EXPECT_GT(qGray(plot.toPixmap(400, 300).toImage().pixel(2, 2)), 200);
+}
 
 TEST(Outliers, MetricHelpers) {
   EXPECT_DOUBLE_EQ(outliers::outlierChannelShare({1, 1, 1, 10}), 0.25);  // median (element 2) 1: 10 > 3
@@ -656,6 +692,39 @@ TEST_F(RunsFixture, TagAndNoteThroughTheView) {
   // A store error shows in the view instead of throwing.
   EXPECT_FALSE(v.setNote(9999, "x"));
   EXPECT_TRUE(v.messageText().contains("no run 9999")) << v.messageText().toStdString();
+}
+
+TEST_F(RunsFixture, ExportsRunDataAsJsonAndCsv) {
+  RunsView v;
+  v.setStorePath(QString::fromStdString(f->db));
+  respin::test::TempDir out;
+  // JSON: one file, one object per run, with the loss curve and the per-layer statistics.
+  const QString json = QString::fromStdString(out.file("runs.json"));
+  ASSERT_TRUE(v.exportRunData({f->quarot, f->spinquant}, json, false)) << v.messageText().toStdString();
+  EXPECT_TRUE(v.messageText().contains("runs.json")) << v.messageText().toStdString();
+  const nlohmann::json j = nlohmann::json::parse(respin::test::read_bytes(out.file("runs.json")));
+  ASSERT_EQ(j.size(), 2u);
+  EXPECT_EQ(j[0]["id"], f->quarot);
+  EXPECT_EQ(j[1]["id"], f->spinquant);
+  EXPECT_EQ(j[1]["method"], "spinquant");
+  const RunDetail sq = *RunStore::open_readonly(f->db).get_run(f->spinquant);
+  EXPECT_EQ(j[1]["loss"].size(), sq.loss.size());
+  ASSERT_TRUE(sq.record.has_value());
+  EXPECT_DOUBLE_EQ(j[1]["record"]["results"]["quantized_perplexity"].get<double>(),
+                   sq.record->results.quantized_perplexity);
+  // CSV: three files from the chosen name, one row per run / loss step / (stage, layer, site).
+  ASSERT_TRUE(v.exportRunData({f->spinquant}, QString::fromStdString(out.file("sq.csv")), true))
+      << v.messageText().toStdString();
+  const std::string runs = respin::test::read_bytes(out.file("sq.csv"));
+  const std::string loss = respin::test::read_bytes(out.file("sq.loss.csv"));
+  const std::string layers = respin::test::read_bytes(out.file("sq.layers.csv"));
+  EXPECT_EQ(std::count(runs.begin(), runs.end(), '\n'), 2);  // header + one run
+  EXPECT_EQ(std::count(loss.begin(), loss.end(), '\n'), static_cast<long>(sq.loss.size()) + 1);
+  EXPECT_EQ(layers.rfind("run_id,stage,layer,site,", 0), 0u) << layers.substr(0, 80);
+  // An unknown run is a one-line message and writes nothing.
+  EXPECT_FALSE(v.exportRunData({9999}, QString::fromStdString(out.file("none.json")), false));
+  EXPECT_TRUE(v.messageText().contains("no run 9999")) << v.messageText().toStdString();
+  EXPECT_FALSE(std::filesystem::exists(out.file("none.json")));
 }
 
 TEST_F(RunsFixture, DeleteRemovesTheRunAndItsDirectory) {

@@ -102,12 +102,21 @@ TEST_F(Workbench, CalibrationRunsOnAWorkerThreadAndTheWindowStaysResponsive) {
 
   QSignalSpy ended(w->worker(), &CalibrationWorker::ended);
   QSignalSpy progress(w->worker(), &CalibrationWorker::progress);
+  QSignalSpy live(w->worker(), &CalibrationWorker::liveStats);
+  w->progressView()->choose(1, HookSite::DownProjInput);  // the live histogram's layer and site
   ASSERT_GT(w->startCalibration(), 0);
   // QSignalSpy records on the worker thread; the window's own slot runs when the queued signal
   // reaches the event loop: wait for what the user sees.
+  bool sawLive = false;
   const double stall = pump_until(
-      [&] { return ended.count() > 0 && !w->progressView()->cancelButton()->isEnabled() &&
-                   w->progressView()->statusText().startsWith("F"); },
+      [&] {
+        if (!sawLive && w->progressView()->histogramLegendText().contains("learning, step")) {
+          sawLive = true;
+          save_shot(*w, "calibration-live");  // the live histogram over the ghosted one, for docs/
+        }
+        return ended.count() > 0 && !w->progressView()->cancelButton()->isEnabled() &&
+               w->progressView()->statusText().startsWith("F");
+      },
       300000);
   ASSERT_EQ(ended.count(), 1);
   const QList<QVariant> end = ended.takeFirst();
@@ -119,6 +128,15 @@ TEST_F(Workbench, CalibrationRunsOnAWorkerThreadAndTheWindowStaysResponsive) {
   EXPECT_GT(progress.count(), 5);
   EXPECT_EQ(w->progressView()->overallBar()->value(), 1000);
   EXPECT_EQ(w->progressView()->lossPoints(), 3);  // every learning step reached the plot
+  // The live histogram: at least the first and last learning steps, of the site chosen, drawn
+  // over the ghosted pre-rotation one while learning; the after-rotation one replaces it at the end.
+  ASSERT_GE(live.count(), 2);
+  const auto first = live.first()[2].value<respin::SiteStats>();
+  EXPECT_EQ(first.layer, 1);
+  EXPECT_EQ(first.site, HookSite::DownProjInput);
+  EXPECT_EQ(live.first()[1].toLongLong(), 0);
+  EXPECT_TRUE(sawLive);
+  EXPECT_EQ(w->progressView()->histogramLegendText(), "before rotation | after rotation");
   save_shot(*w, "calibration");
 
   // The run is in the store, finished, with its statistics.
@@ -197,6 +215,28 @@ TEST_F(Workbench, InvalidSettingsAreExplainedBeforeStartAndRankSnapsToPowersOfTw
   EXPECT_FALSE(w->openModel(QString::fromStdString(dir_->file("calib.txt"))));
   EXPECT_FALSE(w->modelPanel()->errorText().isEmpty());
   EXPECT_FALSE(p->startButton()->isEnabled());
+}
+
+TEST_F(Workbench, ANewModelStartsFromTheDefaultSettingsAndTheUsersOverrides) {
+  // resources/default-settings.ini is compiled in; a model opened for the first time gets its
+  // [calibration] values (run.json field names), each overridden by the user's own setting.
+  QSettings().setValue("calibration/iters", 7);
+  QSettings().setValue("calibration/no_such_field", 1);
+  auto w = window();
+  ASSERT_TRUE(w->openModel(QString::fromStdString(dir_->file("model"))));
+  RunPanel* p = w->runPanel();
+  CalibConfig c = p->config();
+  EXPECT_EQ(c.method, Method::ReSpin);
+  EXPECT_EQ(c.wbits, 4);
+  EXPECT_EQ(c.abits, 4);
+  EXPECT_EQ(c.kvbits, 4);
+  EXPECT_EQ(c.rank, 32);
+  EXPECT_EQ(c.samples, 128);
+  EXPECT_DOUBLE_EQ(c.lr, 1.5);
+  EXPECT_EQ(c.iters, 7);  // the user's value
+  EXPECT_EQ(c.seq_len, 64);  // 512 in the defaults, capped at the model's context
+  EXPECT_EQ(p->applyDefaultSettings(), "no_such_field (unknown field)");
+  QSettings().remove("calibration");
 }
 
 int main(int argc, char** argv) {

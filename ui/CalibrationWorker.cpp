@@ -25,6 +25,8 @@ class SignalObserver : public respin::CalibObserver {
   void on_started(const respin::RunRecord&, const std::string&, const std::string& dir) override {
     started_dir_ = QString::fromStdString(dir);
   }
+  bool live_site(int& layer, respin::HookSite& site) override { return w_->liveTarget(layer, site); }
+  void on_live_stats(int64_t step, const respin::SiteStats& st) override { emit w_->liveStats(ticket_, step, st); }
   QString started_dir_;
 
  private:
@@ -39,9 +41,21 @@ CalibrationWorker::CalibrationWorker(QString dbPath, QObject* parent)
   qRegisterMetaType<respin::CalibProgress>();
   qRegisterMetaType<std::vector<respin::SiteStats>>();
   qRegisterMetaType<respin::StatsStage>();
+  qRegisterMetaType<respin::SiteStats>();
   context_->moveToThread(thread_);
   thread_->setObjectName("calibration");
   thread_->start();
+}
+
+void CalibrationWorker::setLiveTarget(int layer, respin::HookSite site) {
+  liveSite_.store(static_cast<int>(site));
+  liveLayer_.store(layer);
+}
+
+bool CalibrationWorker::liveTarget(int& layer, respin::HookSite& site) const {
+  layer = liveLayer_.load();
+  site = static_cast<respin::HookSite>(liveSite_.load());
+  return layer >= 0;
 }
 
 CalibrationWorker::~CalibrationWorker() {
@@ -127,6 +141,8 @@ void CalibrationWorker::runNext() {
       void on_progress(const respin::CalibProgress& p) override { inner->on_progress(p); }
       void on_loss(int64_t s, double l) override { inner->on_loss(s, l); }
       void on_stats(respin::StatsStage s, const std::vector<respin::SiteStats>& st) override { inner->on_stats(s, st); }
+      bool live_site(int& layer, respin::HookSite& site) override { return inner->live_site(layer, site); }
+      void on_live_stats(int64_t step, const respin::SiteStats& st) override { inner->on_live_stats(step, st); }
     } forward;
     respin::StoreRecorder recorder(store, &forward);
     forward.inner = &observer;

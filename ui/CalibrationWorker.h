@@ -27,6 +27,7 @@ struct QueuedRun {
 Q_DECLARE_METATYPE(respin::CalibProgress)
 Q_DECLARE_METATYPE(std::vector<respin::SiteStats>)
 Q_DECLARE_METATYPE(respin::StatsStage)
+Q_DECLARE_METATYPE(respin::SiteStats)
 
 class CalibrationWorker : public QObject {
   Q_OBJECT
@@ -43,6 +44,10 @@ class CalibrationWorker : public QObject {
   bool dequeue(int ticket);
   QVector<QueuedRun> queued() const;
   bool busy() const { return busy_.load(); }
+  // The (layer, site) whose statistics are sent live while rotations are learned (liveStats);
+  // any thread, any time; layer < 0 turns it off.
+  void setLiveTarget(int layer, respin::HookSite site);
+  bool liveTarget(int& layer, respin::HookSite& site) const;
   const QString& dbPath() const { return db_; }
 
  signals:
@@ -50,6 +55,8 @@ class CalibrationWorker : public QObject {
   void progress(int ticket, respin::CalibProgress p);
   void lossPoint(int ticket, qint64 step, double loss);
   void stats(int ticket, respin::StatsStage stage, std::vector<respin::SiteStats> stats);
+  // About twice a second while rotations are learned: the live target's statistics at `step`.
+  void liveStats(int ticket, qint64 step, respin::SiteStats stats);
   // status: "finished", "cancelled" or "failed"; message: the one-line error for failed.
   void ended(int ticket, qint64 runId, QString status, QString message, double quantizedPerplexity);
   void queueChanged();
@@ -63,5 +70,7 @@ class CalibrationWorker : public QObject {
   std::deque<QueuedRun> queue_;
   std::atomic<bool> busy_{false};
   std::atomic<respin::RunControl*> control_{nullptr};
+  std::atomic<int> liveLayer_{0};
+  std::atomic<int> liveSite_{0};
   int nextTicket_ = 1;
 };

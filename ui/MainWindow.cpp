@@ -121,6 +121,7 @@ MainWindow::MainWindow(QWidget* parent, const QString& dbPath)
     view->addAction(names[i], QKeySequence(Qt::CTRL | (Qt::Key_1 + i)), this, [this, i] { tabs_->setCurrentIndex(i); });
   view->addSeparator();
   QAction* dark = view->addAction("&Dark theme");
+  dark->setShortcut(QKeySequence(Qt::CTRL | Qt::SHIFT | Qt::Key_D));
   dark->setCheckable(true);
   connect(dark, &QAction::toggled, this, &MainWindow::setDarkTheme);
   QMenu* help = menuBar()->addMenu("&Help");
@@ -140,6 +141,10 @@ MainWindow::MainWindow(QWidget* parent, const QString& dbPath)
     statusBar()->showMessage(QString("%1 — %2%").arg(respin::phase_title(p.phase)).arg(int(100 * p.overall_fraction)));
   });
   connect(worker_, &CalibrationWorker::lossPoint, this, [this](int, qint64 s, double l) { progress_->addLoss(s, l); });
+  connect(worker_, &CalibrationWorker::liveStats, this,
+          [this](int, qint64 step, respin::SiteStats st) { progress_->showLive(step, st); });
+  connect(progress_, &ProgressView::liveTargetChanged, worker_, &CalibrationWorker::setLiveTarget);
+  worker_->setLiveTarget(progress_->chosenLayer(), progress_->chosenSite());
   connect(worker_, &CalibrationWorker::stats, this,
           [this](int, respin::StatsStage st, std::vector<respin::SiteStats> v) { progress_->showStats(st, v); });
   connect(worker_, &CalibrationWorker::ended, this, [this](int, qint64 id, QString status, QString msg, double ppl) {

@@ -363,7 +363,7 @@ OutliersView::OutliersView(QWidget* parent) : QWidget(parent) {
   layout->addWidget(split, 1);
 
   hover_ = new QLabel(kHint);
-  hover_->setStyleSheet("color: #444");
+  hover_->setForegroundRole(QPalette::PlaceholderText);  // follows the light/dark palette
   layout->addWidget(hover_);
 
   for (ExportablePlot* p : {grid_, hist_, channels_, layersPlot_}) {
@@ -875,6 +875,11 @@ void OutliersView::drawLayers() {
   layersPlot_->replot();
 }
 
+void OutliersView::changeEvent(QEvent* event) {
+  QWidget::changeEvent(event);
+  if (event->type() == QEvent::PaletteChange) fillNumbers();  // its HTML carries palette colours
+}
+
 void OutliersView::fillNumbers() {
   if (selLayer_ < 0 || (!sel_.present[0] && !sel_.present[1])) {
     numbers_->setText(runId_ < 0 ? "Open a run to see its statistics." : "Click a cell of the grid.");
@@ -928,8 +933,9 @@ void OutliersView::fillNumbers() {
       else if (r.v[0] > 0) change = "×" + fmt(r.v[1] / r.v[0], 3);
     }
     html += QString("<tr><td>%1</td><td align='right'>%2</td><td align='right'>%3</td><td align='right'>%4</td>"
-                    "<td style='color:#555'>%5</td></tr>")
-                .arg(r.name.toHtmlEscaped(), f(r.v[0]), f(r.v[1]), change, r.help.toHtmlEscaped());
+                    "<td style='color:%6'>%5</td></tr>")
+                .arg(r.name.toHtmlEscaped(), f(r.v[0]), f(r.v[1]), change, r.help.toHtmlEscaped(),
+                     palette().color(QPalette::PlaceholderText).name());
   }
   html += "</table>";
   numbers_->setText(html);

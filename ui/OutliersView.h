@@ -112,6 +112,9 @@ class OutliersView : public QWidget {
  signals:
   void cellSelected(int layer, respin::HookSite site);
 
+ protected:
+  void changeEvent(QEvent* event) override;
+
  private:
   struct Cell {
     bool present[2] = {false, false};

@@ -13,6 +13,67 @@
 
 namespace plot_export {
 
+void applyPalette(QCustomPlot* plot, const QPalette& palette) {
+  const QColor bg = palette.color(QPalette::Base), fg = palette.color(QPalette::Text);
+  auto mix = [&](double t) {
+    return QColor::fromRgbF(bg.redF() * (1 - t) + fg.redF() * t, bg.greenF() * (1 - t) + fg.greenF() * t,
+                            bg.blueF() * (1 - t) + fg.blueF() * t);
+  };
+  const QColor grid = mix(0.22), subGrid = mix(0.1);
+  plot->setBackground(bg);
+  auto style = [&](QCPAxis* a) {
+    a->setBasePen(QPen(fg, 1));
+    a->setTickPen(QPen(fg, 1));
+    a->setSubTickPen(QPen(fg, 1));
+    a->setTickLabelColor(fg);
+    a->setLabelColor(fg);
+    a->grid()->setPen(QPen(grid, 1, Qt::DotLine));
+    a->grid()->setSubGridPen(QPen(subGrid, 1, Qt::DotLine));
+    a->grid()->setZeroLinePen(QPen(grid, 1));
+  };
+  for (QCPLayoutElement* e : plot->plotLayout()->elements(true)) {
+    if (auto* rect = qobject_cast<QCPAxisRect*>(e)) {
+      rect->setBackground(Qt::NoBrush);
+      for (QCPAxis* a : rect->axes()) style(a);
+      // The legend and other insets live in the rect's inset layout.
+      for (QCPLayoutElement* inset : rect->insetLayout()->elements(false)) {
+        if (auto* legend = qobject_cast<QCPLegend*>(inset)) {
+          QColor lb = bg;
+          lb.setAlpha(220);
+          legend->setBrush(lb);
+          legend->setBorderPen(QPen(mix(0.5), 1));
+          legend->setTextColor(fg);
+        }
+      }
+    } else if (auto* scale = qobject_cast<QCPColorScale*>(e)) {
+      style(scale->axis());
+    } else if (auto* text = qobject_cast<QCPTextElement*>(e)) {
+      text->setTextColor(fg);
+    } else if (auto* legend = qobject_cast<QCPLegend*>(e)) {
+      legend->setBrush(bg);
+      legend->setTextColor(fg);
+      legend->setBorderPen(QPen(mix(0.5), 1));
+    }
+  }
+  // Item labels and frames drawn in the default (black) colour follow the palette; coloured ones stay.
+  for (int i = 0; i < plot->itemCount(); ++i) {
+    QCPAbstractItem* item = plot->item(i);
+    if (auto* t = qobject_cast<QCPItemText*>(item)) {
+      if (t->property("respinDefaultColor").toBool() || t->color() == QColor(Qt::black)) {
+        t->setProperty("respinDefaultColor", true);
+        t->setColor(fg);
+      }
+    } else if (auto* r = qobject_cast<QCPItemRect*>(item)) {
+      if (r->property("respinDefaultColor").toBool() || r->pen().color() == QColor(Qt::black)) {
+        r->setProperty("respinDefaultColor", true);
+        QPen pen = r->pen();
+        pen.setColor(fg);
+        r->setPen(pen);
+      }
+    }
+  }
+}
+
 namespace {
 
 // The export size: the requested one, else the widget's, else a readable default for a plot that
@@ -126,6 +187,19 @@ ExportablePlot::ExportablePlot(const QString& exportName, QWidget* parent)
   setObjectName(exportName);
   setAntialiasedElements(QCP::aeAll);
   setNoAntialiasingOnDrag(true);
+}
+
+void ExportablePlot::changeEvent(QEvent* event) {
+  QCustomPlot::changeEvent(event);
+  if (event->type() == QEvent::PaletteChange) {
+    plot_export::applyPalette(this, palette());
+    replot(QCustomPlot::rpQueuedReplot);
+  }
+}
+
+void ExportablePlot::showEvent(QShowEvent* event) {
+  plot_export::applyPalette(this, palette());  // titles and axes the view added after construction
+  QCustomPlot::showEvent(event);
 }
 
 QString ExportablePlot::csv() const { return csvSource_ ? csvSource_() : plot_export::defaultCsv(const_cast<ExportablePlot*>(this)); }

@@ -4,6 +4,8 @@
 // The CSV is the plotted data: by default one row per data point of every visible graph, bar
 // chart and colour map ("series,x,y" / "series,x,y,value"); a view that knows its data better
 // (exact counts instead of the values drawn on a log axis, labels, flags) supplies its own.
+// The plot follows the application palette (light or dark): background, axes, grid, legend and
+// titles are recoloured whenever the palette changes and when the plot is first shown.
 #pragma once
 
 #include <qcustomplot.h>
@@ -33,6 +35,8 @@ class ExportablePlot : public QCustomPlot {
 
  protected:
   void contextMenuEvent(QContextMenuEvent* event) override;
+  void changeEvent(QEvent* event) override;
+  void showEvent(QShowEvent* event) override;
 
  private:
   void exportWithDialog(const QString& suffix);
@@ -46,6 +50,9 @@ namespace plot_export {
 bool savePng(QCustomPlot* plot, const QString& path, int width, int height, QString* error);
 bool saveSvg(QCustomPlot* plot, const QString& path, int width, int height, QString* error);
 bool savePdf(QCustomPlot* plot, const QString& path, int width, int height, QString* error);
+// Colours a plot's frame from a palette: Base for the background, Text for axes, labels, titles and
+// legend text, a blend of the two for the grid. Graph colours are the views' and stay as they are.
+void applyPalette(QCustomPlot* plot, const QPalette& palette);
 // Writes `text` to `path` (UTF-8) atomically; false with *error set on failure.
 bool writeText(const QString& path, const QString& text, QString* error);
 

@@ -1,5 +1,6 @@
 // Live calibration display (see ProgressView.h).
 #include "ui/ProgressView.h"
+#include "ui/PlotExport.h"
 
 #include <QComboBox>
 #include <QGridLayout>
@@ -62,10 +63,12 @@ ProgressView::ProgressView(QWidget* parent) : QWidget(parent) {
   outer->addWidget(status_);
 
   auto* plots = new QHBoxLayout;
-  loss_ = new QCustomPlot;
+  loss_ = new ExportablePlot("loss-curve");
   loss_->addGraph();
   loss_->graph(0)->setName("loss");
-  loss_->graph(0)->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, 4));
+  // A mid blue reads on the light and the dark palette alike.
+  loss_->graph(0)->setPen(QPen(QColor(31, 119, 180), 1.5));
+  loss_->graph(0)->setScatterStyle(QCPScatterStyle(QCPScatterStyle::ssCircle, QColor(31, 119, 180), 4));
   loss_->xAxis->setLabel("learning step");
   loss_->yAxis->setLabel("cross-entropy loss");
   loss_->plotLayout()->insertRow(0);
@@ -84,7 +87,7 @@ ProgressView::ProgressView(QWidget* parent) : QWidget(parent) {
   pick->addWidget(new QLabel("Site"));
   pick->addWidget(site_, 1);
   histBox->addLayout(pick);
-  hist_ = new QCustomPlot;
+  hist_ = new ExportablePlot("live-histogram");
   hist_->setMinimumSize(320, 240);
   hist_->xAxis->setLabel("|x| (log2, fixed bins)");
   hist_->yAxis->setLabel("count");
@@ -108,8 +111,12 @@ ProgressView::ProgressView(QWidget* parent) : QWidget(parent) {
     status_->setText("Cancelling…");
     emit cancelRequested();
   });
-  connect(layer_, qOverload<int>(&QSpinBox::valueChanged), this, [this] { drawHistogram(); });
-  connect(site_, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] { drawHistogram(); });
+  auto changed = [this] {
+    drawHistogram();
+    emit liveTargetChanged(chosenLayer(), chosenSite());
+  };
+  connect(layer_, qOverload<int>(&QSpinBox::valueChanged), this, changed);
+  connect(site_, qOverload<int>(&QComboBox::currentIndexChanged), this, changed);
 }
 
 void ProgressView::runStarted(const QString& label, const QString& runDir) {
@@ -122,6 +129,30 @@ void ProgressView::runStarted(const QString& label, const QString& runDir) {
   loss_->replot();
   before_.clear();
   after_.clear();
+  live_.reset();
+  liveStep_ = -1;
+  drawHistogram();
+}
+
+int ProgressView::chosenLayer() const { return layer_->value(); }
+respin::HookSite ProgressView::chosenSite() const { return static_cast<respin::HookSite>(site_->currentData().toInt()); }
+
+void ProgressView::choose(int layer, respin::HookSite site) {
+  layer_->setRange(0, std::max(layer_->maximum(), layer));
+  layer_->setValue(layer);
+  const int i = site_->findData(int(site));
+  if (i >= 0) site_->setCurrentIndex(i);
+}
+
+QString ProgressView::histogramLegendText() const {
+  QStringList names;
+  for (int i = 0; i < hist_->plottableCount(); ++i) names << hist_->plottable(i)->name();
+  return names.join(" | ");
+}
+
+void ProgressView::showLive(qint64 step, const respin::SiteStats& stats) {
+  live_ = stats;
+  liveStep_ = step;
   drawHistogram();
 }
 
@@ -169,7 +200,9 @@ void ProgressView::drawHistogram() {
     return nullptr;
   };
   // Bin k's centre on a log2 axis: bin 0 (zeros and below 2^-16) at -17, the last (>= 256) at 8.5.
-  auto draw = [&](const respin::SiteStats* s, const QString& name, QColor color, bool ghost) {
+  // `scale` multiplies the counts: a live snapshot covers one learning batch, not the statistics
+  // windows, so it is drawn at the before-histogram's total to share its count axis.
+  auto draw = [&](const respin::SiteStats* s, const QString& name, QColor color, bool ghost, double scale = 1.0) {
     if (!s) return;
     auto* g = new QCPGraph(hist_->xAxis, hist_->yAxis);
     g->setName(name);
@@ -180,10 +213,22 @@ void ProgressView::drawHistogram() {
     g->setBrush(fill);
     for (int k = 0; k < respin::kHistogramBins; ++k) {
       const double x = k == 0 ? respin::kHistogramMinExp2 - 1 : respin::kHistogramMinExp2 + (k - 0.5) / 2.0;
-      g->addData(x, std::max<double>(0.5, double(s->histogram[k])));
+      g->addData(x, std::max<double>(0.5, scale * double(s->histogram[k])));
     }
   };
-  draw(find(before_), "before rotation", QColor(150, 150, 150), !after_.empty());
+  const respin::SiteStats* before = find(before_);
+  const respin::SiteStats* live =
+      after_.empty() && live_ && live_->layer == layer_->value() && live_->site == site ? &*live_ : nullptr;
+  draw(before, "before rotation", QColor(150, 150, 150), !after_.empty() || live);
+  if (live) {
+    double scale = 1.0;
+    QString name = QString("learning, step %1").arg(liveStep_ + 1);
+    if (before && live->count > 0 && before->count > 0) {
+      scale = double(before->count) / double(live->count);
+      name += QString(" (×%1 to the same total)").arg(scale, 0, 'g', 3);
+    }
+    draw(live, name, QColor(230, 120, 20), false, scale);
+  }
   draw(find(after_), "after rotation", QColor(31, 119, 180), false);
   hist_->legend->setVisible(hist_->plottableCount() > 0);
   hist_->xAxis->setRange(respin::kHistogramMinExp2 - 1.5, respin::kHistogramMaxExp2 + 1);
@@ -202,7 +247,10 @@ void ProgressView::runEnded(const QString& status, const QString& message, doubl
   } else {
     status_->setText("Failed: " + message);
   }
-  title_->setText(title_->text().replace("Calibrating: ", "Last run: "));
+  if (title_->text().startsWith("Calibrating: "))
+    title_->setText(title_->text().replace("Calibrating: ", "Last run: "));
+  else  // it failed before it started (inputs not found): the idle text would contradict the status
+    title_->setText(status == "failed" ? "The run could not start." : "Last run: " + status);
 }
 
 void ProgressView::setQueue(const QStringList& waiting) {

@@ -1,11 +1,13 @@
 // What a running calibration shows: overall and per-phase progress, the current layer, tokens/s
 // and ETA, the live loss curve of rotation learning, and the |x| histogram of a chosen layer/site
-// (the pre-rotation histogram ghosted behind the post-rotation one once both exist); Cancel; the
+// (the pre-rotation histogram ghosted behind the live one while rotations are learned, then behind
+// the post-rotation one); Cancel; the
 // queue of runs waiting.
 #pragma once
 
 #include <QWidget>
 
+#include <optional>
 #include <vector>
 
 #include "core/calib/calibration.h"
@@ -27,6 +29,13 @@ class ProgressView : public QWidget {
   void showProgress(const respin::CalibProgress& p);
   void addLoss(qint64 step, double loss);
   void showStats(respin::StatsStage stage, const std::vector<respin::SiteStats>& stats);
+  // A live snapshot while rotations are learned (drawn until the after-rotation statistics arrive).
+  void showLive(qint64 step, const respin::SiteStats& stats);
+  // The layer and site the histogram shows (what the worker should send live).
+  int chosenLayer() const;
+  respin::HookSite chosenSite() const;
+  void choose(int layer, respin::HookSite site);
+  QString histogramLegendText() const;
   void runEnded(const QString& status, const QString& message, double perplexity);
   void setQueue(const QStringList& waiting);
 
@@ -39,6 +48,7 @@ class ProgressView : public QWidget {
 
  signals:
   void cancelRequested();
+  void liveTargetChanged(int layer, respin::HookSite site);
 
  private:
   void drawHistogram();
@@ -50,4 +60,6 @@ class ProgressView : public QWidget {
   QComboBox* site_;
   QListWidget* queue_;
   std::vector<respin::SiteStats> before_, after_;
+  std::optional<respin::SiteStats> live_;
+  qint64 liveStep_ = -1;
 };

@@ -12,6 +12,7 @@
 #include <QLineEdit>
 #include <QPushButton>
 #include <QSettings>
+#include <nlohmann/json.hpp>
 #include <QSlider>
 #include <QSpinBox>
 #include <QThread>
@@ -220,16 +221,60 @@ void RunPanel::setModel(const respin::ModelSummary& m) {
   s.beginGroup("models/" + QString::fromStdString(m.folder).replace('/', '|'));
   const QString saved = s.value("config").toString();
   s.endGroup();
+  bool restored = false;
   if (!saved.isEmpty()) {
     try {
       CalibConfig c = respin::calib_config_from_json(saved.toStdString(), "saved settings");
       c.model = m.folder;
       setConfig(c);
+      restored = true;
     } catch (const std::exception&) {
-      // Settings from another version: keep the defaults.
+      // Settings from another version: fall back to the defaults.
     }
   }
+  if (!restored) applyDefaultSettings();
+  // Windows longer than the model's context cannot be evaluated: cap what was restored too.
+  seqLen_->setValue(static_cast<int>(std::min<int64_t>(seqLen_->value(), m.config.max_position_embeddings)));
   update();
+}
+
+QString RunPanel::applyDefaultSettings() {
+  // [calibration] of the compiled-in default settings, each key overridden by the same key in the
+  // user's settings ("calibration/<key>"); keys are run.json's config fields.
+  QSettings builtin(":/settings/default-settings.ini", QSettings::IniFormat);
+  QSettings user;
+  nlohmann::json j = nlohmann::json::parse(respin::calib_config_to_json(config()));
+  QStringList problems;
+  builtin.beginGroup("calibration");
+  QStringList keys = builtin.childKeys();
+  builtin.endGroup();
+  user.beginGroup("calibration");
+  for (const QString& k : user.childKeys())
+    if (!keys.contains(k)) keys << k;
+  for (const QString& k : keys) {
+    const QString text = user.contains(k) ? user.value(k).toString() : builtin.value("calibration/" + k).toString();
+    const std::string key = k.toStdString();
+    if (!j.contains(key) || key == "model") {
+      problems << k + " (unknown field)";
+      continue;
+    }
+    bool ok = true;
+    nlohmann::json& v = j[key];
+    if (v.is_boolean()) v = text == "true" || text == "1";
+    else if (v.is_number_integer()) v = text.toLongLong(&ok);
+    else if (v.is_number()) v = text.toDouble(&ok);
+    else v = text.toStdString();
+    if (!ok) problems << k + "=" + text;
+  }
+  user.endGroup();
+  try {
+    CalibConfig c = respin::calib_config_from_json(j.dump(), "default settings");
+    if (model_) c.model = model_->folder;
+    setConfig(c);
+  } catch (const std::exception& e) {
+    problems << QString::fromStdString(e.what());
+  }
+  return problems.join("; ");
 }
 
 void RunPanel::remember() const {

@@ -31,6 +31,10 @@ class RunPanel : public QWidget {
   // The config the controls describe (model path included); validate() has not been applied.
   respin::CalibConfig config() const;
   void setConfig(const respin::CalibConfig& c);
+  // The defaults for a model without saved values: resources/default-settings.ini's [calibration]
+  // (compiled in), each key overridden by the user's "calibration/<key>" setting. Returns what it
+  // could not apply ("" when everything applied).
+  QString applyDefaultSettings();
   // Empty when the config can run on the open model; else the reasons, one per line.
   QString problems() const;
   QString problemText() const;  // what the panel shows

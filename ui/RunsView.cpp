@@ -2,6 +2,7 @@
 #include "ui/RunsView.h"
 
 #include <QComboBox>
+#include <QFileDialog>
 #include <QFileInfo>
 #include <QHBoxLayout>
 #include <QHeaderView>
@@ -27,6 +28,7 @@
 #include <optional>
 #include <set>
 
+#include "core/store/run_data.h"
 #include "core/store/run_store.h"
 #include "core/util/fs.h"
 #include "ui/PlotExport.h"
@@ -230,8 +232,11 @@ RunsView::RunsView(QWidget* parent) : QWidget(parent) {
   compareButton_ = new QPushButton("Compare");
   compareButton_->setToolTip("Compare the two selected runs layer by layer");
   exportButton_ = new QPushButton("Export model…");
+  exportDataButton_ = new QPushButton("Export data…");
+  exportDataButton_->setToolTip("The selected runs' data (config, results, loss curve, per-layer statistics) as JSON or CSV");
   auto* refreshButton = new QPushButton("Refresh");
-  for (QPushButton* b : {tagButton_, untagButton_, noteButton_, deleteButton_, compareButton_, exportButton_, refreshButton})
+  for (QPushButton* b : {tagButton_, untagButton_, noteButton_, deleteButton_, compareButton_, exportButton_,
+                         exportDataButton_, refreshButton})
     bar->addWidget(b);
   layout->addLayout(bar);
 
@@ -265,7 +270,7 @@ RunsView::RunsView(QWidget* parent) : QWidget(parent) {
 
   note_ = new QLabel;
   note_->setWordWrap(true);
-  note_->setStyleSheet("color: #444");
+  note_->setForegroundRole(QPalette::PlaceholderText);  // follows the light/dark palette
   note_->setTextInteractionFlags(Qt::TextSelectableByMouse);
 
   auto* top = new QWidget;
@@ -301,7 +306,7 @@ RunsView::RunsView(QWidget* parent) : QWidget(parent) {
   plotSelectionButton_->setToolTip("Plot the runs selected in the table");
   plotBar->addWidget(plotSelectionButton_);
   auto* hint = new QLabel("Click a point to select its run · right-click to export");
-  hint->setStyleSheet("color: #666");
+  hint->setForegroundRole(QPalette::PlaceholderText);  // follows the light/dark palette
   plotBar->addWidget(hint);
   bottomLayout->addLayout(plotBar);
   plot_ = new ExportablePlot("accuracy");
@@ -375,6 +380,7 @@ RunsView::RunsView(QWidget* parent) : QWidget(parent) {
     const QList<qint64> ids = selectedRuns();
     if (ids.size() == 1) emit exportModelRequested(ids[0]);
   });
+  connect(exportDataButton_, &QPushButton::clicked, this, &RunsView::askExportData);
   connect(refreshButton, &QPushButton::clicked, this, &RunsView::refresh);
   connect(view_, &QTreeView::activated, this, [this](const QModelIndex& idx) {
     const qint64 id = idx.sibling(idx.row(), 0).data(kRunIdRole).toLongLong();
@@ -621,6 +627,34 @@ QList<qint64> RunsView::shownRunsInOrder() const {
   return out;
 }
 
+bool RunsView::exportRunData(const QList<qint64>& ids, const QString& path, bool csv) {
+  try {
+    respin::RunStore s = respin::RunStore::open_readonly(db_.toStdString());
+    const std::vector<int64_t> v(ids.begin(), ids.end());
+    const std::vector<std::string> files =
+        respin::export_run_data(s, v, csv ? respin::RunDataFormat::Csv : respin::RunDataFormat::Json, path.toStdString());
+    QStringList names;
+    for (const std::string& f : files) names << QString::fromStdString(f);
+    showMessage(QString("Wrote %1 (%2 run%3)").arg(names.join(", ")).arg(ids.size()).arg(ids.size() == 1 ? "" : "s"), false);
+    return true;
+  } catch (const std::exception& e) {
+    showMessage(QString::fromStdString(e.what()));
+    return false;
+  }
+}
+
+void RunsView::askExportData() {
+  const QList<qint64> ids = selectedRuns();
+  if (ids.isEmpty()) return;
+  QString filter;
+  const QString path = QFileDialog::getSaveFileName(
+      this, QString("Export data of %1 run%2").arg(ids.size()).arg(ids.size() == 1 ? "" : "s"),
+      ids.size() == 1 ? QString("run-%1.json").arg(ids[0]) : QString("runs.json"),
+      "JSON, one file (*.json);;CSV, three files: runs, loss, layers (*.csv)", &filter);
+  if (path.isEmpty()) return;
+  exportRunData(ids, path, filter.startsWith("CSV") || path.endsWith(".csv", Qt::CaseInsensitive));
+}
+
 void RunsView::updateButtons() {
   const QList<qint64> ids = selectedRuns();
   tagButton_->setEnabled(!ids.isEmpty());
@@ -629,6 +663,7 @@ void RunsView::updateButtons() {
   deleteButton_->setEnabled(!ids.isEmpty());
   compareButton_->setEnabled(ids.size() == 2);
   exportButton_->setEnabled(ids.size() == 1);
+  exportDataButton_->setEnabled(!ids.isEmpty());
   plotSelectionButton_->setEnabled(ids.size() >= 2);
 }
 
@@ -767,6 +802,7 @@ void RunsView::showContextMenu(const QPoint& pos) {
   if (ids.size() == 1) menu.addAction("Open", this, [this, ids] { emit runActivated(ids[0]); });
   if (ids.size() == 2) menu.addAction("Compare", this, [this, ids] { emit compareRequested(ids[0], ids[1]); });
   if (ids.size() == 1) menu.addAction("Export model…", this, [this, ids] { emit exportModelRequested(ids[0]); });
+  menu.addAction("Export data…", this, &RunsView::askExportData);
   if (ids.size() >= 2) menu.addAction("Plot these runs", this, [this, ids] { plotRuns(ids); });
   menu.addSeparator();
   menu.addAction("Tag…", this, [this] { askTag(false); });

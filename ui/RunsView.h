@@ -69,6 +69,10 @@ class RunsView : public QWidget {
   // first unless setConfirmDeletes(false) (tests).
   bool deleteRuns(const QList<qint64>& ids);
   void setConfirmDeletes(bool confirm) { confirmDeletes_ = confirm; }
+  // The runs' data (summary, config, record, loss curve, per-layer statistics) for other tools,
+  // like `respin runs export`: one JSON file, or three CSV files from `path` (BASE.csv,
+  // BASE.loss.csv, BASE.layers.csv). The message line lists the files written.
+  bool exportRunData(const QList<qint64>& ids, const QString& path, bool csv);
 
   // ---- Filtering (the toolbar's fields) ----
   void setFilterText(const QString& text);  // every word must occur in the row (tags too)
@@ -141,6 +145,8 @@ class RunsView : public QWidget {
   QPushButton* deleteButton_;
   QPushButton* compareButton_;
   QPushButton* exportButton_;
+  QPushButton* exportDataButton_;
+  void askExportData();
   QLabel* message_;
   QLabel* note_;
   QTreeView* view_;

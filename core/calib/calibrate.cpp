@@ -516,6 +516,10 @@ class Pipeline {
       to.quant = plan_.training_quant;
       to.online = plan_.online;
       to.o_proj_group = plan_.o_proj_group;
+      if (observer_) {
+        to.live_site = [this](int& layer, HookSite& site) { return observer_->live_site(layer, site); };
+        to.on_live_stats = [this](int64_t step, const SiteStats& st) { observer_->on_live_stats(step, st); };
+      }
       RotationTrainingResult tr;
       {
         Tf32Scope tf32(plan_.tf32_learning);

@@ -63,6 +63,13 @@ class CalibObserver {
   // Statistics of the original model (Before) and of what the quantizers see after rotation
   // (After; for rtn the same as Before).
   virtual void on_stats(StatsStage /*stage*/, const std::vector<SiteStats>& /*stats*/) {}
+  // While rotations are learned (SpinQuant, ReSpinQuant), about twice a second and at the first
+  // and last step: which (layer, site) to summarize live (return false for none). The observer may
+  // change its answer at any time (a GUI's layer/site choice); read it from atomics.
+  virtual bool live_site(int& /*layer*/, HookSite& /*site*/) { return false; }
+  // What the quantizers see at that site in the learning step's own forward, over the step's batch
+  // (so its counts differ from on_stats', which cover the statistics windows).
+  virtual void on_live_stats(int64_t /*step*/, const SiteStats& /*stats*/) {}
 };
 
 struct CalibOutcome {

@@ -6,8 +6,10 @@
 
 #include <chrono>
 #include <cmath>
+#include <memory>
 
 #include "core/quant/quantizer.h"
+#include "core/stats/activation_stats.h"
 #include "core/rotation/cayley_sgd.h"
 #include "core/util/error.h"
 
@@ -38,6 +40,7 @@ RotationTrainingResult train_rotations(const LlamaModel& fused, ResidualRotation
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   const bool layerwise = !rotations.is_global();
+  double last_live = -1e30;
   for (int64_t step = 0; step < o.iterations; ++step) {
     if (control) control->check();
     opt.set_lr(o.lr * 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(step) / o.iterations)));
@@ -59,9 +62,25 @@ RotationTrainingResult train_rotations(const LlamaModel& fused, ResidualRotation
     ho.o_proj_group = o.o_proj_group;
     ho.ste = true;
     ho.device = fused.device();
+    // Live statistics of one site from this step's forward (see live_site in the header).
+    int live_layer = -1;
+    HookSite live = HookSite::AttnInput;
+    std::unique_ptr<ActivationStatsCollector> collector;
+    if (o.live_site && o.on_live_stats &&
+        (step == 0 || step + 1 == o.iterations || elapsed() - last_live >= o.live_interval_s) &&
+        o.live_site(live_layer, live) && live_layer >= 0 && live_layer < c.num_hidden_layers) {
+      collector = std::make_unique<ActivationStatsCollector>(std::vector<HookSite>{live});
+      ho.observer = [&collector, live_layer, live](HookSite s, int layer, at::Tensor& x) {
+        if (layer == live_layer && s == live) collector->observe(s, layer, x.detach());
+      };
+    }
     model.set_hook(online_hook(c, std::move(ho)));
 
     at::Tensor logits = model.forward(ids);
+    if (collector) {
+      for (const SiteStats& st : collector->results()) o.on_live_stats(step, st);
+      last_live = elapsed();
+    }
     at::Tensor loss = at::cross_entropy_loss(
         logits.narrow(1, 0, T - 1).reshape({-1, c.vocab_size}).to(at::kFloat),
         ids.narrow(1, 1, T - 1).reshape({-1}));

@@ -11,9 +11,11 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <vector>
 
 #include "core/methods/rotated_model.h"
+#include "core/stats/site_stats.h"
 #include "core/util/run_control.h"
 
 namespace respin {
@@ -27,6 +29,15 @@ struct RotationTrainingOptions {
   QuantConfig quant;
   OnlineTransforms online;
   int64_t o_proj_group = 0;
+  // Live statistics while learning (the workbench's live histogram). At the first step, the last
+  // step and at most every `live_interval_s` seconds between them, `live_site` is asked which
+  // (layer, site) to summarize (false: none this time); the activations the quantizers see there in
+  // that step's own forward (after the online transforms, before the fake quantizers; no extra
+  // forward) are summarized as in site_stats.h over the step's batch and handed to `on_live_stats`.
+  // Both run on the learning thread and must return quickly.
+  std::function<bool(int& layer, HookSite& site)> live_site;
+  std::function<void(int64_t step, const SiteStats& stats)> on_live_stats;
+  double live_interval_s = 0.5;
 };
 
 struct RotationTrainingResult {
