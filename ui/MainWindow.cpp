@@ -167,7 +167,6 @@ MainWindow::MainWindow(QWidget* parent, const QString& dbPath)
   restoreState(s.value("window/state").toByteArray());
   if (s.value("window/dark", false).toBool()) dark->setChecked(true);
   if (!s.contains("window/geometry")) resize(1280, 820);
-
   statusBar()->showMessage("Open a Hugging Face model folder (File > Open, or drop it on the window)");
   refreshQueue();
 }
