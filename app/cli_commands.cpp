@@ -183,7 +183,8 @@ int run_tokenize(const TokenizeArgs& a) {
 
 int run_eval(const EvalArgs& a) {
   set_compute_threads(a.threads);
-  const at::Device device = resolve_device(device_choice_from_name(a.device));
+  const auto [device_choice, cuda_device] = parse_device(a.device);
+  const at::Device device = resolve_device(device_choice, cuda_device);
   std::optional<LoadedRun> run;
   std::string model_dir = a.model;
   if (!a.run.empty()) {
@@ -567,7 +568,7 @@ int run_generate(const GenerateArgs& a) {
   ModelFolder folder = ModelFolder::open(a.model);
   Tokenizer tok = Tokenizer::from_file(folder.require_tokenizer());
   LlamaModel model = load_model(folder.dir, {a.dtype == "bf16" ? at::kBFloat16 : at::kFloat,
-                                             resolve_device(device_choice_from_name(a.device))});
+                                             resolve_device(parse_device(a.device).first, parse_device(a.device).second)});
   GenerateOptions o;
   o.max_new_tokens = a.max_new_tokens;
   o.temperature = a.temperature;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 #include <iostream>
 
@@ -83,8 +84,15 @@ int main(int argc, char** argv) {
                       ->check(CLI::Range(1LL, 1024LL));
   c_eval->add_option("--dtype", ev.dtype, "Compute dtype")
       ->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
-  c_eval->add_option("--device", ev.device, "Compute device (auto: CUDA when available)")
-      ->capture_default_str()->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  c_eval->add_option("--device", ev.device, "Compute device: auto (CUDA when available), cpu, cuda or cuda:N")
+      ->capture_default_str()->check([](const std::string& v) {
+        try {
+          respin::parse_device(v);
+          return std::string();
+        } catch (const std::exception& e) {
+          return std::string(e.what());
+        }
+      });
   c_eval->add_option("--threads", ev.threads, "Compute threads (0 = all cores)")
       ->capture_default_str()->check(thread_range());
   c_eval->add_flag("--json", ev.json, "Machine-readable output");
@@ -138,10 +146,18 @@ int main(int argc, char** argv) {
     c->add_flag("--a-sym", a.config.a_sym, "Symmetric activation quantizer (default asymmetric)");
     c->add_flag("--kv-sym", a.config.kv_sym, "Symmetric KV-cache quantizer (default asymmetric)");
     c->add_flag("--w-asym{false}", a.config.w_sym, "Asymmetric weight quantizer (default symmetric)");
-    static const std::map<std::string, respin::DeviceChoice> devices = {
-        {"auto", respin::DeviceChoice::Auto}, {"cpu", respin::DeviceChoice::Cpu}, {"cuda", respin::DeviceChoice::Cuda}};
-    c->add_option("--device", a.config.device, "Compute device (auto, cpu, cuda)")
-        ->transform(CLI::CheckedTransformer(devices))->default_str("auto");
+    c->add_option_function<std::string>(
+         "--device",
+         [&a](const std::string& v) { std::tie(a.config.device, a.config.cuda_device) = respin::parse_device(v); },
+         "Compute device: auto (CUDA when available), cpu, cuda or cuda:N")
+        ->check([](const std::string& v) {
+        try {
+          respin::parse_device(v);
+          return std::string();
+        } catch (const std::exception& e) {
+          return std::string(e.what());
+        }
+      })->default_str("auto");
     c->add_option("--threads", a.config.threads, "Compute threads (0 = all cores)")
         ->capture_default_str()->check(thread_range());
     c->add_option("--db", a.db, "Run store to record into (default <data home>/runs.db)");
@@ -256,8 +272,15 @@ int main(int argc, char** argv) {
   c_gen->add_option("--dtype", gn.dtype, "Compute dtype")->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
   c_gen->add_option("--threads", gn.threads, "Compute threads (0 = all cores)")
       ->capture_default_str()->check(thread_range());
-  c_gen->add_option("--device", gn.device, "Compute device (auto: CUDA when available)")
-      ->capture_default_str()->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  c_gen->add_option("--device", gn.device, "Compute device: auto (CUDA when available), cpu, cuda or cuda:N")
+      ->capture_default_str()->check([](const std::string& v) {
+        try {
+          respin::parse_device(v);
+          return std::string();
+        } catch (const std::exception& e) {
+          return std::string(e.what());
+        }
+      });
 
   ExportArgs ex;
   auto* c_export = app.add_subcommand(

@@ -21,10 +21,27 @@ std::string cuda_device_description() {
          ", " + std::to_string(prop.totalGlobalMem >> 20) + " MiB)";
 }
 
-int64_t cuda_memory_in_use_bytes() {
+std::vector<std::string> cuda_device_names() {
+  std::vector<std::string> out;
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) return out;
+  for (int i = 0; i < n; ++i) {
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) break;
+    out.push_back(std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ", " +
+                  std::to_string(prop.totalGlobalMem >> 20) + " MiB)");
+  }
+  return out;
+}
+
+int64_t cuda_memory_in_use_bytes(int device) {
   if (!cuda_available()) return -1;
+  int previous = 0;
+  if (cudaGetDevice(&previous) != cudaSuccess || cudaSetDevice(device) != cudaSuccess) return -1;
   size_t free_bytes = 0, total_bytes = 0;
-  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) return -1;
+  const cudaError_t err = cudaMemGetInfo(&free_bytes, &total_bytes);
+  cudaSetDevice(previous);
+  if (err != cudaSuccess) return -1;
   return static_cast<int64_t>(total_bytes - free_bytes);
 }
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace respin::kernels {
 
@@ -38,9 +39,12 @@ KernelStatus hadamard_cuda_host(const HadamardParams& p);
 // Whether a usable CUDA device is present (false in builds without CUDA), and a description.
 bool cuda_available();
 std::string cuda_device_description();
+// One line per visible CUDA device, in index order ("NVIDIA H200 (sm_90, 143155 MiB)"); empty
+// without a device or in builds without CUDA.
+std::vector<std::string> cuda_device_names();
 // Memory in use on CUDA device 0 (total - free, as the driver reports it, all processes), or -1
 // without a device. libtorch's caching allocator keeps what it has reserved, so read at the end of
 // a run this approximates the run's peak reservation plus the CUDA context.
-int64_t cuda_memory_in_use_bytes();
+int64_t cuda_memory_in_use_bytes(int device = 0);
 
 }  // namespace respin::kernels

@@ -11,6 +11,7 @@ KernelStatus hadamard_cuda_host(const HadamardParams&) {
 }
 bool cuda_available() { return false; }
 std::string cuda_device_description() { return "built without CUDA"; }
-int64_t cuda_memory_in_use_bytes() { return -1; }
+std::vector<std::string> cuda_device_names() { return {}; }
+int64_t cuda_memory_in_use_bytes(int) { return -1; }
 
 }  // namespace respin::kernels

@@ -72,4 +72,12 @@ TEST(DeviceRule, DeviceNamesResolve) {
     EXPECT_NE(msg.find("no usable CUDA device"), std::string::npos) << msg;
   }
   EXPECT_NE(expect_error([] { device_choice_from_name("tpu"); }).find("'tpu' is not supported"), std::string::npos);
+  // Which CUDA device: "cuda:N"; a device that is not present is an error naming what is.
+  EXPECT_EQ(parse_device("cuda:3"), std::make_pair(DeviceChoice::Cuda, 3));
+  EXPECT_EQ(parse_device("cuda"), std::make_pair(DeviceChoice::Cuda, 0));
+  EXPECT_EQ(parse_device("auto"), std::make_pair(DeviceChoice::Auto, 0));
+  for (const char* bad : {"cuda:", "cuda:-1", "cuda:x", "gpu", "cuda:12345"})
+    EXPECT_NE(expect_error([&] { parse_device(bad); }).find(std::string("device '") + bad + "'"), std::string::npos) << bad;
+  const std::string msg = expect_error([] { resolve_device(DeviceChoice::Cuda, 99); });
+  EXPECT_NE(msg.find(at::hasCUDA() ? "CUDA device 99 requested" : "no usable CUDA device"), std::string::npos) << msg;
 }

@@ -133,13 +133,20 @@ TEST(CalibConfig, EnumsTravelAsTheirNamesAndLabelsRead) {
   c.method = Method::SpinQuant;
   c.weight_quantizer = WeightQuantizer::Gptq;
   c.device = DeviceChoice::Cuda;
+  c.cuda_device = 1;
   const json j = json::parse(calib_config_to_json(c));
   EXPECT_EQ(j["method"], "spinquant");
   EXPECT_EQ(j["weight_quantizer"], "gptq");
   EXPECT_EQ(j["device"], "cuda");
+  EXPECT_EQ(j["cuda_device"], 1);
   const CalibConfig back = calib_config_from_json(j.dump(), "cfg");
   EXPECT_EQ(back.method, Method::SpinQuant);
   EXPECT_EQ(back.device, DeviceChoice::Cuda);
+  EXPECT_EQ(back.cuda_device, 1);
+  // Configs written before the field existed read as device 0.
+  json old = j;
+  old.erase("cuda_device");
+  EXPECT_EQ(calib_config_from_json(old.dump(), "cfg").cuda_device, 0);
   EXPECT_EQ(back.label(), "spinquant W4A4KV4 gptq");
   c.method = Method::ReSpin;
   c.rank = -1;

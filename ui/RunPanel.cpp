@@ -22,6 +22,7 @@
 
 #include "core/calib/run_record.h"
 #include "core/util/error.h"
+#include "kernels/hadamard.h"
 
 using respin::CalibConfig;
 
@@ -151,9 +152,13 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
   df->addRow("Seed:", seed_);
   df->addRow("Evaluation windows:", evalWindows_);
   device_ = new QComboBox;
-  device_->addItem("auto (CUDA when available)", int(respin::DeviceChoice::Auto));
-  device_->addItem("CPU", int(respin::DeviceChoice::Cpu));
-  device_->addItem("CUDA", int(respin::DeviceChoice::Cuda));
+  // Item data: -2 auto, -1 CPU, N >= 0 CUDA device N (each visible device, with its name).
+  device_->addItem("auto (CUDA when available)", -2);
+  device_->addItem("CPU", -1);
+  const std::vector<std::string> gpus = respin::kernels::cuda_device_names();
+  for (size_t i = 0; i < gpus.size(); ++i)
+    device_->addItem(QString("CUDA %1: %2").arg(i).arg(QString::fromStdString(gpus[i])), int(i));
+  if (gpus.empty()) device_->addItem("CUDA (no device visible here)", 0);
   df->addRow("Device:", device_);
   threads_ = spin(0, QThread::idealThreadCount(), 0);
   threads_->setSpecialValueText(QString("all %1 cores").arg(QThread::idealThreadCount()));
@@ -312,7 +317,9 @@ CalibConfig RunPanel::config() const {
   c.batch = batch_->value();
   c.eval_windows = evalWindows_->value();
   c.seed = static_cast<uint64_t>(seed_->value());
-  c.device = static_cast<respin::DeviceChoice>(device_->currentData().toInt());
+  const int device = device_->currentData().toInt();
+  c.device = device == -2 ? respin::DeviceChoice::Auto : device == -1 ? respin::DeviceChoice::Cpu : respin::DeviceChoice::Cuda;
+  c.cuda_device = std::max(0, device);
   c.threads = threads_->value();
   return c;
 }
@@ -344,7 +351,15 @@ void RunPanel::setConfig(const CalibConfig& c) {
   batch_->setValue(static_cast<int>(c.batch));
   evalWindows_->setValue(static_cast<int>(c.eval_windows));
   seed_->setValue(static_cast<int>(c.seed));
-  device_->setCurrentIndex(device_->findData(int(c.device)));
+  {
+    const int want = c.device == respin::DeviceChoice::Auto ? -2 : c.device == respin::DeviceChoice::Cpu ? -1 : c.cuda_device;
+    int i = device_->findData(want);
+    if (i < 0) {  // a saved CUDA device this machine does not have: listed, so the choice shows
+      device_->addItem(QString("CUDA %1 (not present)").arg(want), want);
+      i = device_->count() - 1;
+    }
+    device_->setCurrentIndex(i);
+  }
   threads_->setValue(c.threads);
   loading_ = false;
   update();

@@ -46,6 +46,18 @@ const char* device_choice_name(DeviceChoice d) {
   return "?";
 }
 
+std::pair<DeviceChoice, int> parse_device(const std::string& text) {
+  if (text.rfind("cuda:", 0) == 0) {
+    const std::string n = text.substr(5);
+    if (!n.empty() && n.size() <= 4 && n.find_first_not_of("0123456789") == std::string::npos)
+      return {DeviceChoice::Cuda, std::stoi(n)};
+    throw Error("device '" + text + "': expected auto, cpu, cuda or cuda:N");
+  }
+  for (DeviceChoice d : {DeviceChoice::Auto, DeviceChoice::Cpu, DeviceChoice::Cuda})
+    if (text == device_choice_name(d)) return {d, 0};
+  throw Error("device '" + text + "': expected auto, cpu, cuda or cuda:N");
+}
+
 DeviceChoice device_choice_from_name(const std::string& name) {
   for (DeviceChoice d : {DeviceChoice::Auto, DeviceChoice::Cpu, DeviceChoice::Cuda})
     if (name == device_choice_name(d)) return d;
@@ -71,6 +83,7 @@ void CalibConfig::validate() const {
   if (!(a_clip > 0 && a_clip <= 1)) fail("a_clip must be in (0, 1]");
   if (!(kv_clip > 0 && kv_clip <= 1)) fail("kv_clip must be in (0, 1]");
   if (rank < -1) fail("rank must be >= 0, or -1 for full rank");
+  if (cuda_device < 0) fail("cuda_device must be >= 0");
   if (samples < 1) fail("samples must be >= 1");
   if (seq_len < 2) fail("seq_len must be >= 2");
   if (iters < 0) fail("iters must be >= 0");
@@ -122,6 +135,7 @@ void for_each_field(Config& c, Visit&& visit) {
   visit("stats_windows", c.stats_windows);
   visit("seed", c.seed);
   visit("device", c.device);
+  visit("cuda_device", c.cuda_device);
   visit("threads", c.threads);
   visit("data_dir", c.data_dir);
   visit("rotations_from", c.rotations_from);

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace respin {
 
@@ -23,6 +24,9 @@ WeightQuantizer weight_quantizer_from_name(const std::string& name);
 enum class DeviceChoice { Auto, Cpu, Cuda };
 const char* device_choice_name(DeviceChoice d);  // "auto", "cpu", "cuda"
 DeviceChoice device_choice_from_name(const std::string& name);
+// "auto", "cpu", "cuda" or "cuda:N" (device N) as a choice and a CUDA device index; respin::Error
+// naming the text otherwise.
+std::pair<DeviceChoice, int> parse_device(const std::string& text);
 
 struct CalibConfig {
   std::string model;             // Hugging Face model folder
@@ -45,6 +49,7 @@ struct CalibConfig {
   int64_t stats_windows = 4;     // windows for the activation statistics
   uint64_t seed = 0;
   DeviceChoice device = DeviceChoice::Auto;
+  int cuda_device = 0;           // which CUDA device `cuda` (and `auto` on a GPU machine) uses
   int threads = 0;               // 0 = all cores (applied by the entry point, not the pipeline)
   std::string data_dir;          // corpus folder for the default texts; empty = default_corpus_dir()
   // A run directory whose rotations this run reuses instead of learning its own (a sweep learns

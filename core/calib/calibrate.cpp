@@ -2,6 +2,7 @@
 #include "core/calib/calibrate.h"
 
 #include <ATen/ATen.h>
+#include <torch/cuda.h>
 #include <ATen/Context.h>
 #include <torch/version.h>
 #include <c10/core/GradMode.h>
@@ -344,7 +345,7 @@ class Pipeline {
   // ---- load inputs
   void load_inputs() {
     begin(Phase::Load);
-    device_ = resolve_device(cfg_.device);
+    device_ = resolve_device(cfg_.device, cfg_.cuda_device);
     folder_ = ModelFolder::open(cfg_.model);
     tokenizer_path_ = folder_.require_tokenizer();
     Tokenizer tok = Tokenizer::from_file(tokenizer_path_);
@@ -586,7 +587,7 @@ class Pipeline {
     rec_.compute.rotation_learning = !method_learns(cfg_.method) ? "none" : plan_.tf32_learning ? "tf32" : "float32";
     rec_.compute.libtorch = TORCH_VERSION;
     rec_.gpu_memory_in_use_bytes.reset();
-    if (device_.is_cuda()) rec_.gpu_memory_in_use_bytes = kernels::cuda_memory_in_use_bytes();
+    if (device_.is_cuda()) rec_.gpu_memory_in_use_bytes = kernels::cuda_memory_in_use_bytes(cfg_.cuda_device);
     write_directory();
     return {final_dir_.string(), rec_, stats_before_, stats_after_};
   }
@@ -693,11 +694,19 @@ class Pipeline {
 
 // ---------------------------------------------------------------------------------------------
 
-at::Device resolve_device(DeviceChoice choice) {
+at::Device resolve_device(DeviceChoice choice, int cuda_device) {
   if (choice == DeviceChoice::Cpu) return at::Device(at::kCPU);
-  if (at::hasCUDA()) return at::Device(at::kCUDA);
+  if (at::hasCUDA()) {
+    const int present = static_cast<int>(torch::cuda::device_count());
+    if (cuda_device < 0 || cuda_device >= present)
+      throw Error("CUDA device " + std::to_string(cuda_device) + " requested, but " + std::to_string(present) +
+                  (present == 1 ? " device is" : " devices are") + " present (0.." + std::to_string(present - 1) + ")");
+    // Device 0 stays the unindexed "cuda" (the current device) that run records have always named.
+    return cuda_device == 0 ? at::Device(at::kCUDA) : at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_device));
+  }
   if (choice == DeviceChoice::Auto) return at::Device(at::kCPU);
-  throw Error("device cuda requested, but libtorch " TORCH_VERSION
+  throw Error(std::string("device cuda") + (cuda_device > 0 ? ":" + std::to_string(cuda_device) : "") +
+              " requested, but libtorch " TORCH_VERSION
               " has no usable CUDA device here (a CPU-only build, or no GPU or driver)");
 }
 

@@ -80,7 +80,8 @@ ModelWeightGrids load_weight_grids(const std::string& dir, const ModelConfig& mo
 ResidualRotations load_rotations(const std::string& dir, const ModelConfig& model, at::Device device);
 
 // auto | cpu | cuda -> a device. Throws respin::Error for cuda without a usable device.
-at::Device resolve_device(DeviceChoice choice);
+// `cuda_device`: which CUDA device (an error naming the devices present when it is not one).
+at::Device resolve_device(DeviceChoice choice, int cuda_device = 0);
 
 // The hook for a run's final model: online transforms + quantizers (+ an observer before them).
 ActivationHook run_hook(const ModelConfig& model, at::Device device, const OnlineTransforms& online,
