@@ -183,8 +183,7 @@ int run_tokenize(const TokenizeArgs& a) {
 
 int run_eval(const EvalArgs& a) {
   set_compute_threads(a.threads);
-  const auto [device_choice, cuda_device] = parse_device(a.device);
-  const at::Device device = resolve_device(device_choice, cuda_device);
+  const at::Device device = resolve_device(a.device);
   std::optional<LoadedRun> run;
   std::string model_dir = a.model;
   if (!a.run.empty()) {
@@ -568,7 +567,7 @@ int run_generate(const GenerateArgs& a) {
   ModelFolder folder = ModelFolder::open(a.model);
   Tokenizer tok = Tokenizer::from_file(folder.require_tokenizer());
   LlamaModel model = load_model(folder.dir, {a.dtype == "bf16" ? at::kBFloat16 : at::kFloat,
-                                             resolve_device(parse_device(a.device).first, parse_device(a.device).second)});
+                                             resolve_device(a.device)});
   GenerateOptions o;
   o.max_new_tokens = a.max_new_tokens;
   o.temperature = a.temperature;

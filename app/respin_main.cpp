@@ -34,6 +34,20 @@ CLI::Range thread_range() {
                                                            " hardware threads");
 }
 
+// --device: auto, cpu, cuda or cuda:N (respin::parse_device's message when not).
+CLI::Validator device_check() {
+  return CLI::Validator(
+      [](std::string& v) {
+        try {
+          respin::parse_device(v);
+          return std::string();
+        } catch (const std::exception& e) {
+          return std::string(e.what());
+        }
+      },
+      "DEVICE");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -85,14 +99,7 @@ int main(int argc, char** argv) {
   c_eval->add_option("--dtype", ev.dtype, "Compute dtype")
       ->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
   c_eval->add_option("--device", ev.device, "Compute device: auto (CUDA when available), cpu, cuda or cuda:N")
-      ->capture_default_str()->check([](const std::string& v) {
-        try {
-          respin::parse_device(v);
-          return std::string();
-        } catch (const std::exception& e) {
-          return std::string(e.what());
-        }
-      });
+      ->capture_default_str()->check(device_check());
   c_eval->add_option("--threads", ev.threads, "Compute threads (0 = all cores)")
       ->capture_default_str()->check(thread_range());
   c_eval->add_flag("--json", ev.json, "Machine-readable output");
@@ -150,14 +157,7 @@ int main(int argc, char** argv) {
          "--device",
          [&a](const std::string& v) { std::tie(a.config.device, a.config.cuda_device) = respin::parse_device(v); },
          "Compute device: auto (CUDA when available), cpu, cuda or cuda:N")
-        ->check([](const std::string& v) {
-        try {
-          respin::parse_device(v);
-          return std::string();
-        } catch (const std::exception& e) {
-          return std::string(e.what());
-        }
-      })->default_str("auto");
+        ->check(device_check())->default_str("auto");
     c->add_option("--threads", a.config.threads, "Compute threads (0 = all cores)")
         ->capture_default_str()->check(thread_range());
     c->add_option("--db", a.db, "Run store to record into (default <data home>/runs.db)");
@@ -273,14 +273,7 @@ int main(int argc, char** argv) {
   c_gen->add_option("--threads", gn.threads, "Compute threads (0 = all cores)")
       ->capture_default_str()->check(thread_range());
   c_gen->add_option("--device", gn.device, "Compute device: auto (CUDA when available), cpu, cuda or cuda:N")
-      ->capture_default_str()->check([](const std::string& v) {
-        try {
-          respin::parse_device(v);
-          return std::string();
-        } catch (const std::exception& e) {
-          return std::string(e.what());
-        }
-      });
+      ->capture_default_str()->check(device_check());
 
   ExportArgs ex;
   auto* c_export = app.add_subcommand(

@@ -14,6 +14,7 @@
 #include <QToolTip>
 #include <QVBoxLayout>
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 
@@ -37,15 +38,11 @@ QColor withAlpha(QColor c, int alpha) {
   return c;
 }
 
-// Viridis-like: perceptually ordered, readable in grey.
-QCPColorGradient sequentialGradient() {
+// Five evenly spaced colour stops, 256 levels, NaN (no data) in light grey.
+QCPColorGradient gradientThrough(const std::array<QColor, 5>& stops) {
   QCPColorGradient g;
   g.clearColorStops();
-  g.setColorStopAt(0.0, QColor(68, 1, 84));
-  g.setColorStopAt(0.25, QColor(59, 82, 139));
-  g.setColorStopAt(0.5, QColor(33, 145, 140));
-  g.setColorStopAt(0.75, QColor(94, 201, 98));
-  g.setColorStopAt(1.0, QColor(253, 231, 37));
+  for (size_t i = 0; i < stops.size(); ++i) g.setColorStopAt(0.25 * double(i), stops[i]);
   g.setColorInterpolation(QCPColorGradient::ciRGB);
   g.setLevelCount(256);
   g.setNanHandling(QCPColorGradient::nhNanColor);
@@ -53,20 +50,16 @@ QCPColorGradient sequentialGradient() {
   return g;
 }
 
+// Viridis-like: perceptually ordered, readable in grey.
+QCPColorGradient sequentialGradient() {
+  return gradientThrough({QColor(68, 1, 84), QColor(59, 82, 139), QColor(33, 145, 140), QColor(94, 201, 98),
+                          QColor(253, 231, 37)});
+}
+
 // Blue (lower after rotation: better) - white (unchanged) - red (higher: worse).
 QCPColorGradient divergingGradient() {
-  QCPColorGradient g;
-  g.clearColorStops();
-  g.setColorStopAt(0.0, QColor(33, 102, 172));
-  g.setColorStopAt(0.25, QColor(103, 169, 207));
-  g.setColorStopAt(0.5, QColor(247, 247, 247));
-  g.setColorStopAt(0.75, QColor(239, 138, 98));
-  g.setColorStopAt(1.0, QColor(178, 24, 43));
-  g.setColorInterpolation(QCPColorGradient::ciRGB);
-  g.setLevelCount(256);
-  g.setNanHandling(QCPColorGradient::nhNanColor);
-  g.setNanColor(QColor(200, 200, 200));
-  return g;
+  return gradientThrough({QColor(33, 102, 172), QColor(103, 169, 207), QColor(247, 247, 247), QColor(239, 138, 98),
+                          QColor(178, 24, 43)});
 }
 
 QCPTextElement* addTitle(QCustomPlot* plot, const QString& text) {

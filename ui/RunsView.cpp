@@ -675,33 +675,26 @@ void RunsView::onSelectionChanged() {
 
 // ---- Curating ----
 
-bool RunsView::addTag(const QList<qint64>& ids, const QString& tag) {
-  const QString t = tag.trimmed();
-  if (ids.isEmpty() || t.isEmpty()) return false;
-  try {
-    respin::RunStore s = respin::RunStore::open(db_.toStdString());
-    for (qint64 id : ids) s.add_tag(id, t.toStdString());
-  } catch (const std::exception& e) {
-    showMessage(q(e.what()));
-    return false;
-  }
-  refresh();
-  showMessage(QString("Tagged %1 run%2 #%3").arg(ids.size()).arg(ids.size() == 1 ? "" : "s").arg(t), false);
-  return true;
-}
+bool RunsView::addTag(const QList<qint64>& ids, const QString& tag) { return changeTag(ids, tag, false); }
 
-bool RunsView::removeTag(const QList<qint64>& ids, const QString& tag) {
+bool RunsView::removeTag(const QList<qint64>& ids, const QString& tag) { return changeTag(ids, tag, true); }
+
+bool RunsView::changeTag(const QList<qint64>& ids, const QString& tag, bool remove) {
   const QString t = tag.trimmed();
   if (ids.isEmpty() || t.isEmpty()) return false;
   try {
     respin::RunStore s = respin::RunStore::open(db_.toStdString());
-    for (qint64 id : ids) s.remove_tag(id, t.toStdString());
+    for (qint64 id : ids) {
+      if (remove) s.remove_tag(id, t.toStdString());
+      else s.add_tag(id, t.toStdString());
+    }
   } catch (const std::exception& e) {
     showMessage(q(e.what()));
     return false;
   }
   refresh();
-  showMessage(QString("Removed #%1 from %2 run%3").arg(t).arg(ids.size()).arg(ids.size() == 1 ? "" : "s"), false);
+  const QString runs = QString("%1 run%2").arg(ids.size()).arg(ids.size() == 1 ? "" : "s");
+  showMessage(remove ? QString("Removed #%1 from %2").arg(t, runs) : QString("Tagged %1 #%2").arg(runs, t), false);
   return true;
 }
 

@@ -147,6 +147,7 @@ class RunsView : public QWidget {
   QPushButton* exportButton_;
   QPushButton* exportDataButton_;
   void askExportData();
+  bool changeTag(const QList<qint64>& ids, const QString& tag, bool remove);
   QLabel* message_;
   QLabel* note_;
   QTreeView* view_;

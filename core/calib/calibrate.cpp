@@ -710,6 +710,11 @@ at::Device resolve_device(DeviceChoice choice, int cuda_device) {
               " has no usable CUDA device here (a CPU-only build, or no GPU or driver)");
 }
 
+at::Device resolve_device(const std::string& text) {
+  const auto [choice, cuda_device] = parse_device(text);
+  return resolve_device(choice, cuda_device);
+}
+
 QuantConfig CalibConfig::quant_config() const {
   QuantConfig q;
   q.weight = QuantSpec{wbits, w_sym, w_group, 1.0};

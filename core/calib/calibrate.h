@@ -82,6 +82,8 @@ ResidualRotations load_rotations(const std::string& dir, const ModelConfig& mode
 // auto | cpu | cuda -> a device. Throws respin::Error for cuda without a usable device.
 // `cuda_device`: which CUDA device (an error naming the devices present when it is not one).
 at::Device resolve_device(DeviceChoice choice, int cuda_device = 0);
+// The same from a --device text ("auto", "cpu", "cuda", "cuda:N"; see parse_device).
+at::Device resolve_device(const std::string& text);
 
 // The hook for a run's final model: online transforms + quantizers (+ an observer before them).
 ActivationHook run_hook(const ModelConfig& model, at::Device device, const OnlineTransforms& online,
