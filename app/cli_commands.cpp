@@ -229,7 +229,6 @@ int run_eval(const EvalArgs& a) {
     std::fprintf(stderr, "note: --seq-len %lld capped at the model's max_position_embeddings %lld\n",
                  static_cast<long long>(want_seq), static_cast<long long>(po.seq_len));
   po.max_windows = run && !a.max_windows_given ? run->eval_windows : a.max_windows;
-  po.batch_size = run && !a.batch_given ? run->eval_batch : a.batch;
   if (isatty(STDERR_FILENO)) g_control.set_progress_callback(progress_printer(), 100);
   PerplexityResult r = with_error_context("evaluating " + text_source + " (tokenized with " + folder.require_tokenizer() + ")",
                                           [&] { return evaluate_perplexity(model, ids, po, &g_control); });
@@ -335,6 +334,31 @@ void print_calibration_summary(const CalibOutcome& r) {
               rec.peak_rss_bytes / 1048576.0);
 }
 
+// What the run store holds about a run, said once and as it is: "recorded as run N" only when
+// the run's end reached the store (docs/store.md, "Recording a run").
+void report_recording(const RunStore& store, const std::optional<int64_t>& id, const std::string& error,
+                      bool end_recorded, const std::string& complete_dir, const char* ended) {
+  if (!id) {
+    if (!error.empty()) std::fprintf(stderr, "warning: the run store could not record this run: %s\n", error.c_str());
+    return;
+  }
+  const long long n = static_cast<long long>(*id);
+  if (end_recorded) {
+    if (!error.empty())
+      std::fprintf(stderr, "warning: the run store missed part of run %lld (loss curve or statistics): %s\n", n,
+                   error.c_str());
+    std::fprintf(stderr, "recorded as run %lld in %s (%s)\n", n, store.path().c_str(), ended);
+    return;
+  }
+  std::fprintf(stderr, "warning: the run store could not record the end of run %lld: %s\n", n, error.c_str());
+  if (!complete_dir.empty())
+    std::fprintf(stderr,
+                 "run %lld in %s reads interrupted; %s is complete: record it with `respin runs --db %s import %s`\n",
+                 n, store.path().c_str(), complete_dir.c_str(), store.path().c_str(), complete_dir.c_str());
+  else
+    std::fprintf(stderr, "run %lld in %s reads interrupted (it %s)\n", n, store.path().c_str(), ended);
+}
+
 int run_calibrate(const CalibrateArgs& a) {
   CalibConfig c = a.config;
   if (a.gptq) c.weight_quantizer = WeightQuantizer::Gptq;
@@ -344,17 +368,23 @@ int run_calibrate(const CalibrateArgs& a) {
   if (a.no_store) {
     outcome = run_calibration(c, a.out, &g_control, &printer);
   } else {
+    // A store that cannot record (read-only, locked, damaged) is refused here, before the work.
     RunStore store = RunStore::open(store_path(a.db));
     std::optional<int64_t> id;
     std::string store_error;
+    bool end_recorded = false;
     try {
-      outcome = calibrate_and_record(c, a.out, store, &g_control, &printer, {}, &id, &store_error);
+      outcome = calibrate_and_record(c, a.out, store, &g_control, &printer, {}, &id, &store_error, &end_recorded);
+    } catch (const Cancelled&) {
+      std::fprintf(stderr, "\n");
+      report_recording(store, id, store_error, end_recorded, "", "was cancelled");
+      throw;
     } catch (...) {
-      if (id) std::fprintf(stderr, "\nrecorded as run %lld in %s\n", static_cast<long long>(*id), store.path().c_str());
+      std::fprintf(stderr, "\n");
+      report_recording(store, id, store_error, end_recorded, "", "failed");
       throw;
     }
-    if (!store_error.empty()) std::fprintf(stderr, "warning: the run store could not record this run: %s\n", store_error.c_str());
-    if (id) std::fprintf(stderr, "recorded as run %lld in %s\n", static_cast<long long>(*id), store.path().c_str());
+    report_recording(store, id, store_error, end_recorded, outcome->run_dir, "finished");
   }
   const CalibOutcome& r = *outcome;
   if (a.json) {
@@ -379,10 +409,10 @@ int run_sweep(const SweepArgs& a) {
     try {
       size_t used = 0;
       const long long v = std::stoll(r, &used);
-      if (used != r.size() || v < 0) throw Error("");
+      if (used != r.size() || v < 0 || v > (1LL << 20)) throw Error("");
       ranks.push_back(v);
     } catch (const std::exception&) {
-      throw Error("--ranks: '" + r + "' is not a rank (a number >= 0 or 'full')");
+      throw Error("--ranks: '" + r + "' is not a rank (a number from 0 to 1048576, or 'full')");
     }
   }
   if (!ranks.empty() && base.method != Method::ReSpin)
@@ -414,8 +444,9 @@ int run_sweep(const SweepArgs& a) {
   for (const Planned& p : plan)
     if (!names.insert(p.dir).second) throw Error("the sweep would write " + p.dir + " twice (repeated rank or bits)");
 
-  fs::create_directories(a.base.out);
+  // The store first: one that cannot record (read-only, locked) is refused before anything is made.
   RunStore store = RunStore::open(store_path(a.base.db));
+  fs::create_directories(a.base.out);
   std::string desc = std::string(method_name(base.method)) + " sweep: ";
   for (const Planned& p : plan) desc += p.config.label() + (&p == &plan.back() ? "" : "; ");
   const int64_t sweep = store.create_sweep(base.method == Method::ReSpin ? "rank" : "bits", fs::absolute(base.model).string(), desc);
@@ -443,9 +474,22 @@ int run_sweep(const SweepArgs& a) {
     CalibPrinter printer;
     std::optional<int64_t> id;
     std::string store_error;
+    bool end_recorded = false;
     const auto r0 = std::chrono::steady_clock::now();
-    CalibOutcome r = calibrate_and_record(p.config, p.dir, store, &g_control, &printer, sweep, &id, &store_error);
-    if (!store_error.empty()) std::fprintf(stderr, "warning: the run store could not record this run: %s\n", store_error.c_str());
+    CalibOutcome r = [&] {
+      try {
+        return calibrate_and_record(p.config, p.dir, store, &g_control, &printer, sweep, &id, &store_error, &end_recorded);
+      } catch (const Cancelled&) {
+        std::fprintf(stderr, "\n");
+        report_recording(store, id, store_error, end_recorded, "", "was cancelled");
+        throw;
+      } catch (...) {
+        std::fprintf(stderr, "\n");
+        report_recording(store, id, store_error, end_recorded, "", "failed");
+        throw;
+      }
+    }();
+    if (!store_error.empty() || !end_recorded) report_recording(store, id, store_error, end_recorded, r.run_dir, "finished");
     if (p.learns) {
       learned_dir = r.run_dir;
     } else {

@@ -26,9 +26,8 @@ struct EvalArgs {
   std::string text_file;
   long long seq_len = 2048;
   long long max_windows = 0;
-  long long batch = 1;
   // Whether the options were given: with --run, those not given follow the run's own protocol.
-  bool seq_len_given = false, max_windows_given = false, batch_given = false;
+  bool seq_len_given = false, max_windows_given = false;
   std::string dtype = "f32";
   int threads = 0;
   bool json = false;
@@ -102,7 +101,7 @@ struct RunsArgs {
   bool json = false;
   std::vector<long long> ids;
   long long id = -1;           // show, tag, note
-  std::string text;            // tag, note
+  std::string text;            // tag, note; import: the run directory
   bool remove = false;         // runs tag --remove
   std::string format = "json"; // runs export
   std::string out;
@@ -129,6 +128,7 @@ int run_runs_tag(const RunsArgs& a);
 int run_runs_note(const RunsArgs& a);
 int run_runs_delete(const RunsArgs& a);
 int run_runs_clean(const RunsArgs& a);
+int run_runs_import(const RunsArgs& a);
 
 // The stop flag SIGINT/SIGTERM set (for verbs in other files).
 RunControl& stop_control();

@@ -1,6 +1,7 @@
 // `respin runs ...`: the run store from the command line (see cli_commands.h).
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -12,6 +13,7 @@
 #include <string>
 
 #include "app/cli_commands.h"
+#include "core/calib/run_record.h"
 #include "core/io/atomic_file.h"
 #include "core/store/run_data.h"
 #include "core/store/run_store.h"
@@ -26,6 +28,30 @@ using nlohmann::json;
 namespace {
 
 std::string text_json(const json& j) { return j.dump(2, ' ', false, json::error_handler_t::replace); }
+
+// Text from the store (notes, tags, messages, paths) as the terminal should see it: control
+// characters (escape sequences, newlines, C1 controls) spelled out instead of acted on.
+std::string printable(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    char buf[8];
+    if (c == '\n') out += "\\n";
+    else if (c == '\t') out += "\\t";
+    else if (c == '\r') out += "\\r";
+    else if (c < 0x20 || c == 0x7f) {
+      std::snprintf(buf, sizeof buf, "\\x%02X", c);
+      out += buf;
+    } else if (c == 0xC2 && i + 1 < s.size() && static_cast<unsigned char>(s[i + 1]) >= 0x80 &&
+               static_cast<unsigned char>(s[i + 1]) <= 0x9F) {
+      std::snprintf(buf, sizeof buf, "\\u%04X", static_cast<unsigned char>(s[++i]));
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out;
+}
 
 RunStore open_store(const RunsArgs& a, bool write) {
   const std::string path = store_path(a.db);
@@ -71,7 +97,12 @@ bool confirm(const std::string& question, bool yes) {
 int run_runs_list(const RunsArgs& a) {
   RunStore s = open_store(a, false);
   RunFilter f;
-  if (!a.model.empty()) f.model = fs::absolute(a.model).lexically_normal().string();
+  if (!a.model.empty()) {
+    // As calibrate records it: absolute, normal, without a trailing separator.
+    fs::path m = fs::absolute(a.model).lexically_normal();
+    if (!m.has_filename() && m != m.root_path()) m = m.parent_path();
+    f.model = m.string();
+  }
   if (!a.method.empty()) f.method = method_from_name(a.method);
   if (!a.status.empty()) f.status = run_status_from_name(a.status);
   if (!a.tag.empty()) f.tag = a.tag;
@@ -88,9 +119,9 @@ int run_runs_list(const RunsArgs& a) {
   for (const RunSummary& r : runs) {
     const std::string bits = "W" + std::to_string(r.wbits) + "A" + std::to_string(r.abits) + "KV" + std::to_string(r.kvbits);
     std::string tags;
-    for (const std::string& t : r.tags) tags += " #" + t;
+    for (const std::string& t : r.tags) tags += " #" + printable(t);
     std::printf("%-5lld %-11s %-20.20s %-10s %-8s %-5s %-5s %10s %10s %9s  %s%s\n", static_cast<long long>(r.id),
-                run_status_name(r.status), fs::path(r.model_folder).filename().c_str(),
+                run_status_name(r.status), printable(fs::path(r.model_folder).filename().string()).c_str(),
                 (std::string(method_name(r.method)) + (r.weight_quantizer == WeightQuantizer::Gptq ? "+gptq" : "")).c_str(),
                 bits.c_str(), rank_text(r).c_str(), r.sweep_id ? std::to_string(*r.sweep_id).c_str() : "-",
                 opt_num(r.fp_perplexity).c_str(), opt_num(r.quantized_perplexity).c_str(),
@@ -118,26 +149,27 @@ int run_runs_show(const RunsArgs& a) {
     return 0;
   }
   const RunSummary& r = d.summary;
-  std::printf("run %lld (%s)  %s%s\n", static_cast<long long>(r.id), r.uuid.c_str(), run_status_name(r.status),
-              r.message.empty() ? "" : (": " + r.message).c_str());
+  std::printf("run %lld (%s)  %s%s\n", static_cast<long long>(r.id), printable(r.uuid).c_str(), run_status_name(r.status),
+              r.message.empty() ? "" : (": " + printable(r.message)).c_str());
   std::printf("  config:       %s, weights %s\n", d.config.label().c_str(), weight_quantizer_name(d.config.weight_quantizer));
-  std::printf("  model:        %s (%s, %lld parameters, sha256 %.12s)\n", d.model.folder.c_str(), d.model.architecture.c_str(),
+  std::printf("  model:        %s (%s, %lld parameters, sha256 %.12s)\n", printable(d.model.folder).c_str(),
+              printable(d.model.architecture).c_str(),
               static_cast<long long>(d.model.parameters), d.model.sha256.c_str());
   std::printf("  created:      %s  ended: %s\n", r.created.c_str(), r.ended.empty() ? "-" : r.ended.c_str());
-  std::printf("  run dir:      %s\n", r.run_dir.c_str());
-  if (!r.tmp_dir.empty()) std::printf("  temp dir:     %s\n", r.tmp_dir.c_str());
+  std::printf("  run dir:      %s\n", printable(r.run_dir).c_str());
+  if (!r.tmp_dir.empty()) std::printf("  temp dir:     %s\n", printable(r.tmp_dir).c_str());
   if (r.sweep_id) std::printf("  sweep:        %lld\n", static_cast<long long>(*r.sweep_id));
   std::printf("  perplexity:   FP %s -> quantized %s\n", opt_num(r.fp_perplexity).c_str(), opt_num(r.quantized_perplexity).c_str());
   if (d.record) {
     const RunRecord& rec = *d.record;
     std::printf("  eval:         %lld windows x %lld tokens of %s, %.0f tokens/s\n",
                 static_cast<long long>(rec.results.eval_windows), static_cast<long long>(rec.results.eval_seq_len),
-                rec.results.eval_data.source.c_str(), rec.results.eval_tokens_per_s);
+                printable(rec.results.eval_data.source).c_str(), rec.results.eval_tokens_per_s);
     if (rec.method.rank >= 0)
       std::printf("  skip rank:    %lld (%lld extra parameters, %lld MACs per token)%s\n",
                   static_cast<long long>(rec.method.rank), static_cast<long long>(rec.method.online_parameters),
                   static_cast<long long>(rec.method.online_macs_per_token),
-                  rec.method.rotations_from.empty() ? "" : ("; rotations from " + rec.method.rotations_from).c_str());
+                  rec.method.rotations_from.empty() ? "" : ("; rotations from " + printable(rec.method.rotations_from)).c_str());
     std::printf("  time:         calibration %.1f s, total %.1f s on %s (%d threads), peak RSS %.0f MiB\n",
                 rec.timing.calibration_seconds, rec.timing.total_seconds, rec.timing.device.c_str(), rec.timing.threads,
                 rec.peak_rss_bytes / 1048576.0);
@@ -146,10 +178,10 @@ int run_runs_show(const RunsArgs& a) {
     std::printf("  loss:         %.4f -> %.4f over %zu steps\n", d.loss.front().loss, d.loss.back().loss, d.loss.size());
   if (!r.tags.empty()) {
     std::string t;
-    for (const std::string& x : r.tags) t += " #" + x;
+    for (const std::string& x : r.tags) t += " #" + printable(x);
     std::printf("  tags:        %s\n", t.c_str());
   }
-  if (!d.note.empty()) std::printf("  note:         %s\n", d.note.c_str());
+  if (!d.note.empty()) std::printf("  note:         %s\n", printable(d.note).c_str());
   return 0;
 }
 
@@ -274,6 +306,13 @@ int run_runs_export(const RunsArgs& a) {
   RunStore s = open_store(a, false);
   if (a.format != "json" && a.format != "csv") throw Error("--format must be csv or json, got '" + a.format + "'");
   std::vector<int64_t> ids(a.ids.begin(), a.ids.end());
+  // Like `respin export`: never over an existing file, including the CSV tables named after --out.
+  const RunDataFormat format = a.format == "json" ? RunDataFormat::Json : RunDataFormat::Csv;
+  for (const std::string& f : run_data_files(format, a.out)) {
+    std::error_code ec;
+    if (fs::symlink_status(f, ec).type() != fs::file_type::not_found)
+      throw Error(f + ": already exists; runs export writes new files and never overwrites one");
+  }
   const std::vector<std::string> files =
       export_run_data(s, ids, a.format == "json" ? RunDataFormat::Json : RunDataFormat::Csv, a.out);
   std::string list;
@@ -299,51 +338,104 @@ int run_runs_note(const RunsArgs& a) {
 
 int run_runs_delete(const RunsArgs& a) {
   RunStore s = open_store(a, true);
+  // All or nothing: every id is checked before anything is deleted, and the rows go in one
+  // transaction.
+  std::vector<int64_t> ids;
+  std::string what;
   for (long long id : a.ids) {
+    if (std::find(ids.begin(), ids.end(), id) != ids.end()) continue;
     const RunDetail d = need_run(s, id);
-    std::string what = "delete run " + std::to_string(id) + " (" + d.config.label() + ")";
-    const bool has_dir = !d.summary.run_dir.empty() && fs::exists(d.summary.run_dir);
-    if (has_dir) what += " and its directory " + d.summary.run_dir;
-    if (!d.summary.tmp_dir.empty() && fs::exists(d.summary.tmp_dir)) what += " and " + d.summary.tmp_dir;
-    if (!confirm(what, a.yes)) {
-      std::fprintf(stderr, "kept run %lld\n", id);
-      continue;
+    if (d.summary.status == RunStatus::Running)
+      throw Error(s.path() + ": run " + std::to_string(id) + " is still running; cancel it before deleting it (nothing deleted)");
+    ids.push_back(id);
+    what += (what.empty() ? "delete run " : ", run ") + std::to_string(id) + " (" + d.config.label() + ")";
+    for (const std::string& dir : {d.summary.run_dir, d.summary.tmp_dir}) {
+      std::error_code ec;
+      if (dir.empty() || fs::symlink_status(dir, ec).type() == fs::file_type::not_found) continue;
+      const DirOwnership o = run_dir_ownership(dir, d.summary.uuid, d.record ? run_record_to_json(*d.record).dump() : "");
+      what += o.owned ? " and its directory " + printable(dir) : "; keeping " + printable(dir) + " (not this run's)";
     }
-    const DeletedRun gone = s.delete_run(id);
-    for (const std::string& dir : {gone.run_dir, gone.tmp_dir}) {
-      std::string error;
-      if (!dir.empty() && !remove_tree(dir, &error)) std::fprintf(stderr, "warning: %s\n", error.c_str());
-    }
-    std::fprintf(stderr, "deleted run %lld\n", id);
   }
-  return 0;
+  if (!confirm(what, a.yes)) {
+    std::fprintf(stderr, "nothing deleted\n");
+    return 0;
+  }
+  const std::vector<DeletedRun> gone = s.delete_runs(ids);
+  int problems = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    for (const std::string& kept : gone[i].kept) std::fprintf(stderr, "%s\n", printable(kept).c_str());
+    for (const std::string& dir : {gone[i].run_dir, gone[i].tmp_dir}) {
+      std::string error;
+      if (!dir.empty() && !remove_tree(dir, &error)) {
+        std::fprintf(stderr, "warning: %s\n", printable(error).c_str());
+        ++problems;
+      }
+    }
+    std::fprintf(stderr, "deleted run %lld\n", static_cast<long long>(ids[i]));
+  }
+  return problems ? 1 : 0;
 }
 
 int run_runs_clean(const RunsArgs& a) {
   RunStore s = open_store(a, true);
   const std::vector<RunSummary> stale = s.stale_runs();
-  int left = 0;
+  // Only a temporary directory whose marker names the run is removed (docs/store.md, "Which
+  // folders belong to a run"); a path the store names that holds something else is kept.
+  std::vector<const RunSummary*> removable;
   for (const RunSummary& r : stale) {
-    const bool tmp = !r.tmp_dir.empty() && fs::exists(r.tmp_dir);
-    std::printf("run %lld interrupted (%s)%s%s\n", static_cast<long long>(r.id), r.message.empty() ? "writer gone" : r.message.c_str(),
-                tmp ? ": left " : "", tmp ? r.tmp_dir.c_str() : "");
-    if (!tmp) continue;
-    ++left;
+    std::error_code ec;
+    const bool tmp = !r.tmp_dir.empty() && fs::symlink_status(r.tmp_dir, ec).type() != fs::file_type::not_found;
+    std::printf("run %lld interrupted (%s)%s%s\n", static_cast<long long>(r.id),
+                r.message.empty() ? "writer gone" : printable(r.message).c_str(), tmp ? ": left " : "",
+                tmp ? printable(r.tmp_dir).c_str() : "");
+    if (tmp && run_dir_ownership(r.tmp_dir, r.uuid, "").owned) removable.push_back(&r);
+    // A run killed after its directory was complete (or whose last write found the disk full).
+    if (!tmp && !r.run_dir.empty() && run_dir_ownership(r.run_dir, r.uuid, "").owned &&
+        fs::is_regular_file(fs::path(r.run_dir) / "run.json", ec))
+      std::printf("run %lld: %s is complete; record it with `respin runs --db %s import %s`\n",
+                  static_cast<long long>(r.id), printable(r.run_dir).c_str(), printable(s.path()).c_str(),
+                  printable(r.run_dir).c_str());
   }
-  if (left == 0) {
-    std::printf("nothing to clean in %s\n", s.path().c_str());
+  for (const RunSummary& r : stale) {
+    std::error_code ec;
+    if (r.tmp_dir.empty() || fs::symlink_status(r.tmp_dir, ec).type() == fs::file_type::not_found) continue;
+    const DirOwnership o = run_dir_ownership(r.tmp_dir, r.uuid, "");
+    if (!o.owned)
+      std::printf("kept %s: it does not belong to run %lld (%s)\n", printable(r.tmp_dir).c_str(),
+                  static_cast<long long>(r.id), o.reason.c_str());
+  }
+  auto mark = [&] {
     for (const RunSummary& r : stale)
       if (r.status == RunStatus::Interrupted) s.mark_interrupted(r.id);
+  };
+  if (removable.empty()) {
+    std::printf("nothing to clean in %s\n", printable(s.path()).c_str());
+    mark();
     return 0;
   }
+  const size_t left = removable.size();
   if (!confirm("remove " + std::to_string(left) + " temporary run director" + (left == 1 ? "y" : "ies"), a.yes)) return 0;
-  for (const RunSummary& r : stale) {
-    s.mark_interrupted(r.id);
-    if (r.tmp_dir.empty() || !fs::exists(r.tmp_dir)) continue;
-    remove_tree_or_throw(r.tmp_dir);
-    s.clear_tmp_dir(r.id);
-    std::printf("removed %s\n", r.tmp_dir.c_str());
+  mark();
+  for (const RunSummary* r : removable) {
+    // Checked again: the folder may have changed since it was listed.
+    if (!run_dir_ownership(r->tmp_dir, r->uuid, "").owned) continue;
+    remove_tree_or_throw(r->tmp_dir);
+    s.clear_tmp_dir(r->id);
+    std::printf("removed %s\n", printable(r->tmp_dir).c_str());
   }
+  return 0;
+}
+
+int run_runs_import(const RunsArgs& a) {
+  RunStore s = open_store(a, true);
+  const ImportedRun r = s.import_run(a.text);
+  if (r.repaired)
+    std::fprintf(stderr, "recorded run %lld (it read %s) as finished from %s in %s\n", static_cast<long long>(r.id),
+                 run_status_name(r.previous), printable(a.text).c_str(), printable(s.path()).c_str());
+  else
+    std::fprintf(stderr, "imported %s as run %lld in %s\n", printable(a.text).c_str(), static_cast<long long>(r.id),
+                 printable(s.path()).c_str());
+  if (a.json) std::cout << text_json(json{{"id", r.id}, {"repaired", r.repaired}}) << "\n";
   return 0;
 }
 

@@ -25,6 +25,8 @@ namespace {
 // NonNegativeNumber would print the largest double (309 digits).
 const CLI::Range kCount(0LL, 1LL << 40);
 const CLI::Range kPositiveCount(1LL, 1LL << 40);
+// Run ids: a number too large for an id is refused, not clamped to the largest one.
+const CLI::Range kRunId(1LL, 1LL << 53, "RUN_ID");
 
 // Thread counts are bounded by the hardware: more threads than cores only oversubscribe, and a
 // huge count would create that many threads before any work starts.
@@ -94,8 +96,6 @@ int main(int argc, char** argv) {
   auto* e_windows = c_eval->add_option("--max-windows", ev.max_windows,
                                        "Evaluate at most this many windows (0 = all; with --run: the run's own)")
                         ->check(kCount);
-  auto* e_batch = c_eval->add_option("--batch", ev.batch, "Windows per forward pass (default 1, with --run the run's)")
-                      ->check(CLI::Range(1LL, 1024LL));
   c_eval->add_option("--dtype", ev.dtype, "Compute dtype")
       ->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
   c_eval->add_option("--device", ev.device, "Compute device: auto (CUDA when available), cpu, cuda or cuda:N")
@@ -178,7 +178,7 @@ int main(int argc, char** argv) {
       ->delimiter(',')->check(bits_check);
 
   RunsArgs rn;
-  auto* c_runs = app.add_subcommand("runs", "The run store: list, show, compare, export, tag, note, delete, clean");
+  auto* c_runs = app.add_subcommand("runs", "The run store: list, show, compare, export, tag, note, delete, clean, import");
   c_runs->require_subcommand(1);
   c_runs->add_option("--db", rn.db, "Run store (default <data home>/runs.db)");
   c_runs->fallthrough();
@@ -192,29 +192,33 @@ int main(int argc, char** argv) {
   r_list->add_option("--sweep", rn.sweep, "Only the runs of this sweep")->check(kCount);
   r_list->add_flag("--json", rn.json, "Machine-readable output");
   auto* r_show = c_runs->add_subcommand("show", "One run in full");
-  r_show->add_option("id", rn.id, "Run id")->required();
+  r_show->add_option("id", rn.id, "Run id")->required()->check(kRunId);
   r_show->add_flag("--json", rn.json, "Machine-readable output");
   auto* r_compare = c_runs->add_subcommand("compare", "Runs side by side: config differences and metrics; or a sweep's table");
-  r_compare->add_option("ids", rn.ids, "Run ids");
+  r_compare->add_option("ids", rn.ids, "Run ids")->check(kRunId);
   r_compare->add_option("--sweep", rn.sweep, "The rank/bits table of a sweep with each rank's online cost")->check(kCount);
   r_compare->add_flag("--json", rn.json, "Machine-readable output");
   auto* r_export = c_runs->add_subcommand("export", "Run data (config, metrics, loss curve, per-layer statistics)");
-  r_export->add_option("ids", rn.ids, "Run ids")->required();
+  r_export->add_option("ids", rn.ids, "Run ids")->required()->check(kRunId);
   r_export->add_option("--format", rn.format, "json (one file) or csv (F.csv, F.loss.csv, F.layers.csv)")
       ->check(CLI::IsMember({"json", "csv"}))->capture_default_str();
   r_export->add_option("--out", rn.out, "Output file")->required();
   auto* r_tag = c_runs->add_subcommand("tag", "Add (or --remove) a tag");
-  r_tag->add_option("id", rn.id, "Run id")->required();
+  r_tag->add_option("id", rn.id, "Run id")->required()->check(kRunId);
   r_tag->add_option("tag", rn.text, "Tag")->required();
   r_tag->add_flag("--remove", rn.remove, "Remove the tag instead");
   auto* r_note = c_runs->add_subcommand("note", "Set a run's free-text note");
-  r_note->add_option("id", rn.id, "Run id")->required();
+  r_note->add_option("id", rn.id, "Run id")->required()->check(kRunId);
   r_note->add_option("text", rn.text, "Note (empty clears it)")->required();
-  auto* r_delete = c_runs->add_subcommand("delete", "Delete runs and their run directories (asks first)");
-  r_delete->add_option("ids", rn.ids, "Run ids")->required();
+  auto* r_delete = c_runs->add_subcommand("delete", "Delete runs, and the run directories that belong to them (asks first; all or none)");
+  r_delete->add_option("ids", rn.ids, "Run ids")->required()->check(kRunId);
   r_delete->add_flag("--yes", rn.yes, "Do not ask");
   auto* r_clean = c_runs->add_subcommand("clean", "Mark runs whose writer died as interrupted and remove their temporary directories");
   r_clean->add_flag("--yes", rn.yes, "Do not ask");
+  auto* r_import = c_runs->add_subcommand(
+      "import", "Record a complete run directory (made elsewhere, or left unrecorded by a kill or a full disk)");
+  r_import->add_option("run_dir", rn.text, "Run directory (with run.json)")->required();
+  r_import->add_flag("--json", rn.json, "Print {id, repaired}");
 
   InitModelArgs im;
   auto* c_init = app.add_subcommand(
@@ -330,7 +334,6 @@ int main(int argc, char** argv) {
   }
   ev.seq_len_given = e_seq->count() > 0;
   ev.max_windows_given = e_windows->count() > 0;
-  ev.batch_given = e_batch->count() > 0;
   if (c_tok->parsed() && tok.text.empty() && tok.file.empty() && !t_text->count()) {
     std::cerr << "error: tokenize needs --text or --file\n";
     return 2;
@@ -352,6 +355,7 @@ int main(int argc, char** argv) {
     if (r_note->parsed()) return run_runs_note(rn);
     if (r_delete->parsed()) return run_runs_delete(rn);
     if (r_clean->parsed()) return run_runs_clean(rn);
+    if (r_import->parsed()) return run_runs_import(rn);
     if (c_init->parsed()) return run_init_model(im);
     if (c_forge->parsed()) return run_forge(fg);
     if (c_corpus->parsed()) return run_corpus(cp);

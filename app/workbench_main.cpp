@@ -2,6 +2,7 @@
 //   respin-workbench [MODEL_DIR] [--db F]
 //   respin-workbench --screenshot FILE --view model|run|calibration|outliers|runs|compare
 //                    [--run ID] [--run2 ID] [--db F] [--model DIR] [--dark] [--size WxH]
+// (--view compare without --run2: the previous run of the same model)
 // --screenshot renders one view offscreen to a PNG and exits (docs, tests, checking a run on a
 // server): exit 0 when the view showed what was asked, 1 with a one-line error otherwise.
 #include <QApplication>
@@ -13,6 +14,7 @@
 #include <cstdio>
 
 #include "core/util/version.h"
+#include "ui/CompareView.h"
 #include "ui/MainWindow.h"
 #include "ui/ModelInfoPanel.h"
 #include "ui/RunPanel.h"
@@ -36,7 +38,7 @@ int main(int argc, char** argv) {
   QCommandLineOption shot("screenshot", "Render one view offscreen to a PNG and exit", "file");
   QCommandLineOption view("view", "View for --screenshot: model, run, calibration, outliers, runs, compare", "view", "model");
   QCommandLineOption run("run", "Run id for --view outliers/compare", "id");
-  QCommandLineOption run2("run2", "Second run id for --view compare (default: the run before --run)", "id");
+  QCommandLineOption run2("run2", "Second run id for --view compare (default: the previous run of the same model)", "id");
   QCommandLineOption model("model", "Model folder to open", "dir");
   QCommandLineOption dark("dark", "Dark palette");
   QCommandLineOption size("size", "Window size for --screenshot", "WxH", "1400x900");
@@ -52,12 +54,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "error: %s\n", m.toLocal8Bit().constData());
     return 1;
   };
-  if (!modelDir.isEmpty() && !window.openModel(modelDir) && screenshot)
-    return fail(modelDir + ": " + window.modelPanel()->errorText());
   if (!screenshot) {
     window.show();
+    // Read off the GUI thread: the window is up at once and says "Reading…" meanwhile.
+    if (!modelDir.isEmpty()) window.beginOpenModel(modelDir);
     return app.exec();
   }
+  if (!modelDir.isEmpty() && !window.openModel(modelDir)) return fail(window.modelPanel()->errorText());
 
   const QString v = parser.value(view);
   const QStringList sz = parser.value(size).split('x');
@@ -70,8 +73,17 @@ int main(int argc, char** argv) {
     if (!ok) return fail("--view " + v + " needs --run ID");
     if (v == "outliers" && !window.showRunOutliers(id)) return fail(QString("run %1 has no statistics in %2").arg(id).arg(window.dbPath()));
     if (v == "compare") {
-      qint64 other = parser.isSet(run2) ? parser.value(run2).toLongLong() : id - 1;
-      if (!window.compareRuns(other, id)) return fail(QString("cannot compare runs %1 and %2").arg(other).arg(id));
+      qint64 other = -1;
+      if (parser.isSet(run2)) {
+        other = parser.value(run2).toLongLong(&ok);
+        if (!ok) return fail("--run2 needs a run id, got '" + parser.value(run2) + "'");
+      } else {
+        QString why;
+        other = CompareView::previousRunOfSameModel(window.dbPath(), id, &why);
+        if (other < 0) return fail(why);
+      }
+      if (!window.compareRuns(other, id))
+        return fail(QString("cannot compare runs %1 and %2: %3").arg(other).arg(id).arg(window.compareView()->messageText()));
     }
   } else if (v != "model" && v != "run" && v != "runs" && v != "calibration") {
     return fail("unknown --view '" + v + "' (model, run, calibration, outliers, runs, compare)");

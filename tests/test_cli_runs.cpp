@@ -14,6 +14,7 @@
 
 #include "core/store/run_store.h"
 #include "core/store/sqlite.h"
+#include "core/util/fs.h"
 #include "core/util/sha256.h"
 #include "tests/cli_util.h"
 
@@ -149,9 +150,13 @@ TEST_F(CliRuns, SweepDerivesEveryRankFromOneLearnedSetOfRotations) {
   EXPECT_EQ(r0["method"]["rotations_from"], "");
   EXPECT_EQ(r4["method"]["rotations_from"], fs::absolute(dir.file("sweep/w4a4kv4-r0")).string());
   EXPECT_EQ(r4["method"]["training"], r0["method"]["training"]);
-  // The same rotations, bit for bit.
-  EXPECT_EQ(read_bytes(dir.file("sweep/w4a4kv4-r4/rotations.safetensors")),
-            read_bytes(dir.file("sweep/w4a4kv4-r0/rotations.safetensors")));
+  // The same rotations, bit for bit (read_bytes of a missing file is "", so both must exist).
+  const std::string rot4 = read_bytes(dir.file("sweep/w4a4kv4-r4/rotations.safetensors"));
+  const std::string rot0 = read_bytes(dir.file("sweep/w4a4kv4-r0/rotations.safetensors"));
+  ASSERT_TRUE(fs::is_regular_file(dir.file("sweep/w4a4kv4-r4/rotations.safetensors")));
+  ASSERT_TRUE(fs::is_regular_file(dir.file("sweep/w4a4kv4-r0/rotations.safetensors")));
+  EXPECT_GT(rot0.size(), 1000u);
+  EXPECT_EQ(rot4, rot0);
   // A rank derived in the sweep equals the same rank learned on its own (same seed and data).
   Result alone = run(calib("respin", dir.file("alone"), "--rank 4"));
   ASSERT_EQ(alone.code, 0) << alone.err;
@@ -171,6 +176,11 @@ TEST_F(CliRuns, SweepDerivesEveryRankFromOneLearnedSetOfRotations) {
   EXPECT_EQ(bad.code, 1);
   EXPECT_NE(bad.err.find("--ranks applies to --method respin only"), std::string::npos) << bad.err;
   EXPECT_FALSE(fs::exists(dir.file("s2")));
+  // A rank calibrate refuses is refused by the sweep too, before any work.
+  Result huge = run("sweep --method respin --ranks 4,1048577 --model " + model + " --db " + db + " --out " + dir.file("s3"));
+  EXPECT_EQ(huge.code, 1);
+  EXPECT_NE(huge.err.find("'1048577' is not a rank"), std::string::npos) << huge.err;
+  EXPECT_FALSE(fs::exists(dir.file("s3")));
 }
 
 TEST_F(CliRuns, KilledCalibrationReadsInterruptedAndCleansUp) {
@@ -216,12 +226,15 @@ TEST_F(CliRuns, KilledCalibrationReadsInterruptedAndCleansUp) {
 TEST_F(CliRuns, ReaderAndWriterInTwoProcessesDoNotBlockEachOther) {
   ASSERT_EQ(run(calib("rtn", dir.file("first"))).code, 0);
   const std::string err = dir.file("err");
-  pid_t pid = spawn(calib("spinquant", dir.file("writer"), "", 40), err);
+  pid_t pid = spawn(calib("spinquant", dir.file("writer"), "", 400), err);
   ASSERT_GT(pid, 0);
   ASSERT_TRUE(wait_for(err, "rotate", 120)) << read_bytes(err);
-  // While the writer records its loss curve and heartbeat, reads come back promptly.
+  // While the writer records its loss curve and heartbeat, reads come back promptly, and they
+  // see it running with its loss curve growing.
   double slowest = 0;
   int reads = 0;
+  size_t first_running_loss = 0;
+  bool saw_running = false, saw_growth = false;
   for (int i = 0; i < 15; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     Result r = run("runs --db " + db + " list --json");
@@ -229,7 +242,18 @@ TEST_F(CliRuns, ReaderAndWriterInTwoProcessesDoNotBlockEachOther) {
     ASSERT_EQ(r.code, 0) << r.err;
     EXPECT_EQ(json::parse(r.out).size(), 2u);
     ++reads;
+    Result show = run("runs --db " + db + " show 2 --json");
+    ASSERT_EQ(show.code, 0) << show.err;
+    const json j = json::parse(show.out);
+    if (j["status"] == "running") {
+      const size_t n = j["loss"].size();
+      if (!saw_running) first_running_loss = n;
+      else if (n > first_running_loss) saw_growth = true;
+      saw_running = true;
+    }
+    if (saw_growth && i >= 4) break;
   }
+  EXPECT_TRUE(saw_running && saw_growth) << "no read saw the writer running with a growing loss curve";
   // A write from a second process (a tag) goes through while the calibration writes too.
   Result tag = run("runs --db " + db + " tag 1 concurrent");
   EXPECT_EQ(tag.code, 0) << tag.err;
@@ -242,6 +266,246 @@ TEST_F(CliRuns, ReaderAndWriterInTwoProcessesDoNotBlockEachOther) {
   json list = runs_json("list");
   EXPECT_EQ(list[1]["status"], "finished");
   EXPECT_EQ(list[0]["tags"], json::array({"concurrent"}));
+}
+
+// ---- Which folders belong to a run (docs/store.md) ----
+
+TEST_F(CliRuns, DeletingACancelledRunKeepsTheFolderALaterRunWroteAtTheSameOut) {
+  const std::string out = dir.file("x"), err = dir.file("err");
+  pid_t pid = spawn(calib("spinquant", out, "", 100000), err);
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(wait_for(err, "rotate", 120)) << read_bytes(err);
+  kill(pid, SIGINT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 130) << read_bytes(err);
+  EXPECT_NE(read_bytes(err).find("recorded as run 1 in " + db + " (was cancelled)"), std::string::npos) << read_bytes(err);
+  ASSERT_FALSE(fs::exists(out));
+  Result again = run(calib("rtn", out));
+  ASSERT_EQ(again.code, 0) << again.err;
+  const std::string run_json = read_bytes(out + "/run.json");
+  ASSERT_FALSE(run_json.empty());
+
+  Result del = run("runs --db " + db + " delete 1 --yes");
+  ASSERT_EQ(del.code, 0) << del.err;
+  EXPECT_NE(del.err.find("kept " + fs::absolute(out).string() + ": it does not belong to run 1"), std::string::npos) << del.err;
+  EXPECT_EQ(read_bytes(out + "/run.json"), run_json);
+  json list = runs_json("list");
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0]["id"], 2);
+  EXPECT_EQ(list[0]["status"], "finished");
+  // Its own run deletes its folder.
+  ASSERT_EQ(run("runs --db " + db + " delete 2 --yes").code, 0);
+  EXPECT_FALSE(fs::exists(out));
+}
+
+TEST_F(CliRuns, DeletingAMovedRunKeepsTheFolderNowAtItsOldPath) {
+  ASSERT_EQ(run(calib("rtn", dir.file("a"))).code, 0);
+  ASSERT_EQ(run(calib("rtn", dir.file("b"))).code, 0);
+  fs::rename(dir.file("a"), dir.file("moved"));
+  fs::create_directories(dir.file("a"));
+  write_bytes(dir.file("a/mine.txt"), "the user's");
+  Result del = run("runs --db " + db + " delete 1 --yes");
+  ASSERT_EQ(del.code, 0) << del.err;
+  EXPECT_NE(del.err.find("kept " + fs::absolute(dir.file("a")).string() + ": it does not belong to run 1"),
+            std::string::npos) << del.err;
+  EXPECT_EQ(read_bytes(dir.file("a/mine.txt")), "the user's");
+  EXPECT_TRUE(fs::is_regular_file(dir.file("moved/run.json")));
+  // A run directory without its marker (recorded before markers, or imported) is still the
+  // run's when its run.json is the record the store holds.
+  fs::remove(dir.file("b/.respin-run.json"));
+  ASSERT_EQ(run("runs --db " + db + " delete 2 --yes").code, 0);
+  EXPECT_FALSE(fs::exists(dir.file("b")));
+  EXPECT_EQ(runs_json("list").size(), 0u);
+}
+
+TEST_F(CliRuns, KilledInsideAppendLossLeavesNoHalfWrittenRowsAndCleanKeepsWhatIsNotItsOwn) {
+  ASSERT_EQ(run(calib("rtn", dir.file("earlier"))).code, 0);
+  const json before = runs_json("show 1");
+  setenv("RESPIN_STORE_FAULT", "append_loss:kill", 1);
+  Result killed = run(calib("spinquant", dir.file("killed"), "", 50));
+  unsetenv("RESPIN_STORE_FAULT");
+  EXPECT_NE(killed.code, 0);
+  EXPECT_EQ(killed.err.find("recorded as run"), std::string::npos) << killed.err;
+  {
+    sqlite::Database d(db, sqlite::Database::Mode::ReadOnly);
+    EXPECT_EQ(d.query_text("PRAGMA integrity_check"), "ok");
+    EXPECT_EQ(d.query_int64("SELECT count(*) FROM run_loss WHERE run_id = 2"), 0);  // the batch died with it
+  }
+  EXPECT_EQ(runs_json("show 1"), before);
+  json list = runs_json("list");
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[1]["status"], "interrupted");
+  const std::string tmp = list[1]["tmp_dir"];
+  ASSERT_TRUE(fs::is_regular_file(tmp + "/.respin-run.json")) << tmp;
+
+  // Something else now at the temporary path is kept.
+  remove_tree(tmp);
+  fs::create_directories(tmp);
+  write_bytes(tmp + "/other.txt", "not the run's");
+  Result clean = run("runs --db " + db + " clean --yes");
+  ASSERT_EQ(clean.code, 0) << clean.err;
+  EXPECT_NE(clean.out.find("kept " + tmp + ": it does not belong to run 2"), std::string::npos) << clean.out;
+  EXPECT_EQ(read_bytes(tmp + "/other.txt"), "not the run's");
+}
+
+TEST_F(CliRuns, AFullDiskAtTheFinalRecordIsReportedOnceAndImportRecordsTheRun) {
+  const std::string out = dir.file("x");
+  setenv("RESPIN_STORE_FAULT", "finish_run:full", 1);
+  Result r = run(calib("rtn", out));
+  unsetenv("RESPIN_STORE_FAULT");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("could not record the end of run 1"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("runs --db " + db + " import " + fs::absolute(out).string()), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("recorded as run"), std::string::npos) << r.err;
+  json list = runs_json("list");
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0]["status"], "interrupted");
+  EXPECT_TRUE(list[0]["quantized_perplexity"].is_null());
+
+  Result imp = run("runs --db " + db + " import " + out);
+  ASSERT_EQ(imp.code, 0) << imp.err;
+  EXPECT_NE(imp.err.find("recorded run 1 (it read interrupted) as finished"), std::string::npos) << imp.err;
+  list = runs_json("list");
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0]["status"], "finished");
+  EXPECT_TRUE(list[0]["tmp_dir"].is_null());
+  const json record = json::parse(read_bytes(out + "/run.json"));
+  EXPECT_EQ(list[0]["quantized_perplexity"], record["results"]["quantized_perplexity"]);
+  EXPECT_EQ(runs_json("show 1")["record"], record);
+  Result twice = run("runs --db " + db + " import " + out + "/");
+  EXPECT_EQ(twice.code, 1);
+  EXPECT_NE(twice.err.find("already recorded as run 1"), std::string::npos) << twice.err;
+}
+
+TEST_F(CliRuns, KilledJustAfterTheFinalRenameImportRepairsTheRow) {
+  ASSERT_EQ(run(calib("rtn", dir.file("earlier"))).code, 0);
+  const json before = runs_json("show 1");
+  const std::string out = dir.file("x");
+  setenv("RESPIN_STORE_FAULT", "finish_run:kill", 1);
+  Result r = run(calib("rtn", out));
+  unsetenv("RESPIN_STORE_FAULT");
+  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(r.err.find("recorded as run"), std::string::npos) << r.err;
+  ASSERT_TRUE(fs::is_regular_file(out + "/run.json"));
+  {
+    sqlite::Database d(db, sqlite::Database::Mode::ReadOnly);
+    EXPECT_EQ(d.query_text("PRAGMA integrity_check"), "ok");
+    EXPECT_EQ(d.query_int64("SELECT count(*) FROM run_phases WHERE run_id = 2"), 0);  // finish_run rolled back
+  }
+  EXPECT_EQ(runs_json("show 1"), before);
+  json show = runs_json("show 2");
+  EXPECT_EQ(show["status"], "interrupted");
+  EXPECT_TRUE(show["record"].is_null());
+  Result clean = run("runs --db " + db + " clean --yes");
+  ASSERT_EQ(clean.code, 0) << clean.err;
+  EXPECT_NE(clean.out.find("is complete; record it with `respin runs --db " + db + " import"), std::string::npos) << clean.out;
+  EXPECT_TRUE(fs::is_regular_file(out + "/run.json"));
+  Result imp = run("runs --db " + db + " import " + out);
+  ASSERT_EQ(imp.code, 0) << imp.err;
+  show = runs_json("show 2");
+  EXPECT_EQ(show["status"], "finished");
+  EXPECT_EQ(show["record"], json::parse(read_bytes(out + "/run.json")));
+  EXPECT_EQ(show["layer_stats"].is_null(), true);
+}
+
+TEST_F(CliRuns, ImportBringsInARunDirectoryMadeWithoutTheStore) {
+  const std::string out = dir.file("elsewhere");
+  Result r = run(calib("rtn", out, "--no-store"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(out + "/.respin-run.json"));
+  Result imp = run("runs --db " + db + " import " + out + " --json");
+  ASSERT_EQ(imp.code, 0) << imp.err;
+  EXPECT_EQ(json::parse(imp.out)["id"], 1);
+  EXPECT_NE(imp.err.find("imported " + out + " as run 1"), std::string::npos) << imp.err;
+  json list = runs_json("list");
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0]["status"], "finished");
+  EXPECT_EQ(list[0]["run_dir"], fs::absolute(out).string());
+  // Its statistics come from stats.json.
+  ASSERT_EQ(run("runs --db " + db + " export 1 --format json --out " + dir.file("d.json")).code, 0);
+  EXPECT_EQ(json::parse(read_bytes(dir.file("d.json")))[0]["layer_stats"].size(), 2u * 2 * 7);
+  Result twice = run("runs --db " + db + " import " + out);
+  EXPECT_EQ(twice.code, 1);
+  EXPECT_NE(twice.err.find("already recorded as run 1"), std::string::npos) << twice.err;
+  Result none = run("runs --db " + db + " import " + dir.file("nothing"));
+  EXPECT_EQ(none.code, 1);
+  EXPECT_NE(none.err.find("no such run directory"), std::string::npos) << none.err;
+  // The imported folder is the run's (its run.json is the stored record): delete removes it.
+  ASSERT_EQ(run("runs --db " + db + " delete 1 --yes").code, 0);
+  EXPECT_FALSE(fs::exists(out));
+}
+
+TEST_F(CliRuns, ExportRefusesExistingFilesAndSmallVerbsRefuseBadInput) {
+  ASSERT_EQ(run(calib("rtn", dir.file("a"))).code, 0);
+  write_bytes(dir.file("d.json"), "mine");
+  Result j = run("runs --db " + db + " export 1 --format json --out " + dir.file("d.json"));
+  EXPECT_EQ(j.code, 1);
+  EXPECT_NE(j.err.find(dir.file("d.json") + ": already exists"), std::string::npos) << j.err;
+  EXPECT_EQ(read_bytes(dir.file("d.json")), "mine");
+  write_bytes(dir.file("t.loss.csv"), "mine");
+  Result c = run("runs --db " + db + " export 1 --format csv --out " + dir.file("t.csv"));
+  EXPECT_EQ(c.code, 1);
+  EXPECT_NE(c.err.find(dir.file("t.loss.csv") + ": already exists"), std::string::npos) << c.err;
+  EXPECT_EQ(read_bytes(dir.file("t.loss.csv")), "mine");
+  EXPECT_FALSE(fs::exists(dir.file("t.csv")));
+
+  // Delete is all or nothing.
+  Result del = run("runs --db " + db + " delete 1 999 --yes");
+  EXPECT_EQ(del.code, 1);
+  EXPECT_NE(del.err.find("no run 999"), std::string::npos) << del.err;
+  EXPECT_EQ(runs_json("list").size(), 1u);
+  EXPECT_TRUE(fs::exists(dir.file("a")));
+  // An id too large is refused, not clamped to the largest id.
+  Result huge = run("runs --db " + db + " delete 99999999999999999999999 --yes");
+  EXPECT_NE(huge.code, 0);
+  EXPECT_EQ(runs_json("list").size(), 1u);
+  EXPECT_NE(run("runs --db " + db + " show 99999999999999999999999").code, 0);
+  // A tag is one line; a note's control characters never reach the terminal.
+  Result tag = run("runs --db " + db + " tag 1 \"$(printf 'two\\nlines')\"");
+  EXPECT_EQ(tag.code, 1) << tag.err;
+  EXPECT_NE(tag.err.find("one line"), std::string::npos) << tag.err;
+  ASSERT_EQ(run("runs --db " + db + " note 1 \"$(printf 'red \\033[31m text')\"").code, 0);
+  Result show = run("runs --db " + db + " show 1");
+  ASSERT_EQ(show.code, 0) << show.err;
+  EXPECT_EQ(show.out.find('\x1b'), std::string::npos) << show.out;
+  EXPECT_NE(show.out.find("red \\x1B[31m text"), std::string::npos) << show.out;
+  // --model with a trailing slash names the same folder.
+  EXPECT_EQ(runs_json("list --model " + model + "/").size(), 1u);
+}
+
+TEST_F(CliRuns, CalibrateChecksTheStoreAndTheDiskBeforeTheWork) {
+  // A store on a read-only mount: refused at the start, nothing written.
+  const std::string mnt = dir.file("mnt");
+  fs::create_directories(mnt);
+  if (std::system(("mount -t tmpfs -o size=4m tmpfs " + mnt + " 2>/dev/null").c_str()) != 0)
+    GTEST_SKIP() << "cannot mount a tmpfs here (needs root)";
+  struct Unmount {
+    std::string m;
+    ~Unmount() { (void)std::system(("umount " + m + " 2>/dev/null").c_str()); }
+  } unmount{mnt};
+  const std::string ro_db = mnt + "/runs.db", own_db = db;
+  db = ro_db;
+  ASSERT_EQ(run(calib("rtn", dir.file("a"))).code, 0);
+  ASSERT_EQ(std::system(("mount -o remount,ro " + mnt).c_str()), 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  Result r = run(calib("rtn", dir.file("b")));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find(ro_db + ": the run store is read-only"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(dir.file("b")));
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+  // A reader of that store is told what it is, not that it is damaged.
+  Result l = run("runs --db " + ro_db + " list");
+  EXPECT_EQ(l.err.find("damaged"), std::string::npos) << l.err;
+  db = own_db;
+
+  // Too little free space for the run directory: refused before the work.
+  ASSERT_EQ(std::system(("umount " + mnt + " && mount -t tmpfs -o size=64k tmpfs " + mnt).c_str()), 0);
+  Result full = run(calib("rtn", mnt + "/run"));
+  EXPECT_EQ(full.code, 1);
+  EXPECT_NE(full.err.find(mnt + ": not enough free space for the run directory"), std::string::npos) << full.err;
+  EXPECT_FALSE(fs::exists(mnt + "/run"));
+  EXPECT_EQ(runs_json("list").size(), 0u);
 }
 
 TEST_F(CliRuns, AFileThatIsNotAStoreIsRefusedAndNeverModified) {

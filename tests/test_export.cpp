@@ -114,7 +114,6 @@ class Export : public ::testing::Test {
     PerplexityOptions po;
     po.seq_len = run.eval_seq_len;
     po.max_windows = run.eval_windows;
-    po.batch_size = run.eval_batch;
     return evaluate_perplexity(m, *ids_, po).perplexity;
   }
 
@@ -213,12 +212,14 @@ TEST_F(Export, EveryMethodRoundTripsInBothFormats) {
         SCOPED_TRACE(o);
         EXPECT_EQ(res.dir, fs::absolute(o).lexically_normal().string());
         EXPECT_GT(res.bytes, 0u);
-        for (const char* file : {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "README.md"})
+        for (const char* file : {"config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json",
+                                 "generation_config.json", "README.md"})
           EXPECT_TRUE(fs::is_regular_file(o + "/" + file)) << file;
         // Every method here quantizes the KV cache: compressed-tensors needs the sidecar for it.
         EXPECT_TRUE(res.sidecar);
         EXPECT_TRUE(fs::is_regular_file(o + "/respin_online.json"));
-        EXPECT_TRUE(fs::is_regular_file(o + "/online.safetensors"));
+        EXPECT_TRUE(fs::is_regular_file(o + "/respin_online.tensors"));
+        EXPECT_FALSE(fs::exists(o + "/online.safetensors"));  // where loaders would take it for weights
         EXPECT_TRUE(is_exported_model_folder(o));
         const ExportedModel em = load_exported_model(o);
         EXPECT_EQ(em.format, export_format_name(f));
@@ -275,7 +276,8 @@ TEST_F(Export, SidecarDescribesEachMethodsOnlineOperations) {
     const ExportResult res = export_to(run(w.run), o, ExportFormat::Hf, DType::BF16);
     const json j = json::parse(read_text_file(o + "/respin_online.json"));
     EXPECT_EQ(j["format"], "respin-online");
-    EXPECT_EQ(j["format_version"], 1);
+    EXPECT_EQ(j["format_version"], 2);
+    EXPECT_EQ(j["tensors"], "respin_online.tensors");
     EXPECT_EQ(j["method"], w.run);
     EXPECT_EQ(j["model"]["intermediate_size"], 96);
     EXPECT_EQ(!j["hadamards"]["qk"].is_null(), w.qk);
@@ -286,7 +288,7 @@ TEST_F(Export, SidecarDescribesEachMethodsOnlineOperations) {
     EXPECT_EQ(j["quantizers"]["activation"], json({{"bits", 4}, {"symmetric", false}, {"group_size", 0}, {"clip_ratio", 1.0}}));
     EXPECT_EQ(j["quantizers"]["kv"]["bits"], 4);
     if (w.down) {
-      // 96 = 12 x 8: the 12 x 12 core travels in online.safetensors.
+      // 96 = 12 x 8: the 12 x 12 core travels in respin_online.tensors.
       EXPECT_EQ(j["hadamards"]["down_proj"]["core_size"], 12);
       EXPECT_EQ(j["hadamards"]["down_proj"]["sylvester_size"], 8);
       EXPECT_EQ(j["hadamards"]["down_proj"]["core_tensor"], "hadamard.down_proj.core");
@@ -296,7 +298,7 @@ TEST_F(Export, SidecarDescribesEachMethodsOnlineOperations) {
     if (w.skip) {
       EXPECT_EQ(j["skip_corrections"]["rank"], 8);
       EXPECT_EQ(j["skip_corrections"]["layers"][1]["mlp"]["q"], "mlp_skip.1.q");
-      const SafetensorsFile f = SafetensorsFile::open(o + "/online.safetensors");
+      const SafetensorsFile f = SafetensorsFile::open(o + "/respin_online.tensors");
       EXPECT_EQ(f.at("attn_skip.0.q").shape, (std::vector<int64_t>{64, 8}));
       EXPECT_EQ(f.at("attn_skip.0.m").shape, (std::vector<int64_t>{8, 8}));
     }
@@ -352,6 +354,7 @@ TEST_F(Export, CompressedTensorsWithoutSidecarWhenTheFormatSaysEverything) {
     EXPECT_FALSE(res.sidecar);
     EXPECT_TRUE(res.gaps.empty());
     EXPECT_FALSE(fs::exists(o + "/respin_online.json"));
+    EXPECT_FALSE(fs::exists(o + "/respin_online.tensors"));
     EXPECT_FALSE(fs::exists(o + "/online.safetensors"));
     const json cfg = json::parse(read_text_file(o + "/config.json"));
     const json& qc = cfg["quantization_config"];
@@ -361,6 +364,7 @@ TEST_F(Export, CompressedTensorsWithoutSidecarWhenTheFormatSaysEverything) {
     const json& g = qc["config_groups"]["group_0"];
     const std::string n = name;
     EXPECT_EQ(qc["format"], n == "rtn-w8a8" ? "int-quantized" : "pack-quantized");
+    EXPECT_EQ(g["format"], qc["format"]);  // every group names its format
     EXPECT_EQ(res.ct_format, qc["format"].get<std::string>());
     EXPECT_EQ(g["input_activations"].is_null(), n != "rtn-w4a4sym" && n != "rtn-w8a8");
     if (n == "rtn-w4asym-g16") {
@@ -398,18 +402,74 @@ TEST_F(Export, CompressedTensorsWithoutSidecarWhenTheFormatSaysEverything) {
   }
 }
 
-TEST(ExportHadamard, StoredMatricesAreTheWorkbenchTransform) {
-  for (int64_t n : {1, 2, 4, 12, 16, 20, 28, 96, 172}) {
+// The Hadamard matrices an export stores, held to the definition rather than to the code that
+// builds them: +-1 entries, H H^T = nI, and where the construction is canonical, equal to the
+// test's own Sylvester (entry (-1)^popcount(r & c)) and Paley I (I + [[0, 1^T], [-1, Q]],
+// Q_ij = Legendre symbol (i - j | q) for a prime q = 3 mod 4) matrices, Kronecker products core x
+// Sylvester. Then the workbench's own transform is that matrix over sqrt(n).
+namespace {
+std::vector<int> test_sylvester(int m) {
+  std::vector<int> h(static_cast<size_t>(m) * m);
+  for (int r = 0; r < m; ++r)
+    for (int c = 0; c < m; ++c) h[static_cast<size_t>(r) * m + c] = (__builtin_popcount(r & c) % 2) ? -1 : 1;
+  return h;
+}
+std::vector<int> test_paley1(int q) {  // order q + 1, q prime, q % 4 == 3
+  std::vector<int> square(q, -1);
+  for (int x = 1; x < q; ++x) square[(x * x) % q] = 1;
+  square[0] = 0;
+  const int n = q + 1;
+  std::vector<int> h(static_cast<size_t>(n) * n, 1);
+  for (int i = 1; i < n; ++i) {
+    h[static_cast<size_t>(i) * n] = -1;
+    for (int j = 1; j < n; ++j)
+      if (i != j) h[static_cast<size_t>(i) * n + j] = square[((i - j) % q + q) % q];
+  }
+  return h;
+}
+std::vector<int> test_kron(const std::vector<int>& a, int na, const std::vector<int>& b, int nb) {
+  const int n = na * nb;
+  std::vector<int> h(static_cast<size_t>(n) * n);
+  for (int r = 0; r < n; ++r)
+    for (int c = 0; c < n; ++c)
+      h[static_cast<size_t>(r) * n + c] = a[static_cast<size_t>(r / nb) * na + c / nb] * b[static_cast<size_t>(r % nb) * nb + c % nb];
+  return h;
+}
+}  // namespace
+
+TEST(ExportHadamard, StoredMatricesAreHadamardAndMatchTheDefinitions) {
+  struct Case {
+    int n;
+    int paley_q;  // 0: the test has no construction of its own for this order (orthogonality only)
+    int sylvester;
+  };
+  for (const Case& t : {Case{1, 0, 1}, Case{2, 0, 2}, Case{4, 0, 4}, Case{16, 0, 16}, Case{12, 11, 1},
+                        Case{20, 19, 1}, Case{24, 11, 2}, Case{96, 11, 8}, Case{160, 19, 8}, Case{28, 0, 0},
+                        Case{172, 0, 0}, Case{1376, 0, 0}}) {
+    const int n = t.n;
     SCOPED_TRACE(n);
-    const at::Tensor dense = hadamard_dense_pm1(n);
-    const at::Tensor mine = HadamardTransform::of_size(n).dense() * std::sqrt(static_cast<double>(n));
-    EXPECT_TRUE(at::allclose(dense.to(at::kDouble), mine, 0, 1e-9));
+    const at::Tensor dense = hadamard_dense_pm1(n).to(at::kDouble).contiguous();
+    ASSERT_EQ(dense.sizes(), (std::vector<int64_t>{n, n}));
+    EXPECT_TRUE(at::equal(dense.abs(), at::ones({n, n}, at::kDouble))) << "entries are not +-1";
+    // Integer-valued products, exact in float64 at these sizes.
+    EXPECT_TRUE(at::equal(at::mm(dense, dense.t()), at::eye(n, at::kDouble) * n)) << "H H^T != nI";
+    if (t.sylvester > 0) {
+      std::vector<int> want = test_sylvester(t.sylvester);
+      if (t.paley_q) want = test_kron(test_paley1(t.paley_q), t.paley_q + 1, want, t.sylvester);
+      const at::Tensor w = at::tensor(std::vector<double>(want.begin(), want.end())).view({n, n});
+      EXPECT_TRUE(at::equal(dense, w)) << "differs from the test's construction";
+    }
+    if (n <= 172) {
+      const at::Tensor mine = HadamardTransform::of_size(n).dense() * std::sqrt(static_cast<double>(n));
+      EXPECT_TRUE(at::allclose(dense, mine.to(at::kDouble), 0, 1e-9));
+    }
     int64_t k = 0;
     const at::Tensor core = hadamard_core_int8(n, &k);
     EXPECT_EQ(core.defined(), k > 1);
     if (core.defined()) {
       EXPECT_EQ(core.scalar_type(), at::kChar);
       EXPECT_EQ(n % k, 0);
+      if (t.paley_q) EXPECT_EQ(k, t.paley_q + 1);
     }
   }
 }
@@ -433,7 +493,8 @@ TEST_F(Export, WritesTheFolderItIsToldAndNothingElse) {
   EXPECT_EQ(entries(out_.path()), std::vector<std::string>{"with-slash"});  // no temporary sibling left
   EXPECT_EQ(r.files, entries(out("with-slash")));
   EXPECT_EQ(r.files, (std::vector<std::string>{"README.md", "config.json", "generation_config.json", "model.safetensors",
-                                               "online.safetensors", "respin_online.json", "tokenizer.json"}));
+                                               "model.safetensors.index.json", "respin_online.json",
+                                               "respin_online.tensors", "tokenizer.json"}));
   const json cfg = json::parse(read_text_file(out("with-slash/config.json")));
   EXPECT_EQ(cfg["architectures"], json::array({"LlamaForCausalLM"}));
   EXPECT_EQ(cfg["model_type"], "llama");
@@ -442,7 +503,7 @@ TEST_F(Export, WritesTheFolderItIsToldAndNothingElse) {
   EXPECT_EQ(SafetensorsFile::open(out("with-slash/model.safetensors")).at("model.layers.0.mlp.up_proj.weight").dtype,
             DType::BF16);
   // RTN has no online transform: an empty tensor file, and the quantizers as optional operations.
-  EXPECT_TRUE(SafetensorsFile::open(out("with-slash/online.safetensors")).tensors().empty());
+  EXPECT_TRUE(SafetensorsFile::open(out("with-slash/respin_online.tensors")).tensors().empty());
   EXPECT_TRUE(r.required_online.empty());
 }
 
@@ -499,7 +560,14 @@ TEST(ExportSpace, FreeSpaceCheckNamesTheBytes) {
   EXPECT_TRUE(contains(e, "/data/out")) << e;
   EXPECT_TRUE(contains(e, "needs 3145728 bytes (3.0 MiB)")) << e;
   EXPECT_TRUE(contains(e, "1048576 bytes (1.0 MiB) available")) << e;
+  // What the files take, block by block, not a fixed slack: 0.31 MB in a dozen files once asked
+  // for 1.36 MB.
+  EXPECT_EQ(space_needed({1, 4096, 4097, 0}, 4096), 4096u + 4096 + 4096 + 8192 + 0);
+  std::vector<uint64_t> dozen(12, 310000 / 12);
+  EXPECT_LT(space_needed(dozen, 4096), 310000u + 13 * 4096);
+  EXPECT_GE(space_needed(dozen, 4096), 310000u);
   TempDir d;
+  EXPECT_GT(allocation_unit(d.path()), 0u);
   EXPECT_GT(available_bytes(d.path()), 0u);
   EXPECT_TRUE(contains(test::expect_error([] { available_bytes("/nonexistent/dir"); }), "/nonexistent/dir"));
 }
@@ -525,7 +593,7 @@ TEST_F(Export, UnknownFieldsOnLoadAreErrorsNamingTheField) {
   EXPECT_TRUE(contains(e, "quantization_config.ignore")) << e;
   e = variant("d", "respin_online.json", [](json& j) { j["quantizers"]["kv"]["per_channel"] = true; });
   EXPECT_TRUE(contains(e, "quantizers.kv.per_channel")) << e;
-  e = variant("e", "respin_online.json", [](json& j) { j["format_version"] = 2; });
+  e = variant("e", "respin_online.json", [](json& j) { j["format_version"] = 3; });
   EXPECT_TRUE(contains(e, "format_version")) << e;
   e = variant("f", "respin_online.json", [](json& j) { j["operations"].erase(0); });
   EXPECT_TRUE(contains(e, "operations[0]")) << e;
@@ -540,9 +608,9 @@ TEST_F(Export, UnknownFieldsOnLoadAreErrorsNamingTheField) {
     const std::string d = out("j");
     fs::copy(base, d, fs::copy_options::recursive);
     float one = 1;
-    write_safetensors(d + "/online.safetensors", {TensorView{"stray", DType::F32, {1}, &one}});
+    write_safetensors(d + "/respin_online.tensors", {TensorView{"stray", DType::F32, {1}, &one}});
     e = test::expect_error([&] { load_exported_model(d); });
-    EXPECT_TRUE(contains(e, "online.safetensors")) << e;
+    EXPECT_TRUE(contains(e, "respin_online.tensors")) << e;
   }
   // A quantization_config from another tool.
   {

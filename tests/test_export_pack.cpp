@@ -167,6 +167,7 @@ TEST(ExportPack, Int8StorageAndGroups) {
 // W4 per channel symmetric + A4 dynamic per token symmetric, lm_head ignored: the exact object.
 const char* kW4A4 = R"({
   "config_groups": {"group_0": {
+    "format": "pack-quantized",
     "input_activations": {"actorder": null, "block_structure": null, "dynamic": true, "group_size": null,
                           "num_bits": 4, "observer": null, "observer_kwargs": {}, "strategy": "token",
                           "symmetric": true, "type": "int"},
@@ -210,6 +211,14 @@ TEST(ExportConfig, FormatChoice) {
   EXPECT_TRUE(contains(error_of([&] { compressed_tensors_quantization_config(s); }), "no 3-bit packing"));
   s.format = "int-quantized";  // unpacked int8 storage can hold 3-bit codes
   EXPECT_EQ(compressed_tensors_quantization_config(s)["format"], "int-quantized");
+  // Every config group names its format too: without it compressed-tensors infers one per group,
+  // and declared activations make it infer int-quantized for pack-quantized weights.
+  EXPECT_EQ(compressed_tensors_quantization_config(s)["config_groups"]["group_0"]["format"], "int-quantized");
+  EXPECT_EQ(compressed_tensors_quantization_config(w4a4())["config_groups"]["group_0"]["format"], "pack-quantized");
+  // A group without the field (older writers) still reads as the top-level format.
+  json old = compressed_tensors_quantization_config(w4a4());
+  old["config_groups"]["group_0"].erase("format");
+  EXPECT_EQ(parse_compressed_tensors_config(old, "x"), w4a4());
 }
 
 TEST(ExportConfig, RoundTripsOfSeveralSchemes) {

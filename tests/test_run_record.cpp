@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 
 #include "core/calib/calibration.h"
@@ -74,6 +75,63 @@ TEST(RunRecord, EveryFieldRoundTripsIncludingNonFiniteNumbers) {
   const RunRecord p2 = run_record_from_json(run_record_to_json(plain), "run.json");
   EXPECT_FALSE(p2.method.training);
   EXPECT_FALSE(p2.gpu_memory_in_use_bytes);
+}
+
+// The bytes run.json and the config hash are made of, held against files committed under
+// tests/golden/: a change to a field's name, order, type or number format shows up here, not in a
+// user's store (config_sha256 identifies a configuration across runs). A deliberate format change
+// rewrites them with RESPIN_UPDATE_GOLDEN=1 and the diff is reviewed.
+namespace {
+std::string golden_path(const std::string& name) { return std::string(RESPIN_SOURCE_DIR) + "/tests/golden/" + name; }
+
+void expect_golden(const std::string& name, const std::string& bytes) {
+  if (std::getenv("RESPIN_UPDATE_GOLDEN")) test::write_bytes(golden_path(name), bytes);
+  const std::string want = test::read_bytes(golden_path(name));
+  ASSERT_FALSE(want.empty()) << golden_path(name) << " is missing";
+  EXPECT_EQ(bytes, want) << name << " changed; if on purpose, rerun with RESPIN_UPDATE_GOLDEN=1 and review the diff";
+}
+}  // namespace
+
+TEST(RunRecord, WritesTheGoldenBytesAndReadsThemBack) {
+  const std::string text = run_record_to_json(sample()).dump(2);
+  expect_golden("run_record.json", text);
+  // Reading the committed file and writing it again gives the same bytes.
+  const std::string golden = test::read_bytes(golden_path("run_record.json"));
+  EXPECT_EQ(run_record_to_json(run_record_from_json(json::parse(golden), "run_record.json")).dump(2), golden);
+}
+
+TEST(CalibConfig, WritesTheGoldenBytesAndReadsThemBack) {
+  CalibConfig c = sample().config;
+  c.wbits = 3;
+  c.abits = 8;
+  c.kvbits = 16;
+  c.samples = 64;
+  c.seq_len = 256;
+  c.iters = 7;
+  c.lr = 0.75;
+  c.batch = 2;
+  c.w_group = 128;
+  c.a_group = 64;
+  c.kv_group = 32;
+  c.w_sym = false;
+  c.a_sym = true;
+  c.kv_sym = true;
+  c.w_mse_clip = false;
+  c.a_clip = 0.9;
+  c.kv_clip = 0.95;
+  c.calib_text = "/data/calib.txt";
+  c.eval_text = "/data/eval.txt";
+  c.eval_windows = 12;
+  c.stats_windows = 3;
+  c.threads = 5;
+  c.device = DeviceChoice::Cuda;
+  c.cuda_device = 2;
+  c.data_dir = "/data/corpus";
+  c.rotations_from = "/runs/learned";
+  const std::string text = calib_config_to_json(c);
+  expect_golden("calib_config.json", text);
+  const std::string golden = test::read_bytes(golden_path("calib_config.json"));
+  EXPECT_EQ(calib_config_to_json(calib_config_from_json(golden, "calib_config.json")), golden);
 }
 
 TEST(RunRecord, ReadsAVersionOneRunJson) {

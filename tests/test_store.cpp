@@ -4,10 +4,14 @@
 #include <gtest/gtest.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
+#include <functional>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -711,13 +715,20 @@ TEST(Store, TagsNoteAndDeleteWithCascade) {
   const int64_t other = store.begin_run(make_start(dir, make_config(), "b"));
   store.end_run(other, RunStatus::Failed, "x");
   store.add_tag(other, "w4");
+  // Directories that exist and carry the run's marker are handed back for removal.
+  for (const char* d : {"runs/b", "runs/.tmp-b"}) {
+    std::filesystem::create_directories(dir.file(d));
+    store.write_run_marker(other, dir.file(d));
+  }
   const DeletedRun gone = store.delete_run(other);
   EXPECT_EQ(gone.run_dir, dir.file("runs/b"));
   EXPECT_EQ(gone.tmp_dir, dir.file("runs/.tmp-b"));
+  EXPECT_TRUE(gone.kept.empty());
 
   const DeletedRun deleted = store.delete_run(id);
-  EXPECT_EQ(deleted.run_dir, dir.file("runs/a"));
+  EXPECT_TRUE(deleted.run_dir.empty());  // runs/a was never written: nothing to remove
   EXPECT_TRUE(deleted.tmp_dir.empty());  // cleared by finish_run
+  EXPECT_TRUE(deleted.kept.empty());
   EXPECT_FALSE(store.get_run(id).has_value());
   for (const char* table : {"run_loss", "run_phases", "site_stats", "run_tags"})
     EXPECT_EQ(count_rows(store.path(), table, id), 0) << table;
@@ -959,7 +970,8 @@ TEST(Store, InterruptedFromAStaleHeartbeat) {
   msg = expect_error([&] { store.mark_interrupted(done); });
   EXPECT_NE(msg.find("cancelled"), std::string::npos) << msg;
   // An interrupted run can be deleted (the GUI cleans up after it).
-  EXPECT_EQ(store.delete_run(id).run_dir, dir.file("runs/a"));
+  EXPECT_TRUE(store.delete_run(id).kept.empty());
+  EXPECT_FALSE(store.get_run(id).has_value());
 }
 
 TEST(Store, InterruptedFromADeadPid) {
@@ -1133,6 +1145,334 @@ TEST(Store, OpeningTheStoreAgainKeepsTheLocksOfTheConnectionsAlreadyOpen) {
     EXPECT_TRUE(another_process_sees_a_lock(path)) << "opening the store again released the first connection's lock";
   }
   EXPECT_TRUE(another_process_sees_a_lock(path)) << "closing the other connections released the writer's lock";
+}
+
+}  // namespace
+}  // namespace respin
+
+namespace respin {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A complete-looking run directory: run.json and model/config.json.
+void write_run_dir(const std::string& dir, const RunRecord& r) {
+  fs::create_directories(dir + "/model");
+  test::write_bytes(dir + "/model/config.json", "{}");
+  test::write_bytes(dir + "/run.json", run_record_to_json(r).dump(2));
+}
+
+// What run_calibration and the recorder do: begin, marker in the temporary directory, the
+// directory written and renamed into place.
+int64_t begun_with_marker(RunStore& store, const RunStart& s) {
+  const int64_t id = store.begin_run(s);
+  fs::create_directories(s.tmp_dir);
+  store.write_run_marker(id, s.tmp_dir);
+  return id;
+}
+
+// ---- Which folders belong to a run ----
+
+TEST(Store, DeleteHandsBackOnlyTheFoldersThatBelongToTheRun) {
+  TempDir dir;
+  RunStore store = RunStore::open(dir.file("runs.db"));
+  const CalibConfig c = make_config();
+  // Run a was cancelled; run b, with the same run directory, finished there.
+  RunStart sa = make_start(dir, c, "x");
+  const int64_t a = begun_with_marker(store, sa);
+  store.end_run(a, RunStatus::Cancelled, "cancelled");
+  remove_tree_or_throw(sa.tmp_dir);
+  RunStart sb = make_start(dir, c, "x");
+  sb.tmp_dir = dir.file("runs/.tmp-x2");
+  const int64_t b = begun_with_marker(store, sb);
+  write_run_dir(sb.tmp_dir, make_record(c));
+  fs::rename(sb.tmp_dir, sb.run_dir);
+  store.finish_run(b, make_record(c));
+
+  const DeletedRun gone = store.delete_run(a);
+  EXPECT_TRUE(gone.run_dir.empty());
+  EXPECT_TRUE(gone.tmp_dir.empty());
+  ASSERT_EQ(gone.kept.size(), 1u);
+  EXPECT_NE(gone.kept[0].find("kept " + sb.run_dir + ": it does not belong to run " + std::to_string(a) + " (its " +
+                              kRunMarkerName + " names another run"),
+            std::string::npos)
+      << gone.kept[0];
+  const DeletedRun mine = store.delete_run(b);
+  EXPECT_EQ(mine.run_dir, sb.run_dir);
+  EXPECT_TRUE(mine.kept.empty());
+}
+
+TEST(Store, RunDirOwnershipNeedsTheMarkerOrTheStoredRecord) {
+  TempDir dir;
+  const CalibConfig c = make_config();
+  const RunRecord rec = make_record(c);
+  const std::string record_json = run_record_to_json(rec).dump();
+  const std::string d = dir.file("run");
+  EXPECT_FALSE(run_dir_ownership(d, "u1", record_json).owned);  // missing
+  write_run_dir(d, rec);
+  EXPECT_TRUE(run_dir_ownership(d, "u1", record_json).owned);   // no marker, the same record
+  EXPECT_FALSE(run_dir_ownership(d, "u1", "").owned);           // no marker, nothing to compare
+  EXPECT_FALSE(run_dir_ownership(d, "u1", run_record_to_json(make_record(c, 24, 99.0)).dump()).owned);
+  test::write_bytes(d + "/" + kRunMarkerName, R"({"run_id": 4, "uuid": "u1"})");
+  EXPECT_TRUE(run_dir_ownership(d, "u1", "").owned);
+  const DirOwnership other = run_dir_ownership(d, "u2", record_json);  // the marker decides
+  EXPECT_FALSE(other.owned);
+  EXPECT_NE(other.reason.find("names another run, u1"), std::string::npos) << other.reason;
+  test::write_bytes(d + "/" + kRunMarkerName, "not json");
+  EXPECT_FALSE(run_dir_ownership(d, "u1", record_json).owned);
+  fs::create_directory_symlink(d, dir.file("link"));
+  EXPECT_FALSE(run_dir_ownership(dir.file("link"), "u1", record_json).owned);
+}
+
+TEST(Store, DeleteRunsIsAllOrNothing) {
+  TempDir dir;
+  RunStore store = RunStore::open(dir.file("runs.db"));
+  const int64_t a = store.begin_run(make_start(dir, make_config(), "a"));
+  store.end_run(a, RunStatus::Failed, "oom");
+  const int64_t live = store.begin_run(make_start(dir, make_config(), "live"));
+  EXPECT_NE(expect_error([&] { store.delete_runs({a, 999}); }).find("no run 999"), std::string::npos);
+  EXPECT_NE(expect_error([&] { store.delete_runs({a, live}); }).find("still running"), std::string::npos);
+  EXPECT_TRUE(store.get_run(a).has_value());
+  EXPECT_EQ(store.delete_runs({a}).size(), 1u);
+  EXPECT_FALSE(store.get_run(a).has_value());
+  // A tag is one line of printable text.
+  EXPECT_NE(expect_error([&] { store.add_tag(live, "two\nlines"); }).find("one line"), std::string::npos);
+  EXPECT_NE(expect_error([&] { store.add_tag(live, "\x1b[31mred"); }).find("one line"), std::string::npos);
+}
+
+TEST(Store, ImportRecordsADirectoryOnceAndRepairsTheRunItsMarkerNames) {
+  TempDir dir;
+  RunStore store = RunStore::open(dir.file("runs.db"));
+  const CalibConfig c = make_config();
+  const RunRecord rec = make_record(c);
+  // Made elsewhere (no marker): a new finished run.
+  write_run_dir(dir.file("elsewhere"), rec);
+  const ImportedRun i = store.import_run(dir.file("elsewhere") + "/");
+  EXPECT_FALSE(i.repaired);
+  auto d = store.get_run(i.id);
+  ASSERT_TRUE(d.has_value());
+  EXPECT_EQ(d->summary.status, RunStatus::Finished);
+  EXPECT_EQ(d->summary.run_dir, dir.file("elsewhere"));
+  ASSERT_TRUE(d->record.has_value());
+  EXPECT_EQ(run_record_to_json(*d->record), run_record_to_json(rec));
+  EXPECT_EQ(d->summary.quantized_perplexity, rec.results.quantized_perplexity);
+  EXPECT_EQ(d->loss.size(), 5u);
+  EXPECT_NE(expect_error([&] { store.import_run(dir.file("elsewhere")); }).find("already recorded as run " + std::to_string(i.id)),
+            std::string::npos);
+  // A writer that died after its directory was complete.
+  const RunStart s = make_start(dir, c, "killed");
+  const int64_t k = begun_with_marker(store, s);
+  write_run_dir(s.tmp_dir, rec);
+  fs::rename(s.tmp_dir, s.run_dir);
+  EXPECT_NE(expect_error([&] { store.import_run(s.run_dir); }).find("is still running"), std::string::npos);
+  store.set_stale_after(std::chrono::milliseconds(0));
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const ImportedRun r = store.import_run(s.run_dir);
+  EXPECT_TRUE(r.repaired);
+  EXPECT_EQ(r.id, k);
+  EXPECT_EQ(r.previous, RunStatus::Interrupted);
+  d = store.get_run(k);
+  EXPECT_EQ(d->summary.status, RunStatus::Finished);
+  EXPECT_TRUE(d->summary.tmp_dir.empty());
+  EXPECT_EQ(run_record_to_json(*d->record), run_record_to_json(rec));
+  EXPECT_EQ(store.list_runs().size(), 2u);
+  EXPECT_NE(expect_error([&] { store.import_run(dir.file("nothing")); }).find("no such run directory"), std::string::npos);
+  fs::create_directories(dir.file("empty"));
+  EXPECT_NE(expect_error([&] { store.import_run(dir.file("empty")); }).find("no run.json"), std::string::npos);
+}
+
+// ---- Stores that are fine but cannot be used as asked ----
+
+TEST(Store, ALockedStoreIsReportedAsLockedNotDamaged) {
+  TempDir dir;
+  const std::string path = dir.file("runs.db");
+  RunStore::open(path).begin_run(make_start(dir, make_config(), "a"));
+  Database holder(path, Database::Mode::ReadWrite);
+  holder.exec("PRAGMA locking_mode = EXCLUSIVE");
+  holder.exec("BEGIN EXCLUSIVE");
+  holder.exec("UPDATE runs SET note = 'held'");
+  RunStoreOptions o;
+  o.busy_timeout_ms = 100;
+  for (bool read_only : {true, false}) {
+    const std::string msg = expect_error([&] { read_only ? (void)RunStore::open_readonly(path, o) : (void)RunStore::open(path, o); });
+    EXPECT_NE(msg.find(path + ": locked by another process"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find("damaged"), std::string::npos) << msg;
+  }
+  holder.exec("ROLLBACK");
+}
+
+// Runs `f` in a child process without root's powers over files (as user nobody when this is
+// root); returns its error message, or "" when it did not throw.
+std::string in_unprivileged_child(const std::function<void()>& f) {
+  int fds[2];
+  if (pipe(fds) != 0) return "pipe failed";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    std::string out;
+    if (geteuid() == 0 && (setgid(65534) != 0 || setuid(65534) != 0)) out = "setuid failed";
+    else {
+      try {
+        f();
+      } catch (const std::exception& e) {
+        out = e.what();
+      }
+    }
+    if (write(fds[1], out.data(), out.size()) < 0) _exit(2);
+    _exit(0);
+  }
+  close(fds[1]);
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = read(fds[0], buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return out;
+}
+
+TEST(Store, AFolderWithoutWritePermissionAndAReadOnlyFileAreSaidForWhatTheyAre) {
+  TempDir dir;
+  chmod(dir.path().c_str(), 0755);
+  // The folder cannot take runs.db-wal and runs.db-shm; the file itself is writable.
+  const std::string folder = dir.file("ro"), db = folder + "/runs.db";
+  fs::create_directories(folder);
+  RunStore::open(db).begin_run(make_start(dir, make_config(), "a"));
+  chmod(db.c_str(), 0666);
+  chmod(folder.c_str(), 0555);
+  for (bool read_only : {true, false}) {
+    const std::string msg = in_unprivileged_child([&] { read_only ? (void)RunStore::open_readonly(db) : (void)RunStore::open(db); });
+    EXPECT_NE(msg.find(db + ": the folder " + folder + " is not writable"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find("damaged"), std::string::npos) << msg;
+  }
+  chmod(folder.c_str(), 0755);
+  // A file that cannot be written: refused on open, before any run would start.
+  const std::string rf = dir.file("rf"), db2 = rf + "/runs.db";
+  fs::create_directories(rf);
+  chmod(rf.c_str(), 0777);
+  RunStore::open(db2);
+  chmod(db2.c_str(), 0444);
+  const std::string h = file_hash(db2);
+  const std::string msg = in_unprivileged_child([&] { RunStore::open(db2); });
+  EXPECT_NE(msg.find(db2 + ": the run store is read-only"), std::string::npos) << msg;
+  EXPECT_EQ(in_unprivileged_child([&] { RunStore::open_readonly(db2).list_runs(); }), "");
+  EXPECT_EQ(file_hash(db2), h);
+}
+
+TEST(Store, AFullDiskFailsTheWriteAndLeavesTheStoreIntact) {
+  TempDir dir;
+  const std::string path = dir.file("runs.db");
+  int64_t id = 0;
+  {
+    RunStore s = RunStore::open(path);
+    id = s.begin_run(make_start(dir, make_config(), "a"));
+    s.append_loss(id, 0, {2.0, 1.0});
+  }
+  std::vector<SiteStats> big;
+  for (int layer = 0; layer < 28; ++layer)
+    for (HookSite site : {HookSite::AttnInput, HookSite::OProjInput}) big.push_back(make_site(layer, site, 4096, layer + 1));
+  const pid_t pid = fork();
+  if (pid == 0) {
+    // RLIMIT_FSIZE makes write() fail with EFBIG as a full disk fails with ENOSPC.
+    RunStore s = RunStore::open(path);
+    std::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit lim {};
+    getrlimit(RLIMIT_FSIZE, &lim);
+    lim.rlim_cur = fs::file_size(path) + (64 << 10);
+    setrlimit(RLIMIT_FSIZE, &lim);
+    try {
+      s.put_stats(id, StatsStage::After, big);
+    } catch (const Error& e) {
+      _exit(std::string(e.what()).find(path + ": ") == 0 ? 0 : 4);
+    }
+    _exit(3);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "3: the write did not fail; 4: its error did not name the store";
+  {
+    Database raw(path, Database::Mode::ReadOnly);
+    EXPECT_EQ(raw.query_text("PRAGMA integrity_check"), "ok");
+  }
+  RunStore s = RunStore::open(path);
+  EXPECT_TRUE(s.layer_stats_summary(id, StatsStage::After).empty());  // the transaction rolled back
+  EXPECT_EQ(s.get_run(id)->loss.size(), 2u);
+  s.put_stats(id, StatsStage::After, {make_site(0, HookSite::AttnInput, 8, 1)});
+  s.finish_run(id, make_record(make_config()));
+  EXPECT_EQ(s.get_run(id)->summary.status, RunStatus::Finished);
+}
+
+TEST(Store, TwoWriterProcessesBothRecordEverything) {
+  TempDir dir;
+  const std::string path = dir.file("runs.db");
+  RunStore::open(path);
+  const CalibConfig c = make_config();
+  std::vector<pid_t> pids;
+  for (int w = 0; w < 2; ++w) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      try {
+        RunStore s = RunStore::open(path);
+        for (int i = 0; i < 12; ++i) {
+          const int64_t id = s.begin_run(make_start(dir, c, "w" + std::to_string(w) + "-" + std::to_string(i)));
+          s.append_loss(id, 0, {3.0, 2.0, 1.0});
+          s.put_stats(id, StatsStage::Before, {make_site(0, HookSite::AttnInput, 16, static_cast<uint32_t>(id))});
+          s.finish_run(id, make_record(c));
+        }
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "writer %d: %s\n", w, e.what());
+        _exit(1);
+      }
+      _exit(0);
+    }
+    pids.push_back(pid);
+  }
+  for (pid_t pid : pids) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  RunStore s = RunStore::open(path);
+  const auto runs = s.list_runs();
+  ASSERT_EQ(runs.size(), 24u);
+  for (const RunSummary& r : runs) {
+    EXPECT_EQ(r.status, RunStatus::Finished);
+    EXPECT_EQ(s.layer_stats_summary(r.id, StatsStage::Before).size(), 1u);
+  }
+  Database raw(path, Database::Mode::ReadOnly);
+  EXPECT_EQ(raw.query_text("PRAGMA integrity_check"), "ok");
+}
+
+// tests/data/store_v1.db was written by respin's v1 schema (kSchemaV1, frozen) with the sqlite3
+// shell: run 1 finished with its record, run 2 running (its writer never ended it), run 3 failed.
+TEST(Store, MigratesACommittedV1FileWithARunningRun) {
+  const std::string src = (fs::path(__FILE__).parent_path() / "data" / "store_v1.db").string();
+  ASSERT_TRUE(fs::is_regular_file(src)) << src;
+  TempDir dir;
+  const std::string path = dir.file("runs.db");
+  fs::copy_file(src, path);
+  RunStore store = RunStore::open(path);
+  EXPECT_EQ(store.schema_version(), kRunStoreSchemaVersion);
+  const auto runs = store.list_runs();
+  ASSERT_EQ(runs.size(), 3u);
+  EXPECT_EQ(runs[0].status, RunStatus::Finished);
+  ASSERT_TRUE(runs[0].quantized_perplexity.has_value());
+  auto d = store.get_run(1);
+  ASSERT_TRUE(d.has_value() && d->record.has_value());
+  EXPECT_EQ(d->record->results.quantized_perplexity, *runs[0].quantized_perplexity);
+  EXPECT_EQ(d->loss.size(), 2u);
+  EXPECT_EQ(runs[1].status, RunStatus::Interrupted);  // no heartbeat in v1
+  EXPECT_TRUE(runs[1].tmp_dir.empty());
+  EXPECT_EQ(store.get_run(2)->loss.size(), 3u);
+  EXPECT_EQ(runs[2].status, RunStatus::Failed);
+  EXPECT_EQ(runs[2].message, "out of memory");
+  EXPECT_EQ(store.stale_runs().size(), 1u);
+  store.mark_interrupted(2);
+  EXPECT_EQ(store.get_run(2)->summary.status, RunStatus::Interrupted);
+  EXPECT_GT(store.begin_run(make_start(dir, make_config(), "new")), 3);
+  Database raw(path, Database::Mode::ReadOnly);
+  EXPECT_EQ(raw.query_text("PRAGMA integrity_check"), "ok");
 }
 
 }  // namespace

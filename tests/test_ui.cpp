@@ -1,5 +1,6 @@
-// ui/: the workbench window under the offscreen platform: opening a real model folder written
-// by the test fills the model panel; a broken folder shows core's error instead.
+// ui/: the workbench window under the offscreen platform: opening a model folder written by the
+// test fills the model panel, and core's load checks say why it cannot be calibrated (here: no
+// tokenizer, no weights); a broken folder shows core's error instead.
 #include <gtest/gtest.h>
 
 #include <QApplication>
@@ -9,6 +10,9 @@
 #include "tests/test_util.h"
 #include "ui/MainWindow.h"
 #include "ui/ModelInfoPanel.h"
+#include "ui/RunPanel.h"
+
+#include <QPushButton>
 
 using respin::test::TempDir;
 using respin::test::write_bytes;
@@ -21,14 +25,20 @@ TEST(Workbench, OpensModelFolderAndShowsDetails) {
   respin::write_safetensors(dir.file("model.safetensors"), {});
   MainWindow w;
   w.show();
-  ASSERT_TRUE(w.openModel(QString::fromStdString(dir.path())));
+  // The details are read, but the folder cannot be calibrated: Start stays disabled, and the
+  // panels and the status bar say why (core/io/model_check.h, the checks the CLI makes).
+  EXPECT_FALSE(w.openModel(QString::fromStdString(dir.path())));
   ModelInfoPanel* p = w.modelPanel();
+  EXPECT_EQ(p->errorText(), QString::fromStdString(dir.path() + ": no tokenizer.json"));
+  EXPECT_FALSE(w.runPanel()->startButton()->isEnabled());
+  EXPECT_EQ(w.runPanel()->problems(), "This folder cannot be calibrated: " + p->errorText());
+  EXPECT_FALSE(w.statusText().contains("ready to calibrate")) << w.statusText().toStdString();
+  EXPECT_EQ(p->fieldText("Folder"), QString::fromStdString(dir.path()));
   EXPECT_EQ(p->fieldText("Architecture"), "Qwen2ForCausalLM");
   EXPECT_EQ(p->fieldText("Layers"), "3");
   EXPECT_EQ(p->fieldText("Heads"), "4 query / 2 key-value, head_dim 16");
   EXPECT_EQ(p->fieldText("Stored dtype"), "bfloat16");
   EXPECT_EQ(p->fieldText("Tokenizer"), "none (no tokenizer.json)");
-  EXPECT_TRUE(p->errorText().isEmpty());
   // The window really renders: the offscreen grab has the window's size, and its text is drawn
   // (a share of the pixels is much darker than the background, as glyphs are).
   QImage img = w.grab().toImage();

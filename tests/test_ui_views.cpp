@@ -95,6 +95,7 @@ int64_t addFinishedRun(RunStore& store, const TempDir& dir, const RunSpec& spec)
   respin::test::write_bytes(start.run_dir + "/run.json", "{}");
   start.sweep_id = spec.sweep;
   const int64_t id = store.begin_run(start);
+  store.write_run_marker(id, start.run_dir);  // as the recorder does: the folder is this run's
   respin::RunRecord r;
   r.respin_version = "0.3.0";
   r.created = "2024-05-01T10:00:00Z";
@@ -255,6 +256,29 @@ QStringList csvLines(const QString& path) {
   QFile f(path);
   EXPECT_TRUE(f.open(QIODevice::ReadOnly));
   return QString::fromUtf8(f.readAll()).split('\n', Qt::SkipEmptyParts);
+}
+
+// One CSV line's fields (RFC 4180 quoting, as core/store/run_data.cpp writes them).
+QStringList csvFields(const QString& line) {
+  QStringList out;
+  QString cur;
+  bool quoted = false;
+  for (int i = 0; i < line.size(); ++i) {
+    const QChar ch = line[i];
+    if (quoted && ch == '"' && i + 1 < line.size() && line[i + 1] == '"') {
+      cur += '"';
+      ++i;
+    } else if (ch == '"') {
+      quoted = !quoted;
+    } else if (ch == ',' && !quoted) {
+      out << cur;
+      cur.clear();
+    } else {
+      cur += ch;
+    }
+  }
+  out << cur;
+  return out;
 }
 
 QCPBars* barsNamed(QCustomPlot* plot, const QString& name) {
@@ -695,9 +719,25 @@ TEST_F(RunsFixture, TagAndNoteThroughTheView) {
 }
 
 TEST_F(RunsFixture, ExportsRunDataAsJsonAndCsv) {
+  // A run with a loss curve and statistics of both stages (2 layers x the grid's sites), so that
+  // every table has rows whose values can be compared with the store's.
+  const std::vector<double> curve = {5.25, 4.5, 4.125, std::nan("")};
+  {
+    RunStore s = RunStore::open(f->db);
+    s.append_loss(f->spinquant, 0, curve);
+    putSyntheticStats(s, f->spinquant, 2, 64, 5);
+  }
   RunsView v;
   v.setStorePath(QString::fromStdString(f->db));
   respin::test::TempDir out;
+  const RunStore store = RunStore::open_readonly(f->db);
+  const RunDetail sq = *store.get_run(f->spinquant);
+  ASSERT_EQ(sq.loss.size(), curve.size());
+  std::vector<respin::SiteSummary> cells;
+  for (StatsStage stage : {StatsStage::Before, StatsStage::After})
+    for (const respin::SiteSummary& c : store.layer_stats_summary(f->spinquant, stage)) cells.push_back(c);
+  const size_t sites = outliers::gridSites().size();
+  ASSERT_EQ(cells.size(), 2 * 2 * sites);
   // JSON: one file, one object per run, with the loss curve and the per-layer statistics.
   const QString json = QString::fromStdString(out.file("runs.json"));
   ASSERT_TRUE(v.exportRunData({f->quarot, f->spinquant}, json, false)) << v.messageText().toStdString();
@@ -707,24 +747,97 @@ TEST_F(RunsFixture, ExportsRunDataAsJsonAndCsv) {
   EXPECT_EQ(j[0]["id"], f->quarot);
   EXPECT_EQ(j[1]["id"], f->spinquant);
   EXPECT_EQ(j[1]["method"], "spinquant");
-  const RunDetail sq = *RunStore::open_readonly(f->db).get_run(f->spinquant);
-  EXPECT_EQ(j[1]["loss"].size(), sq.loss.size());
+  EXPECT_EQ(j[0]["loss"].size(), 0u);
+  EXPECT_EQ(j[0]["layer_stats"].size(), 0u);
+  ASSERT_EQ(j[1]["loss"].size(), curve.size());
+  for (size_t i = 0; i < curve.size(); ++i) {
+    EXPECT_EQ(j[1]["loss"][i]["step"], int64_t(i));
+    if (std::isnan(curve[i])) EXPECT_EQ(j[1]["loss"][i]["loss"], "nan");
+    else EXPECT_EQ(j[1]["loss"][i]["loss"].get<double>(), curve[i]);
+  }
+  ASSERT_EQ(j[1]["layer_stats"].size(), cells.size());
+  for (size_t i = 0; i < cells.size(); ++i) {
+    const nlohmann::json& e = j[1]["layer_stats"][i];
+    EXPECT_EQ(e["stage"], i < cells.size() / 2 ? "before" : "after") << i;
+    EXPECT_EQ(e["layer"], cells[i].layer) << i;
+    EXPECT_EQ(e["site"], respin::hook_site_name(cells[i].site)) << i;
+    EXPECT_EQ(e["count"], cells[i].count) << i;
+    EXPECT_EQ(e["channels"], cells[i].channels) << i;
+    EXPECT_EQ(e["kurtosis"].get<double>(), cells[i].kurtosis) << i;
+    EXPECT_EQ(e["absmax"].get<double>(), cells[i].absmax) << i;
+    EXPECT_EQ(e["max_median_ratio"].get<double>(), cells[i].max_median_ratio) << i;
+    EXPECT_EQ(e["mean_square"].get<double>(), cells[i].mean_square) << i;
+  }
   ASSERT_TRUE(sq.record.has_value());
   EXPECT_DOUBLE_EQ(j[1]["record"]["results"]["quantized_perplexity"].get<double>(),
                    sq.record->results.quantized_perplexity);
   // CSV: three files from the chosen name, one row per run / loss step / (stage, layer, site).
   ASSERT_TRUE(v.exportRunData({f->spinquant}, QString::fromStdString(out.file("sq.csv")), true))
       << v.messageText().toStdString();
-  const std::string runs = respin::test::read_bytes(out.file("sq.csv"));
-  const std::string loss = respin::test::read_bytes(out.file("sq.loss.csv"));
-  const std::string layers = respin::test::read_bytes(out.file("sq.layers.csv"));
-  EXPECT_EQ(std::count(runs.begin(), runs.end(), '\n'), 2);  // header + one run
-  EXPECT_EQ(std::count(loss.begin(), loss.end(), '\n'), static_cast<long>(sq.loss.size()) + 1);
-  EXPECT_EQ(layers.rfind("run_id,stage,layer,site,", 0), 0u) << layers.substr(0, 80);
+  const QStringList runs = csvLines(QString::fromStdString(out.file("sq.csv")));
+  const QStringList loss = csvLines(QString::fromStdString(out.file("sq.loss.csv")));
+  const QStringList layers = csvLines(QString::fromStdString(out.file("sq.layers.csv")));
+  ASSERT_EQ(runs.size(), 2);  // header + one run
+  const QStringList head = csvFields(runs[0]), row = csvFields(runs[1]);
+  ASSERT_EQ(head.size(), row.size());
+  EXPECT_EQ(row[head.indexOf("id")].toLongLong(), f->spinquant);
+  EXPECT_EQ(row[head.indexOf("method")], "spinquant");
+  EXPECT_EQ(row[head.indexOf("results.quantized_perplexity")].toDouble(), sq.record->results.quantized_perplexity);
+  ASSERT_EQ(loss.size(), int(curve.size()) + 1);
+  EXPECT_EQ(loss[0], "run_id,step,loss");
+  for (size_t i = 0; i < curve.size(); ++i) {
+    const QStringList l = loss[int(i) + 1].split(',');
+    ASSERT_EQ(l.size(), 3);
+    EXPECT_EQ(l[0].toLongLong(), f->spinquant);
+    EXPECT_EQ(l[1].toLongLong(), int64_t(i));
+    if (std::isnan(curve[i])) EXPECT_EQ(l[2].toLower(), "nan");
+    else EXPECT_EQ(l[2].toDouble(), curve[i]) << l[2].toStdString();
+  }
+  ASSERT_EQ(layers.size(), int(cells.size()) + 1);
+  EXPECT_EQ(layers[0], "run_id,stage,layer,site,count,channels,kurtosis,absmax,max_median_ratio,mean_square,nonfinite");
+  for (size_t i = 0; i < cells.size(); ++i) {
+    const QStringList c = layers[int(i) + 1].split(',');
+    ASSERT_EQ(c.size(), 11) << layers[int(i) + 1].toStdString();
+    EXPECT_EQ(c[0].toLongLong(), f->spinquant);
+    EXPECT_EQ(c[1], i < cells.size() / 2 ? "before" : "after");
+    EXPECT_EQ(c[2].toInt(), cells[i].layer);
+    EXPECT_EQ(c[3], respin::hook_site_name(cells[i].site));
+    EXPECT_EQ(c[4].toLongLong(), cells[i].count);
+    EXPECT_EQ(c[5].toLongLong(), cells[i].channels);
+    EXPECT_EQ(c[6].toDouble(), cells[i].kurtosis);  // %.17g: the double back exactly
+    EXPECT_EQ(c[7].toDouble(), cells[i].absmax);
+    EXPECT_EQ(c[8].toDouble(), cells[i].max_median_ratio);
+    EXPECT_EQ(c[9].toDouble(), cells[i].mean_square);
+    EXPECT_EQ(c[10].toLongLong(), cells[i].nonfinite);
+  }
   // An unknown run is a one-line message and writes nothing.
   EXPECT_FALSE(v.exportRunData({9999}, QString::fromStdString(out.file("none.json")), false));
   EXPECT_TRUE(v.messageText().contains("no run 9999")) << v.messageText().toStdString();
   EXPECT_FALSE(std::filesystem::exists(out.file("none.json")));
+}
+
+TEST_F(RunsFixture, CompareDefaultsToThePreviousRunOfTheSameModel) {
+  // `--screenshot --view compare --run ID` without --run2 (app/workbench_main.cpp).
+  QString why;
+  // The sweep's third run: the previous finished run of the same model is the sweep's second.
+  EXPECT_EQ(CompareView::previousRunOfSameModel(QString::fromStdString(f->db), f->sweepRuns[2], &why), f->sweepRuns[1]);
+  // A run the store does not have.
+  EXPECT_EQ(CompareView::previousRunOfSameModel(QString::fromStdString(f->db), f->failed + 1000, &why), -1);
+  EXPECT_EQ(why, QString::fromStdString(f->db) + ": no run " + QString::number(f->failed + 1000));
+  RunStore s = RunStore::open(f->db);
+  RunSpec other{makeConfig(Method::QuaRot, 4, 4, 4, 0, "/models/other"), -1, 5.0, 6.0, 32, 4096, {}, "other"};
+  const int64_t first = addFinishedRun(s, f->dir, other);
+  const int64_t second = addFinishedRun(s, f->dir, {makeConfig(Method::Rtn, 4, 4, 4, 0, "/models/other"), -1, 5.0, 9.0, 32, 4096, {}, "other2"});
+  EXPECT_EQ(CompareView::previousRunOfSameModel(QString::fromStdString(f->db), second, &why), first);
+  // The first run of a model: the option to give is named.
+  EXPECT_EQ(CompareView::previousRunOfSameModel(QString::fromStdString(f->db), first, &why), -1);
+  EXPECT_EQ(why, QString("run %1 is the first run of /models/other in %2: name the run to compare it with (--run2 ID)")
+                     .arg(first).arg(QString::fromStdString(f->db)));
+  // Run 1 is the store's first: the case that used to compare "runs 0 and 1".
+  EXPECT_EQ(CompareView::previousRunOfSameModel(QString::fromStdString(f->db), f->rtn, &why), -1);
+  EXPECT_TRUE(why.contains("--run2")) << why.toStdString();
+  const int64_t after = addFinishedRun(s, f->dir, {makeConfig(Method::Rtn), -1, 5.47, 800.0, 32, 4096, {}, "rtn2"});
+  EXPECT_EQ(CompareView::previousRunOfSameModel(QString::fromStdString(f->db), after, &why), f->bits8);  // not the failed run
 }
 
 TEST_F(RunsFixture, DeleteRemovesTheRunAndItsDirectory) {

@@ -123,7 +123,7 @@ void CalibrationWorker::runNext() {
   respin::set_compute_threads(run.config.threads);
   SignalObserver observer(this, run.ticket);
   std::optional<int64_t> id;
-  QString status = "finished", message;
+  QString status = "finished", message, storeError;
   double ppl = 0;
   try {
     respin::RunStore store = respin::RunStore::open(db_.toStdString());
@@ -149,20 +149,25 @@ void CalibrationWorker::runNext() {
     forward.recorder = &recorder;
     forward.w = this;
     forward.ticket = run.ticket;
+    // Store failures while recording do not stop the run; they are reported with its end.
+    auto report = [&] {
+      id = recorder.run_id();
+      storeError = QString::fromStdString(recorder.store_error());
+    };
     try {
       respin::CalibOutcome out = respin::run_calibration(run.config, run.outDir.toStdString(), &control, &recorder);
       recorder.finished(out.record);
       ppl = out.record.results.quantized_perplexity;
     } catch (const respin::Cancelled&) {
       recorder.stopped(respin::RunStatus::Cancelled, "cancelled");
-      id = recorder.run_id();
+      report();
       throw;
     } catch (const std::exception& e) {
       recorder.stopped(respin::RunStatus::Failed, respin::error_message(e));
-      id = recorder.run_id();
+      report();
       throw;
     }
-    id = recorder.run_id();
+    report();
   } catch (const respin::Cancelled&) {
     status = "cancelled";
   } catch (const std::exception& e) {
@@ -171,7 +176,7 @@ void CalibrationWorker::runNext() {
   }
   control_ = nullptr;
   busy_ = false;
-  emit ended(run.ticket, id ? *id : -1, status, message, ppl);
+  emit ended(run.ticket, id ? *id : -1, status, message, ppl, storeError);
   emit queueChanged();
   QMetaObject::invokeMethod(context_, [this] { runNext(); }, Qt::QueuedConnection);
 }

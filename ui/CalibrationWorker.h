@@ -57,8 +57,11 @@ class CalibrationWorker : public QObject {
   void stats(int ticket, respin::StatsStage stage, std::vector<respin::SiteStats> stats);
   // About twice a second while rotations are learned: the live target's statistics at `step`.
   void liveStats(int ticket, qint64 step, respin::SiteStats stats);
-  // status: "finished", "cancelled" or "failed"; message: the one-line error for failed.
-  void ended(int ticket, qint64 runId, QString status, QString message, double quantizedPerplexity);
+  // status: "finished", "cancelled" or "failed"; message: the one-line error for failed;
+  // storeError: why the run store could not record (part of) the run, empty when it did (the run
+  // directory is written either way; runId is -1 when the store never saw the run).
+  void ended(int ticket, qint64 runId, QString status, QString message, double quantizedPerplexity,
+             QString storeError);
   void queueChanged();
 
  private:

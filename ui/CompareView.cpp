@@ -173,6 +173,34 @@ QString CompareView::messageText() const { return message_->isHidden() ? QString
 
 void CompareView::setStorePath(const QString& db) { db_ = db; }
 
+qint64 CompareView::previousRunOfSameModel(const QString& db, qint64 id, QString* why) {
+  try {
+    const respin::RunStore s = respin::RunStore::open_readonly(db.toStdString());
+    const std::optional<respin::RunDetail> d = s.get_run(id);
+    if (!d) {
+      if (why) *why = QString("%1: no run %2").arg(db).arg(id);
+      return -1;
+    }
+    respin::RunFilter f;
+    f.model = d->summary.model_folder;
+    qint64 anyEarlier = -1, finishedEarlier = -1;
+    for (const respin::RunSummary& r : s.list_runs(f)) {
+      if (r.id >= id) continue;
+      anyEarlier = std::max<qint64>(anyEarlier, r.id);
+      if (r.status == respin::RunStatus::Finished) finishedEarlier = std::max<qint64>(finishedEarlier, r.id);
+    }
+    const qint64 other = finishedEarlier >= 0 ? finishedEarlier : anyEarlier;
+    if (other < 0 && why)
+      *why = QString("run %1 is the first run of %2 in %3: name the run to compare it with (--run2 ID)")
+                 .arg(id)
+                 .arg(q(d->summary.model_folder), db);
+    return other;
+  } catch (const std::exception& e) {
+    if (why) *why = q(e.what());
+    return -1;
+  }
+}
+
 bool CompareView::compare(qint64 a, qint64 b) {
   showMessage(QString());
   config_->setRowCount(0);

@@ -33,6 +33,10 @@ class CompareView : public QWidget {
   const QString& storePath() const { return db_; }
   // Loads both runs; false (with the reason shown) when either is missing or the store fails.
   bool compare(qint64 a, qint64 b);
+  // The run to compare `id` with when none is named: the latest earlier finished run of the same
+  // model (else the latest earlier run of it in any status); -1 with the reason in `why` (the
+  // store cannot be read, no run `id`, or it is that model's first run).
+  static qint64 previousRunOfSameModel(const QString& db, qint64 id, QString* why);
   qint64 runA() const { return a_; }
   qint64 runB() const { return b_; }
 

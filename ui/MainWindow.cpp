@@ -21,6 +21,7 @@
 #include <QStyle>
 #include <QStyleFactory>
 #include <QTabWidget>
+#include <QThread>
 
 #include <QCheckBox>
 #include <QComboBox>
@@ -37,6 +38,8 @@
 
 #include "core/data/corpus.h"
 #include "core/export/export.h"
+#include "core/io/model_check.h"
+#include "core/io/model_summary.h"
 #include "core/store/run_store.h"
 #include "core/util/error.h"
 #include "core/util/error_message.h"
@@ -58,6 +61,9 @@ QString defaultDbPath() {
   return home + "/runs.db";
 }
 
+// A dock at least as wide as its content's size hint (plus a vertical scroll bar, for windows
+// shorter than the content): a narrower dock would cut controls off (docs/testing.md, the run
+// panel's geometry test).
 QDockWidget* dock(const QString& title, const QString& name, QWidget* content, QMainWindow* w) {
   auto* d = new QDockWidget(title, w);
   d->setObjectName(name);
@@ -65,6 +71,9 @@ QDockWidget* dock(const QString& title, const QString& name, QWidget* content, Q
   scroll->setWidget(content);
   scroll->setWidgetResizable(true);
   scroll->setFrameShape(QFrame::NoFrame);
+  scroll->setHorizontalScrollBarPolicy(Qt::ScrollBarAlwaysOff);
+  const int bar = scroll->style()->pixelMetric(QStyle::PM_ScrollBarExtent);
+  scroll->setMinimumWidth(content->sizeHint().width() + bar + 2);
   d->setWidget(scroll);
   return d;
 }
@@ -98,7 +107,6 @@ MainWindow::MainWindow(QWidget* parent, const QString& dbPath)
   addDockWidget(Qt::LeftDockWidgetArea, runDock);
   tabifyDockWidget(modelDock, runDock);
   modelDock->raise();
-  resizeDocks({modelDock}, {600}, Qt::Horizontal);
 
   worker_ = new CalibrationWorker(db_, this);
 
@@ -147,9 +155,12 @@ MainWindow::MainWindow(QWidget* parent, const QString& dbPath)
   worker_->setLiveTarget(progress_->chosenLayer(), progress_->chosenSite());
   connect(worker_, &CalibrationWorker::stats, this,
           [this](int, respin::StatsStage st, std::vector<respin::SiteStats> v) { progress_->showStats(st, v); });
-  connect(worker_, &CalibrationWorker::ended, this, [this](int, qint64 id, QString status, QString msg, double ppl) {
-    progress_->runEnded(status, msg, ppl);
-    statusBar()->showMessage(status == "failed" ? "Run failed: " + msg : "Run " + status);
+  connect(worker_, &CalibrationWorker::ended, this,
+          [this](int, qint64 id, QString status, QString msg, double ppl, QString storeError) {
+    progress_->runEnded(status, msg, ppl, storeError);
+    QString line = status == "failed" ? "Run failed: " + msg : "Run " + status;
+    if (!storeError.isEmpty()) line += "; not recorded in the run store: " + storeError;
+    statusBar()->showMessage(line);
     runs_->refresh();
     if (status == "finished" && id >= 0) outliers_->showRun(id);
   });
@@ -171,7 +182,10 @@ MainWindow::MainWindow(QWidget* parent, const QString& dbPath)
   refreshQueue();
 }
 
-MainWindow::~MainWindow() = default;
+MainWindow::~MainWindow() {
+  // Folder readers still running (beginOpenModel) hold `this`: wait for them.
+  for (QThread* t : findChildren<QThread*>(QString(), Qt::FindDirectChildrenOnly)) t->wait();
+}
 
 void MainWindow::closeEvent(QCloseEvent* e) {
   if (worker_->busy() &&
@@ -193,23 +207,69 @@ void MainWindow::dragEnterEvent(QDragEnterEvent* e) {
 }
 
 void MainWindow::dropEvent(QDropEvent* e) {
-  openModel(e->mimeData()->urls()[0].toLocalFile());
+  beginOpenModel(e->mimeData()->urls()[0].toLocalFile());
+}
+
+struct MainWindow::OpenResult {
+  QString dir;
+  std::optional<respin::ModelSummary> summary;
+  QString error;  // empty: the model can be calibrated
+};
+
+int MainWindow::beginOpenModel(const QString& dir) {
+  const int serial = ++openSerial_;
+  model_.reset();
+  modelPanel_->showOpening(dir);
+  runPanel_->clearModel("Reading " + dir + " and checking its weights…");
+  statusBar()->showMessage("Opening " + dir + "…");
+  // Off the GUI thread: tokenizer.json and the safetensors headers can be large, the disk slow.
+  // The result comes back as a queued call; a window closed meanwhile waits for the thread
+  // (~MainWindow), and Qt drops calls queued to a deleted object.
+  QThread* reader = QThread::create([this, serial, dir] {
+    OpenResult r;
+    r.dir = dir;
+    const std::string d = dir.toStdString();
+    try {
+      r.summary = respin::summarize_model(d);
+      respin::check_model_loadable(d);
+    } catch (const std::exception& e) {
+      r.error = QString::fromStdString(respin::error_message(e));
+    }
+    QMetaObject::invokeMethod(this, [this, serial, r] { finishOpenModel(serial, r); }, Qt::QueuedConnection);
+  });
+  reader->setParent(this);
+  connect(reader, &QThread::finished, reader, &QObject::deleteLater);
+  reader->start();
+  return serial;
+}
+
+void MainWindow::finishOpenModel(int serial, const OpenResult& r) {
+  openFinished_ = std::max(openFinished_, serial);
+  if (serial != openSerial_) return;  // superseded by a later open
+  if (r.summary) modelPanel_->showSummary(*r.summary);
+  const bool ok = r.summary && r.error.isEmpty();
+  if (ok) {
+    model_ = r.summary;
+    runPanel_->setModel(*model_);
+    rememberRecent(QString::fromStdString(model_->folder));
+    setWindowTitle("ReSpin Workbench — " + QFileInfo(r.dir).fileName());
+    statusBar()->showMessage("Opened " + r.dir + ": ready to calibrate");
+  } else {
+    model_.reset();
+    modelPanel_->showError(r.error, r.summary.has_value());
+    runPanel_->clearModel("This folder cannot be calibrated: " + r.error);
+    statusBar()->showMessage("Could not open " + r.dir + ": " + r.error);
+  }
+  emit modelOpened(ok);
 }
 
 bool MainWindow::openModel(const QString& dir) {
-  const bool ok = modelPanel_->showFolder(dir);
-  if (ok) {
-    model_ = modelPanel_->summary();
-    runPanel_->setModel(*model_);
-    rememberRecent(QString::fromStdString(model_->folder));
-    setWindowTitle("ReSpin Workbench — " + QFileInfo(dir).fileName());
-  } else {
-    model_.reset();
-    runPanel_->clearModel();
-  }
-  statusBar()->showMessage(ok ? "Opened " + dir + ": ready to calibrate" : "Could not open " + dir);
-  return ok;
+  const int serial = beginOpenModel(dir);
+  while (openFinished_ < serial) QApplication::processEvents(QEventLoop::AllEvents | QEventLoop::WaitForMoreEvents);
+  return openSerial_ == serial && model_.has_value();
 }
+
+QString MainWindow::statusText() const { return statusBar()->currentMessage(); }
 
 int MainWindow::startCalibration() {
   const QString problems = runPanel_->problems();
@@ -257,7 +317,7 @@ bool MainWindow::compareRuns(qint64 a, qint64 b) { return compare_->compare(a, b
 
 void MainWindow::chooseModelFolder() {
   const QString dir = QFileDialog::getExistingDirectory(this, "Open model folder");
-  if (!dir.isEmpty()) openModel(dir);
+  if (!dir.isEmpty()) beginOpenModel(dir);
 }
 
 void MainWindow::rememberRecent(const QString& dir) {
@@ -273,7 +333,7 @@ void MainWindow::rememberRecent(const QString& dir) {
 void MainWindow::rebuildRecentMenu() {
   recent_->clear();
   const QStringList r = QSettings().value("recentModels").toStringList();
-  for (const QString& dir : r) recent_->addAction(dir, this, [this, dir] { openModel(dir); });
+  for (const QString& dir : r) recent_->addAction(dir, this, [this, dir] { beginOpenModel(dir); });
   recent_->setEnabled(!r.isEmpty());
 }
 

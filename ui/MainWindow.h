@@ -29,10 +29,18 @@ class MainWindow : public QMainWindow {
   explicit MainWindow(QWidget* parent = nullptr, const QString& dbPath = QString());
   ~MainWindow() override;
 
+  // Reads the folder (summary, then core's load checks: core/io/model_check.h) on a thread of its
+  // own and shows the result; the run panel's Start stays disabled until the checks pass. Returns
+  // the open's serial number. A later open supersedes one still reading.
+  int beginOpenModel(const QString& dir);
+  // beginOpenModel, then runs the event loop until it is done (the window stays live); whether the
+  // model can be calibrated (false: the model panel says why).
   bool openModel(const QString& dir);
   // Queues a calibration of the open model with the run panel's settings (as Start does).
   int startCalibration();
-  void showView(const QString& name);  // "model", "run", "outliers", "runs", "compare"
+  void showView(const QString& name);
+  // The text of the status bar (tests).
+  QString statusText() const;  // "model", "run", "outliers", "runs", "compare"
   bool showRunOutliers(qint64 runId);
   bool compareRuns(qint64 a, qint64 b);
   void setDarkTheme(bool dark);
@@ -52,6 +60,9 @@ class MainWindow : public QMainWindow {
   // Where the next calibration's run directory goes (default <data home>/runs/<model>-<time>).
   void setRunsFolder(const QString& dir) { runsFolder_ = dir; }
 
+ signals:
+  void modelOpened(bool ok);
+
  protected:
   void closeEvent(QCloseEvent* e) override;
   void dragEnterEvent(QDragEnterEvent* e) override;
@@ -64,6 +75,8 @@ class MainWindow : public QMainWindow {
   void about();
   void refreshQueue();
   void askExportRunModel(qint64 runId);
+  struct OpenResult;
+  void finishOpenModel(int serial, const OpenResult& r);
 
   QString db_;
   QString runsFolder_;
@@ -78,4 +91,6 @@ class MainWindow : public QMainWindow {
   CalibrationWorker* worker_;
   std::optional<respin::ModelSummary> model_;
   qint64 currentRun_ = -1;
+  int openSerial_ = 0;      // of the latest beginOpenModel
+  int openFinished_ = 0;    // the latest serial whose reading ended
 };

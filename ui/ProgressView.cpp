@@ -61,6 +61,13 @@ ProgressView::ProgressView(QWidget* parent) : QWidget(parent) {
   status_->setWordWrap(true);
   status_->setTextInteractionFlags(Qt::TextSelectableByMouse);
   outer->addWidget(status_);
+  storeWarning_ = new QLabel;
+  storeWarning_->setObjectName("storeWarning");
+  storeWarning_->setWordWrap(true);
+  storeWarning_->setTextInteractionFlags(Qt::TextSelectableByMouse);
+  storeWarning_->setStyleSheet("color: #b00020; font-weight: bold");
+  storeWarning_->hide();
+  outer->addWidget(storeWarning_);
 
   auto* plots = new QHBoxLayout;
   loss_ = new ExportablePlot("loss-curve");
@@ -122,6 +129,9 @@ ProgressView::ProgressView(QWidget* parent) : QWidget(parent) {
 void ProgressView::runStarted(const QString& label, const QString& runDir) {
   title_->setText("Calibrating: " + label);
   status_->setText("Run directory: " + runDir);
+  runDir_ = runDir;
+  storeWarning_->clear();
+  storeWarning_->hide();
   overall_->setValue(0);
   phaseBar_->setValue(0);
   cancel_->setEnabled(true);
@@ -180,6 +190,8 @@ void ProgressView::addLoss(qint64 step, double loss) {
   loss_->replot(QCustomPlot::rpQueuedReplot);
 }
 
+QString ProgressView::storeWarningText() const { return storeWarning_->isHidden() ? QString() : storeWarning_->text(); }
+
 int ProgressView::lossPoints() const { return loss_->graph(0)->dataCount(); }
 QString ProgressView::statusText() const { return status_->text(); }
 
@@ -237,7 +249,7 @@ void ProgressView::drawHistogram() {
   hist_->replot(QCustomPlot::rpQueuedReplot);
 }
 
-void ProgressView::runEnded(const QString& status, const QString& message, double perplexity) {
+void ProgressView::runEnded(const QString& status, const QString& message, double perplexity, const QString& storeError) {
   cancel_->setEnabled(false);
   if (status == "finished") {
     overall_->setValue(1000);
@@ -247,6 +259,11 @@ void ProgressView::runEnded(const QString& status, const QString& message, doubl
   } else {
     status_->setText("Failed: " + message);
   }
+  storeWarning_->setText(storeError.isEmpty()
+                             ? QString()
+                             : "Not recorded in the run store: " + storeError +
+                                   (status == "finished" ? " (the run directory " + runDir_ + " has the results)" : QString()));
+  storeWarning_->setVisible(!storeError.isEmpty());
   if (title_->text().startsWith("Calibrating: "))
     title_->setText(title_->text().replace("Calibrating: ", "Last run: "));
   else  // it failed before it started (inputs not found): the idle text would contradict the status

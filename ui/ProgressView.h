@@ -36,13 +36,16 @@ class ProgressView : public QWidget {
   respin::HookSite chosenSite() const;
   void choose(int layer, respin::HookSite site);
   QString histogramLegendText() const;
-  void runEnded(const QString& status, const QString& message, double perplexity);
+  // `storeError`: the run store could not record the run (said in red under the status; empty:
+  // it did).
+  void runEnded(const QString& status, const QString& message, double perplexity, const QString& storeError = QString());
   void setQueue(const QStringList& waiting);
 
   QPushButton* cancelButton() const { return cancel_; }
   QProgressBar* overallBar() const { return overall_; }
   int lossPoints() const;
   QString statusText() const;
+  QString storeWarningText() const;  // empty when the last run was recorded
   QCustomPlot* lossPlot() const { return loss_; }
   QCustomPlot* histogramPlot() const { return hist_; }
 
@@ -52,7 +55,7 @@ class ProgressView : public QWidget {
 
  private:
   void drawHistogram();
-  QLabel *title_, *phase_, *detail_, *status_;
+  QLabel *title_, *phase_, *detail_, *status_, *storeWarning_;
   QProgressBar *overall_, *phaseBar_;
   QPushButton* cancel_;
   QCustomPlot *loss_, *hist_;
@@ -62,4 +65,5 @@ class ProgressView : public QWidget {
   std::vector<respin::SiteStats> before_, after_;
   std::optional<respin::SiteStats> live_;
   qint64 liveStep_ = -1;
+  QString runDir_;
 };

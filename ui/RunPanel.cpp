@@ -6,6 +6,7 @@
 #include <QComboBox>
 #include <QDoubleSpinBox>
 #include <QFormLayout>
+#include <QGridLayout>
 #include <QGroupBox>
 #include <QHBoxLayout>
 #include <QLabel>
@@ -56,42 +57,59 @@ int rankToSlider(int64_t r) { return r <= 0 ? 0 : static_cast<int>(std::round(st
 }  // namespace
 
 RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
+  // Compact enough to show whole at 1280x800 without scrolling (tests/test_workbench.cpp checks
+  // every control's geometry): the quantizer options as one W/A/KV grid, the data and learning
+  // numbers in two columns; the wrapped texts (cost, problems) take the width the rest gives them.
   auto* outer = new QVBoxLayout(this);
 
   auto* quant = new QGroupBox("Method and quantizers");
-  auto* qf = new QFormLayout(quant);
+  auto* qg = new QGridLayout(quant);
+  auto rowLabel = [](const QString& text) {
+    auto* l = new QLabel(text);
+    l->setAlignment(Qt::AlignLeft | Qt::AlignVCenter);
+    return l;
+  };
   method_ = new QComboBox;
-  method_->addItem("ReSpinQuant (layer-wise rotations + rank-r skip correction)", int(respin::Method::ReSpin));
+  method_->addItem("ReSpinQuant (layer-wise, rank-r skip)", int(respin::Method::ReSpin));
+  method_->setItemData(0, "ReSpinQuant: layer-wise rotations and a rank-r correction of each skip connection", Qt::ToolTipRole);
   method_->addItem("SpinQuant (learned global rotation)", int(respin::Method::SpinQuant));
   method_->addItem("QuaRot (random Hadamard)", int(respin::Method::QuaRot));
   method_->addItem("RTN (no rotation)", int(respin::Method::Rtn));
-  qf->addRow("Method:", method_);
-  auto* bits = new QHBoxLayout;
+  int row = 0;
+  qg->addWidget(rowLabel("Method:"), row, 0);
+  qg->addWidget(method_, row++, 1, 1, 3);
+  const char* heads[] = {"Weights", "Activations", "KV cache"};
+  for (int i = 0; i < 3; ++i) {
+    auto* h = new QLabel(heads[i]);
+    h->setAlignment(Qt::AlignCenter);
+    qg->addWidget(h, row, 1 + i);
+  }
+  ++row;
   wbits_ = bitsBox(4), abits_ = bitsBox(4), kvbits_ = bitsBox(4);
-  bits->addWidget(new QLabel("W"));
-  bits->addWidget(wbits_);
-  bits->addWidget(new QLabel("A"));
-  bits->addWidget(abits_);
-  bits->addWidget(new QLabel("KV"));
-  bits->addWidget(kvbits_);
-  qf->addRow("Bits:", bits);
-  auto* groups = new QHBoxLayout;
+  wbits_->setToolTip("Weight bits");
+  abits_->setToolTip("Activation bits");
+  kvbits_->setToolTip("KV cache bits");
+  qg->addWidget(rowLabel("Bits:"), row, 0);
+  qg->addWidget(wbits_, row, 1);
+  qg->addWidget(abits_, row, 2);
+  qg->addWidget(kvbits_, row++, 3);
   wGroup_ = spin(0, 1 << 16, 0), aGroup_ = spin(0, 1 << 16, 0), kvGroup_ = spin(0, 1 << 12, 0);
-  for (QSpinBox* g : {wGroup_, aGroup_, kvGroup_}) g->setSpecialValueText("per channel");
+  wGroup_->setSpecialValueText("per channel");
   aGroup_->setSpecialValueText("per token");
   kvGroup_->setSpecialValueText("per head");
-  groups->addWidget(wGroup_);
-  groups->addWidget(aGroup_);
-  groups->addWidget(kvGroup_);
-  qf->addRow("Groups (W/A/KV):", groups);
-  auto* syms = new QHBoxLayout;
-  wSym_ = new QCheckBox("W symmetric"), aSym_ = new QCheckBox("A symmetric"), kvSym_ = new QCheckBox("KV symmetric");
+  wGroup_->setToolTip("Weight group size (0: per output channel)");
+  aGroup_->setToolTip("Activation group size (0: per token)");
+  kvGroup_->setToolTip("KV group size (0: per head)");
+  qg->addWidget(rowLabel("Group size:"), row, 0);
+  qg->addWidget(wGroup_, row, 1);
+  qg->addWidget(aGroup_, row, 2);
+  qg->addWidget(kvGroup_, row++, 3);
+  wSym_ = new QCheckBox("symmetric"), aSym_ = new QCheckBox("symmetric"), kvSym_ = new QCheckBox("symmetric");
   wSym_->setChecked(true);
-  syms->addWidget(wSym_);
-  syms->addWidget(aSym_);
-  syms->addWidget(kvSym_);
-  qf->addRow("", syms);
-  auto* clips = new QHBoxLayout;
+  qg->addWidget(rowLabel("Range:"), row, 0);
+  qg->addWidget(wSym_, row, 1);
+  qg->addWidget(aSym_, row, 2);
+  qg->addWidget(kvSym_, row++, 3);
   aClip_ = new QDoubleSpinBox, kvClip_ = new QDoubleSpinBox;
   for (QDoubleSpinBox* c : {aClip_, kvClip_}) {
     c->setRange(0.01, 1.0);
@@ -99,18 +117,18 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
     c->setDecimals(2);
     c->setValue(1.0);
   }
-  clips->addWidget(new QLabel("A"));
-  clips->addWidget(aClip_);
-  clips->addWidget(new QLabel("KV"));
-  clips->addWidget(kvClip_);
-  qf->addRow("Clip ratios:", clips);
-  auto* wopts = new QHBoxLayout;
-  gptq_ = new QCheckBox("GPTQ weights");
-  wMse_ = new QCheckBox("MSE clip search");
+  aClip_->setToolTip("Activation clip ratio");
+  kvClip_->setToolTip("KV clip ratio");
+  wMse_ = new QCheckBox("MSE search");
+  wMse_->setToolTip("Search each weight row's clip ratio for the least quantization MSE");
   wMse_->setChecked(true);
-  wopts->addWidget(gptq_);
-  wopts->addWidget(wMse_);
-  qf->addRow("Weights:", wopts);
+  qg->addWidget(rowLabel("Clip:"), row, 0);
+  qg->addWidget(wMse_, row, 1);
+  qg->addWidget(aClip_, row, 2);
+  qg->addWidget(kvClip_, row++, 3);
+  gptq_ = new QCheckBox("GPTQ weights (else round to nearest)");
+  qg->addWidget(rowLabel("Weights:"), row, 0);
+  qg->addWidget(gptq_, row++, 1, 1, 3);
   auto* rankRow = new QHBoxLayout;
   rankSlider_ = new QSlider(Qt::Horizontal);
   rankSlider_->setRange(0, 13);
@@ -121,36 +139,48 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
   rankRow->addWidget(rankSlider_, 1);
   rankRow->addWidget(rank_);
   rankRow->addWidget(fullRank_);
-  qf->addRow("Rank r:", rankRow);
+  qg->addWidget(rowLabel("Rank r:"), row, 0);
+  qg->addLayout(rankRow, row++, 1, 1, 3);
   cost_ = new QLabel;
   cost_->setWordWrap(true);
   cost_->setObjectName("cost");
-  qf->addRow("", cost_);
+  cost_->setSizePolicy(QSizePolicy::Ignored, QSizePolicy::Preferred);
+  qg->addWidget(cost_, row++, 1, 1, 3);
+  for (int c = 1; c <= 3; ++c) qg->setColumnStretch(c, 1);
   outer->addWidget(quant);
 
   auto* data = new QGroupBox("Data and learning");
-  auto* df = new QFormLayout(data);
+  auto* dg = new QGridLayout(data);
   calibText_ = new QLineEdit;
   calibText_->setPlaceholderText("corpus training split");
   evalText_ = new QLineEdit;
   evalText_->setPlaceholderText("corpus test split");
-  df->addRow("Calibration text:", calibText_);
-  df->addRow("Evaluation text:", evalText_);
+  row = 0;
+  dg->addWidget(rowLabel("Calibration text:"), row, 0);
+  dg->addWidget(calibText_, row++, 1, 1, 3);
+  dg->addWidget(rowLabel("Evaluation text:"), row, 0);
+  dg->addWidget(evalText_, row++, 1, 1, 3);
   samples_ = spin(1, 1 << 20, 128), seqLen_ = spin(2, 1 << 20, 512), iters_ = spin(0, 1 << 20, 100);
   batch_ = spin(1, 4096, 1), evalWindows_ = spin(0, 1 << 20, 0);
   evalWindows_->setSpecialValueText("all");
-  df->addRow("Samples:", samples_);
-  df->addRow("Sequence length:", seqLen_);
-  df->addRow("Iterations:", iters_);
-  df->addRow("Batch:", batch_);
   lr_ = new QDoubleSpinBox;
   lr_->setRange(1e-6, 100);
   lr_->setDecimals(4);
   lr_->setValue(1.5);
-  df->addRow("Learning rate:", lr_);
   seed_ = spin(0, 1 << 30, 0);
-  df->addRow("Seed:", seed_);
-  df->addRow("Evaluation windows:", evalWindows_);
+  threads_ = spin(0, QThread::idealThreadCount(), 0);
+  threads_->setSpecialValueText(QString("all %1 cores").arg(QThread::idealThreadCount()));
+  auto pair = [&](const QString& a, QWidget* wa, const QString& b, QWidget* wb) {
+    dg->addWidget(rowLabel(a), row, 0);
+    dg->addWidget(wa, row, 1);
+    dg->addWidget(rowLabel(b), row, 2);
+    dg->addWidget(wb, row++, 3);
+  };
+  pair("Samples:", samples_, "Sequence length:", seqLen_);
+  pair("Iterations:", iters_, "Batch:", batch_);
+  pair("Learning rate:", lr_, "Seed:", seed_);
+  pair("Eval windows:", evalWindows_, "Threads:", threads_);
+  evalWindows_->setToolTip("Evaluation windows (all: the whole evaluation text)");
   device_ = new QComboBox;
   // Item data: -2 auto, -1 CPU, N >= 0 CUDA device N (each visible device, with its name).
   device_->addItem("auto (CUDA when available)", -2);
@@ -159,16 +189,17 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
   for (size_t i = 0; i < gpus.size(); ++i)
     device_->addItem(QString("CUDA %1: %2").arg(i).arg(QString::fromStdString(gpus[i])), int(i));
   if (gpus.empty()) device_->addItem("CUDA (no device visible here)", 0);
-  df->addRow("Device:", device_);
-  threads_ = spin(0, QThread::idealThreadCount(), 0);
-  threads_->setSpecialValueText(QString("all %1 cores").arg(QThread::idealThreadCount()));
-  df->addRow("Threads:", threads_);
+  dg->addWidget(rowLabel("Device:"), row, 0);
+  dg->addWidget(device_, row++, 1, 1, 3);
+  dg->setColumnStretch(1, 1);
+  dg->setColumnStretch(3, 1);
   outer->addWidget(data);
 
   problems_ = new QLabel;
   problems_->setWordWrap(true);
   problems_->setObjectName("problems");
   problems_->setStyleSheet("color: #b00020");
+  problems_->setSizePolicy(QSizePolicy::Ignored, QSizePolicy::Preferred);
   outer->addWidget(problems_);
   start_ = new QPushButton("Start calibration");
   start_->setDefault(true);
@@ -208,13 +239,15 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
   clearModel();
 }
 
-void RunPanel::clearModel() {
+void RunPanel::clearModel(const QString& why) {
   model_.reset();
+  noModelReason_ = why;
   update();
 }
 
 void RunPanel::setModel(const respin::ModelSummary& m) {
   model_ = m;
+  noModelReason_.clear();
   rankSlider_->setRange(0, rankToSlider(m.config.hidden_size));
   rank_->setMaximum(static_cast<int>(m.config.hidden_size));
   seqLen_->setValue(static_cast<int>(std::min<int64_t>(seqLen_->value(), m.config.max_position_embeddings)));
@@ -370,7 +403,7 @@ QString RunPanel::problemText() const { return problems_->text(); }
 
 QString RunPanel::problems() const {
   QStringList out;
-  if (!model_) return "Open a model folder first (File > Open model folder).";
+  if (!model_) return noModelReason_.isEmpty() ? "Open a model folder first (File > Open model folder)." : noModelReason_;
   const CalibConfig c = config();
   try {
     c.validate();

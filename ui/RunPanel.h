@@ -27,7 +27,9 @@ class RunPanel : public QWidget {
 
   // The model the run is for (enables Start; restores the values last used with it).
   void setModel(const respin::ModelSummary& model);
-  void clearModel();
+  // No model to run on (Start disabled); `why` is what the panel says instead of "open a model
+  // first" (the folder being read, or why it cannot be calibrated).
+  void clearModel(const QString& why = QString());
   // The config the controls describe (model path included); validate() has not been applied.
   respin::CalibConfig config() const;
   void setConfig(const respin::CalibConfig& c);
@@ -60,5 +62,6 @@ class RunPanel : public QWidget {
   QLabel *cost_, *problems_;
   QPushButton* start_;
   std::optional<respin::ModelSummary> model_;
+  QString noModelReason_;
   bool loading_ = false;
 };

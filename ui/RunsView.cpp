@@ -235,10 +235,14 @@ RunsView::RunsView(QWidget* parent) : QWidget(parent) {
   exportDataButton_ = new QPushButton("Export data…");
   exportDataButton_->setToolTip("The selected runs' data (config, results, loss curve, per-layer statistics) as JSON or CSV");
   auto* refreshButton = new QPushButton("Refresh");
-  for (QPushButton* b : {tagButton_, untagButton_, noteButton_, deleteButton_, compareButton_, exportButton_,
-                         exportDataButton_, refreshButton})
-    bar->addWidget(b);
+  bar->addWidget(refreshButton);
   layout->addLayout(bar);
+  // The actions on a second row: the view fits beside the run panel at 1280 pixels.
+  auto* actions = new QHBoxLayout;
+  for (QPushButton* b : {tagButton_, untagButton_, noteButton_, deleteButton_, compareButton_, exportButton_, exportDataButton_})
+    actions->addWidget(b);
+  actions->addStretch(1);
+  layout->addLayout(actions);
 
   message_ = new QLabel;
   message_->setWordWrap(true);
@@ -298,17 +302,23 @@ RunsView::RunsView(QWidget* parent) : QWidget(parent) {
   costBox_->addItem("extra parameters", int(CostAxis::Parameters));
   costBox_->setCurrentIndex(1);
   plotBar->addWidget(costBox_);
-  plotBar->addWidget(new QLabel("Runs:"));
+  plotBar->addStretch(1);
+  bottomLayout->addLayout(plotBar);
+  auto* sourceBar = new QHBoxLayout;
+  sourceBar->addWidget(new QLabel("Runs:"));
   sourceBox_ = new QComboBox;
-  sourceBox_->setSizeAdjustPolicy(QComboBox::AdjustToContents);
-  plotBar->addWidget(sourceBox_, 1);
+  // A long sweep name must not widen the window: the box shows ~24 characters at least and
+  // grows with the view.
+  sourceBox_->setSizeAdjustPolicy(QComboBox::AdjustToMinimumContentsLengthWithIcon);
+  sourceBox_->setMinimumContentsLength(24);
+  sourceBar->addWidget(sourceBox_, 1);
   plotSelectionButton_ = new QPushButton("Plot selection");
   plotSelectionButton_->setToolTip("Plot the runs selected in the table");
-  plotBar->addWidget(plotSelectionButton_);
+  sourceBar->addWidget(plotSelectionButton_);
   auto* hint = new QLabel("Click a point to select its run · right-click to export");
   hint->setForegroundRole(QPalette::PlaceholderText);  // follows the light/dark palette
-  plotBar->addWidget(hint);
-  bottomLayout->addLayout(plotBar);
+  sourceBar->addWidget(hint);
+  bottomLayout->addLayout(sourceBar);
   plot_ = new ExportablePlot("accuracy");
   plot_->setMouseTracking(true);
   plot_->setMinimumHeight(220);

@@ -6,8 +6,10 @@
 #include <ATen/Context.h>
 #include <torch/version.h>
 #include <c10/core/GradMode.h>
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -377,7 +379,6 @@ class Pipeline {
                   " is outside the model's vocab_size " + std::to_string(mc().vocab_size) + " (" + folder_.config_path + ")");
     po_.seq_len = seq_len_;
     po_.max_windows = cfg_.eval_windows;
-    po_.batch_size = kRunEvalBatch;
 
     // What the run is, as soon as it is known.
     rec_.respin_version = RESPIN_VERSION_STRING;
@@ -395,6 +396,7 @@ class Pipeline {
     rec_.timing.device = device_.str();
     rec_.timing.threads = compute_threads();
     final_dir_ = fs::absolute(out_dir_);
+    check_free_space();
     tmp_ = make_temp_dir(final_dir_);
     if (observer_) observer_->on_started(rec_, tmp_.string(), final_dir_.string());
   }
@@ -645,12 +647,55 @@ class Pipeline {
     rec_.finished = now_iso8601();
     write_file_atomically((tmp_ / "run.json").string(), run_record_to_json(rec_).dump(2));
     if (outer_) outer_->check();
-    fs::rename(tmp_, final_dir_);
-    committed_ = true;
+    move_into_place();
     if (observer_) {
       CalibProgress ev = progress(1, 1);
       ev.overall_fraction = 1;
       emit(ev, true);
+    }
+  }
+
+  // About what write_directory() writes (float32 model, grids, rotations, corrections, JSON),
+  // checked against the free space before the work rather than found missing after it.
+  void check_free_space() const {
+    const ModelConfig& c = mc();
+    const uint64_t params = static_cast<uint64_t>(c.parameter_count()), h = c.hidden_size, layers = c.num_hidden_layers;
+    uint64_t bytes = params * 4 + (256 << 10);
+    std::error_code ec;
+    if (!tokenizer_path_.empty()) bytes += fs::file_size(tokenizer_path_, ec);
+    if (cfg_.wbits < 16) bytes += params * 8 / static_cast<uint64_t>(cfg_.w_group > 0 ? cfg_.w_group : 64);
+    if (method_rotates(cfg_.method)) bytes += (2 * layers + 1) * h * h * 4 + layers * c.head_dim * c.head_dim * 4;
+    if (cfg_.method == Method::ReSpin) {
+      const uint64_t r = cfg_.rank < 0 ? h : std::min<uint64_t>(static_cast<uint64_t>(cfg_.rank), h);
+      bytes += 2 * layers * (h * r + r * r) * 4;
+    }
+    const fs::path parent = final_dir_.parent_path();
+    struct statvfs st {};
+    if (::statvfs(parent.c_str(), &st) != 0) return;  // unknown: the writes will say
+    const uint64_t free = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+    if (free < bytes) {
+      char msg[160];
+      std::snprintf(msg, sizeof msg, ": not enough free space for the run directory (about %.2f MB needed, %.2f MB free)",
+                    bytes / 1e6, free / 1e6);
+      throw Error(parent.string() + msg);
+    }
+  }
+
+  // The finished run into place. An --out that appeared meanwhile is never replaced (rename(2)
+  // would replace an empty directory), and when the move fails the complete run is kept.
+  void move_into_place() {
+    int rc = ::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, final_dir_.c_str(), RENAME_NOREPLACE);
+    if (rc != 0 && (errno == EINVAL || errno == ENOSYS)) {  // a file system without RENAME_NOREPLACE
+      std::error_code ec;
+      if (fs::symlink_status(final_dir_, ec).type() != fs::file_type::not_found) errno = EEXIST;
+      else rc = ::rename(tmp_.c_str(), final_dir_.c_str());
+    }
+    committed_ = true;  // from here on the temporary directory is never removed
+    if (rc != 0) {
+      const std::string why = std::strerror(errno);
+      throw Error(final_dir_.string() + ": cannot move the finished run into place (" + why +
+                  "); the complete run is kept in " + tmp_.string() + " (rename it, or record it with `respin runs import " +
+                  tmp_.string() + "`)");
     }
   }
 

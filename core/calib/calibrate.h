@@ -14,7 +14,10 @@
 //   online.safetensors  rank-r skip corrections attn_skip.<i>.q/.m, mlp_skip.<i>.q/.m (respin only)
 //   stats.json          {"before": ..., "after": ...} activation statistics (site_stats.h)
 // It is written into a unique temporary sibling directory and renamed into place at the end, so a
-// failed or cancelled run leaves nothing behind, and an existing directory is never overwritten.
+// failed or cancelled run leaves nothing behind, and an existing directory is never overwritten
+// (not even one that appeared while the run computed): when that final rename fails, the complete
+// run stays in the temporary directory and the error names it. The free space the directory
+// needs is checked before the work.
 #pragma once
 
 #include <c10/core/Device.h>
@@ -29,9 +32,6 @@
 #include "core/model/llama.h"
 
 namespace respin {
-
-// Windows per forward pass of a run's evaluations.
-constexpr int64_t kRunEvalBatch = 4;
 
 // The method's rules for one model, in one place: which online transforms, how o_proj's input is
 // quantized, what the rotation learning sees. Recorded in run.json and read back by load_run.
@@ -60,11 +60,10 @@ struct LoadedRun {
   OnlineTransforms online;
   SkipTransitions skip;
   int64_t o_proj_group = 0;
-  // The run's evaluation protocol as run.json records it (window length, window count, batch),
-  // so that evaluating the stored model again reproduces the run's number.
+  // The run's evaluation protocol as run.json records it (window length, window count), so that
+  // evaluating the stored model again reproduces the run's number.
   int64_t eval_seq_len = 0;
   int64_t eval_windows = 0;
-  int64_t eval_batch = kRunEvalBatch;
 };
 
 bool is_run_dir(const std::string& dir);  // has a run.json

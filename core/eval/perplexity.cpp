@@ -38,14 +38,12 @@ PerplexityResult evaluate_perplexity(const LlamaModel& model, const std::vector<
 
   at::Tensor all = at::tensor(std::vector<int64_t>(token_ids.begin(), token_ids.begin() + windows * o.seq_len))
                        .view({windows, o.seq_len});
-  const int64_t batch = std::max<int64_t>(1, o.batch_size);
   const auto start = std::chrono::steady_clock::now();
   ForwardContext ctx = model.make_context(o.seq_len);
   double nll_sum = 0;
-  for (int64_t w0 = 0; w0 < windows; w0 += batch) {
+  for (int64_t w = 0; w < windows; ++w) {
     if (control) control->check();
-    const int64_t b = std::min(batch, windows - w0);
-    at::Tensor ids = all.narrow(0, w0, b);
+    at::Tensor ids = all.narrow(0, w, 1);  // one window per forward (see PerplexityOptions)
     at::Tensor h = model.embed(ids);
     for (int i = 0; i < model.config().num_hidden_layers; ++i) h = model.layer_forward(i, h, ctx);
     std::vector<double> nll = window_mean_nll(model.head(h), ids);

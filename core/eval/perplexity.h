@@ -12,10 +12,14 @@
 
 namespace respin {
 
+// Each window is its own forward pass: every matrix product sees that window's rows alone, so
+// a window's loss is the same function of its tokens however many windows are scored or in what
+// order. Batching windows into one product would let the BLAS pick another kernel for the taller
+// shape (OpenBLAS does on AVX-512 CPUs) and move the 4-bit activation roundings with it: the
+// evaluation of a run and of the same model reloaded would then differ by ~1e-3 (docs/testing.md).
 struct PerplexityOptions {
   int64_t seq_len = 2048;   // capped by the caller at the model's max_position_embeddings
   int64_t max_windows = 0;  // 0 = all windows
-  int64_t batch_size = 1;   // windows per forward
 };
 
 struct PerplexityResult {

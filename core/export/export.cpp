@@ -51,6 +51,8 @@ at::ScalarType scalar_of(DType d) {
   }
 }
 
+constexpr const char* kModelIndexFile = "model.safetensors.index.json";
+
 const char* torch_dtype_name(DType d) {
   return d == DType::F32 ? "float32" : d == DType::F16 ? "float16" : "bfloat16";
 }
@@ -282,20 +284,24 @@ std::string readme_text(const RunRecord& rec, const std::string& run_dir, const 
   o << "The format is described in the workbench's docs/export.md.\n\n";
   if (res.format == "hf") {
     o << "## Files\n\n"
-      << "- `config.json`, `model.safetensors`, `generation_config.json`, tokenizer files: an ordinary `"
+      << "- `config.json`, `model.safetensors` (with `model.safetensors.index.json`), `generation_config.json`, "
+         "tokenizer files: an ordinary `"
       << rec.model.architecture << "` folder (every offline rotation fused, weights dequantized from their grid).\n"
-      << "- `respin_online.json`, `online.safetensors`: the online operations (docs/export.md section 2).\n\n";
+      << "- `respin_online.json`, `" << kOnlineSidecarTensors
+      << "`: the online operations and their tensors (docs/export.md section 2); model loaders do not open them.\n\n";
   } else {
     o << "## Files\n\n"
       << "- `config.json` with a compressed-tensors `quantization_config` (`" << res.ct_format
-      << "`), `model.safetensors` with packed integer weights; weight scales stored as " << res.scale_dtype << ".\n";
+      << "`), `model.safetensors` (with `model.safetensors.index.json`) with packed integer weights; weight scales "
+         "stored as " << res.scale_dtype << ".\n";
     if (sidecar)
-      o << "- `respin_online.json`, `online.safetensors`: what compressed-tensors cannot express (docs/export.md section 2).\n";
+      o << "- `respin_online.json`, `" << kOnlineSidecarTensors
+        << "`: what compressed-tensors cannot express (docs/export.md section 2); model loaders do not open them.\n";
     o << "\n";
   }
   o << "## Which runtimes can run it\n\n";
   o << "- The workbench: `respin eval --model <this folder> --text-file F --seq-len " << rec.results.eval_seq_len
-    << " --max-windows " << rec.results.eval_windows << " --batch " << (side.source ? side.source->eval_batch : 1)
+    << " --max-windows " << rec.results.eval_windows
     << "` (F: the run's evaluation text) applies everything and reproduces the run's quantized perplexity (exactly with "
        "--dtype f32; bf16 rounds the stored floating-point tensors).\n";
   if (res.format == "hf") {
@@ -445,6 +451,20 @@ uint64_t available_bytes(const std::string& dir) {
   return static_cast<uint64_t>(st.f_bavail) * static_cast<uint64_t>(st.f_frsize);
 }
 
+uint64_t allocation_unit(const std::string& dir) {
+  struct statvfs st {};
+  if (::statvfs(dir.c_str(), &st) != 0)
+    throw Error(dir + ": cannot read the file system's block size (statvfs): " + std::strerror(errno));
+  return std::max<uint64_t>(1, st.f_frsize);
+}
+
+uint64_t space_needed(const std::vector<uint64_t>& file_sizes, uint64_t unit) {
+  unit = std::max<uint64_t>(1, unit);
+  uint64_t total = unit;  // the folder's own entry block
+  for (uint64_t s : file_sizes) total += (s + unit - 1) / unit * unit;
+  return total;
+}
+
 void check_free_space(const std::string& dir, uint64_t needed, uint64_t available) {
   if (needed <= available) return;
   throw Error(dir + ": not enough free space for the export: needs " + std::to_string(needed) + " bytes (" + mib(needed) +
@@ -528,7 +548,7 @@ ExportResult export_run(const std::string& run_dir, const std::string& out_dir, 
                               rec.results.quantized_perplexity,
                               run.eval_seq_len,
                               run.eval_windows,
-                              run.eval_batch,
+                              1,  // windows per forward: always one (core/eval/perplexity.h)
                               rec.results.eval_data.source,
                               rec.results.eval_data.bytes,
                               rec.results.eval_data.sha256};
@@ -605,6 +625,18 @@ ExportResult export_run(const std::string& run_dir, const std::string& out_dir, 
     }
     config["quantization_config"] = compressed_tensors_quantization_config(scheme);
   }
+  // model.safetensors.index.json: loaders that find one open exactly the files it names (and
+  // compressed-tensors' converter needs every shard in it); docs/export.md 1.1.
+  {
+    json weight_map = json::object();
+    uint64_t total = 0;
+    for (const auto& [name, t] : model.tensors) {
+      weight_map[name] = model.name;
+      total += static_cast<uint64_t>(t.numel()) * static_cast<uint64_t>(t.element_size());
+    }
+    const json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    text_files.push_back({kModelIndexFile, index.dump(2) + "\n"});
+  }
   tensor_files.push_back(std::move(model));
   text_files.push_back({"config.json", config.dump(2) + "\n"});
 
@@ -629,7 +661,7 @@ ExportResult export_run(const std::string& run_dir, const std::string& out_dir, 
   if (sidecar) {
     text_files.push_back({kOnlineSidecarJson, online_sidecar_to_json(side).dump(2) + "\n"});
     TensorFile t;
-    t.name = kOnlineSidecarTensors;
+    t.name = side.tensor_file;
     t.tensors = online_sidecar_tensors(side, run.skip);
     tensor_files.push_back(std::move(t));
   }
@@ -637,10 +669,11 @@ ExportResult export_run(const std::string& run_dir, const std::string& out_dir, 
   text_files.push_back({"README.md", readme_text(rec, side.source->run_dir, res, side, sidecar)});
 
   // Space, then the folder.
-  uint64_t needed = 1 << 20;  // slack for directory entries and rounding
-  for (const TensorFile& f : tensor_files) needed += f.bytes();
-  for (const TextFile& f : text_files) needed += f.contents.size();
-  check_free_space(parent.string(), needed, available_bytes(parent.string()));
+  std::vector<uint64_t> sizes;
+  for (const TensorFile& f : tensor_files) sizes.push_back(f.bytes());
+  for (const TextFile& f : text_files) sizes.push_back(f.contents.size());
+  check_free_space(parent.string(), space_needed(sizes, allocation_unit(parent.string())),
+                   available_bytes(parent.string()));
 
   TempFolder tmp(final_dir);
   for (const TensorFile& f : tensor_files) write_tensor_file(tmp.path(), f);

@@ -1,15 +1,18 @@
 // Export of a calibration run into a folder that other tools load (docs/export.md):
 //
 //   hf                  a plain Hugging Face folder (config.json, model.safetensors in the chosen
-//                       dtype, tokenizer files, generation_config.json) with every offline rotation
-//                       fused and the weights dequantized, plus respin_online.json and
-//                       online.safetensors: the online operations a runtime must apply
-//                       (docs/export.md section 2);
+//                       dtype with model.safetensors.index.json, tokenizer files,
+//                       generation_config.json) with every offline rotation fused and the weights
+//                       dequantized, plus respin_online.json and respin_online.tensors: the online
+//                       operations a runtime must apply (docs/export.md section 2);
 //   compressed-tensors  real packed integer weights ("pack-quantized", or "int-quantized" for W8A8)
 //                       recovered exactly from the run's weight grids, a quantization_config in
 //                       config.json and a transform_config for R4. What the format cannot say
 //                       (compressed_tensors_gaps) makes export refuse, unless allow_sidecar adds
-//                       the hf format's respin_online.json and online.safetensors.
+//                       the hf format's respin_online.json and respin_online.tensors.
+//
+// Every file a model loader opens as weights (each "*.safetensors", and the index naming them)
+// holds only the architecture's tensors; the sidecar's tensors are in a file no loader opens.
 //
 // The folder is built under a unique temporary sibling (mkdtemp) and renamed into place at the
 // end: a failure leaves nothing behind, and an existing folder is never written into. Free space
@@ -66,6 +69,11 @@ std::vector<std::string> compressed_tensors_gaps(const RunRecord& record);
 // Free space: bytes available to an unprivileged writer in the file system holding `dir`
 // (statvfs f_bavail * f_frsize); throws respin::Error naming dir when statvfs fails.
 uint64_t available_bytes(const std::string& dir);
+// The file system's allocation unit for `dir` (statvfs f_frsize); throws like available_bytes.
+uint64_t allocation_unit(const std::string& dir);
+// What files of these sizes take on disk in a new folder: each rounded up to the allocation unit,
+// plus one unit for the folder itself.
+uint64_t space_needed(const std::vector<uint64_t>& file_sizes, uint64_t unit);
 // Throws respin::Error "<dir>: not enough free space for the export: needs N bytes (X MiB), N
 // bytes (Y MiB) available" when needed > available.
 void check_free_space(const std::string& dir, uint64_t needed, uint64_t available);

@@ -130,6 +130,20 @@ void check_ct_transforms(const CtScheme& s, const ModelConfig& mc, const std::st
                 " transforms; this loader supports one (R4)");
 }
 
+// With a model.safetensors.index.json, a loader sees only the tensors its weight_map names: every
+// tensor of every file it names must be there (under that file), so that nothing is skipped.
+void check_index_covers_files(const ShardedSafetensors& st, const std::string& dir) {
+  std::set<const SafetensorsFile*> files;
+  for (const std::string& name : st.names()) files.insert(st.find(name)->file);
+  for (const SafetensorsFile* f : files)
+    for (const TensorInfo& t : f->tensors()) {
+      const ShardedSafetensors::Entry* e = st.find(t.name);
+      if (!e || e->file != f)
+        throw Error((fs::path(dir) / "model.safetensors.index.json").string() + ": weight_map does not map tensor '" +
+                    t.name + "' to " + fs::path(f->path()).filename().string() + ", which holds it");
+    }
+}
+
 }  // namespace
 
 bool is_exported_model_folder(const std::string& dir) {
@@ -259,6 +273,7 @@ ExportedModel load_exported_model(const std::string& dir, const LoadOptions& opt
     const CtScheme& s = *em.scheme;
     check_ct_transforms(s, mc, folder.config_path);
     ShardedSafetensors st = ShardedSafetensors::open_folder(folder.dir);
+    check_index_covers_files(st, folder.dir);
     Tensors t(st, folder.dir);
     auto fl = [&](const std::string& name, const std::vector<int64_t>& shape) { return t.floating(name, shape); };
     auto opt = [&](bool present, const std::string& name, int64_t n) { return present ? fl(name, {n}) : at::Tensor(); };
@@ -311,6 +326,7 @@ ExportedModel load_exported_model(const std::string& dir, const LoadOptions& opt
     em.quant.activation = QuantSpec{s.activation_bits, s.activation_symmetric, 0, 1.0};
     em.quant.kv = QuantSpec{16, false, 0, 1.0};
   } else {
+    check_index_covers_files(ShardedSafetensors::open_folder(folder.dir), folder.dir);
     LoadOptions plain = options;
     plain.caller_applies_export = true;
     w = load_model(folder.dir, plain).weights();

@@ -1,6 +1,6 @@
 // Loading exported folders back (docs/export.md): a compressed-tensors folder (its packed integer
 // weights dequantized on load to exactly (q - zero) * scale in float32) and/or a folder with the
-// online sidecar (respin_online.json + online.safetensors: online Hadamards, skip corrections,
+// online sidecar (respin_online.json + respin_online.tensors: online Hadamards, skip corrections,
 // activation and KV quantizers, installed with the same online_hook options load_run uses).
 //
 // Nothing is guessed: a quantization_config or a sidecar field this loader does not understand,

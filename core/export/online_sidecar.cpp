@@ -1,4 +1,4 @@
-// respin_online.json + online.safetensors (see online_sidecar.h and docs/export.md section 2).
+// respin_online.json + respin_online.tensors (see online_sidecar.h and docs/export.md section 2).
 #include "core/export/online_sidecar.h"
 
 #include <ATen/ATen.h>
@@ -56,6 +56,23 @@ OnlineHadamardSpec hadamard_spec(int64_t n, const std::string& key) {
   split_order(n, &s.core_size, &s.sylvester_size);
   if (s.core_size > 1) s.core_tensor = core_tensor_name(key);
   return s;
+}
+
+// Why `name` cannot be the sidecar's tensor file ("" when it can): a plain file name in the folder
+// whose name model loaders do not take for a weight file (they open every file ending in
+// "safetensors", compressed-tensors' converter also .bin, .pt, .pth and .msgpack; docs/export.md 2.6).
+std::string tensor_file_problem(const std::string& name) {
+  if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos ||
+      name.find('\\') != std::string::npos)
+    return "must be a plain file name in the folder";
+  auto ends = [&](const std::string& suffix) {
+    return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  for (const char* suffix : {"safetensors", ".bin", ".pt", ".pth", ".msgpack"})
+    if (ends(suffix))
+      return std::string("must not end in '") + suffix + "' (model loaders would open it as a weight file)";
+  if (name == "respin_online.json" || name == "config.json") return "must not be " + name;
+  return "";
 }
 
 json quantizer_json(const QuantSpec& q) {
@@ -235,9 +252,12 @@ json online_operations(const OnlineSidecar& s) {
 }
 
 json online_sidecar_to_json(const OnlineSidecar& s) {
+  const std::string bad = tensor_file_problem(s.tensor_file);
+  if (!bad.empty()) throw Error("respin_online.json: tensor file '" + s.tensor_file + "' " + bad);
   json j;
   j["format"] = kOnlineSidecarFormat;
   j["format_version"] = kOnlineSidecarVersion;
+  j["tensors"] = s.tensor_file;
   j["method"] = s.method;
   j["model"] = {{"architecture", s.architecture},
                 {"hidden_size", s.hidden_size},
@@ -317,16 +337,27 @@ OnlineSidecar parse_online_sidecar(const std::string& text, const ModelConfig& m
     throw Error(source + ": not valid JSON (" + e.what() + ")");
   }
   Reader rd(source);
-  rd.keys(j, "", {"format", "format_version", "method", "model", "weights", "hadamards", "skip_corrections", "quantizers",
-                  "operations"},
-          {"source_run"});
-  if (rd.string(j["format"], "format") != kOnlineSidecarFormat)
+  rd.object(j, "");
+  if (rd.string(rd.at(j, "", "format"), "format") != kOnlineSidecarFormat)
     rd.fail("format", "must be '" + std::string(kOnlineSidecarFormat) + "'");
-  const int64_t version = rd.integer(j["format_version"], "format_version");
-  if (version != kOnlineSidecarVersion)
-    rd.fail("format_version", std::to_string(version) + " is not understood by this reader (it reads version " +
+  const int64_t version = rd.integer(rd.at(j, "", "format_version"), "format_version");
+  if (version != 1 && version != kOnlineSidecarVersion)
+    rd.fail("format_version", std::to_string(version) + " is not understood by this reader (it reads versions 1 to " +
                                   std::to_string(kOnlineSidecarVersion) + ")");
+  // Version 2 names its tensor file; version 1 kept the tensors in online.safetensors.
+  std::set<std::string> required = {"format", "format_version", "method", "model", "weights", "hadamards",
+                                    "skip_corrections", "quantizers", "operations"};
+  if (version >= 2) required.insert("tensors");
+  rd.keys(j, "", required, {"source_run"});
   OnlineSidecar s;
+  s.format_version = static_cast<int>(version);
+  if (version >= 2) {
+    s.tensor_file = rd.string(j["tensors"], "tensors");
+    const std::string bad = tensor_file_problem(s.tensor_file);
+    if (!bad.empty()) rd.fail("tensors", "'" + s.tensor_file + "' " + bad);
+  } else {
+    s.tensor_file = kOnlineSidecarTensorsV1;
+  }
   s.method = rd.string(j["method"], "method");
   try {
     (void)method_from_name(s.method);
@@ -464,7 +495,7 @@ OnlineSidecar parse_online_sidecar(const std::string& text, const ModelConfig& m
 OnlineSidecar read_online_sidecar(const std::string& dir, const ModelConfig& mc, at::Device device) {
   const std::string json_path = (fs::path(dir) / kOnlineSidecarJson).string();
   OnlineSidecar s = parse_online_sidecar(read_text_file(json_path), mc, json_path);
-  const std::string tpath = (fs::path(dir) / kOnlineSidecarTensors).string();
+  const std::string tpath = (fs::path(dir) / s.tensor_file).string();
   std::vector<std::string> wanted;
   for (const std::optional<OnlineHadamardSpec>* h : {&s.qk, &s.down_proj, &s.heads})
     if (*h && !(*h)->core_tensor.empty()) wanted.push_back((*h)->core_tensor);

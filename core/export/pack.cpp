@@ -394,7 +394,10 @@ nlohmann::json compressed_tensors_quantization_config(const CtScheme& s) {
               {"actorder", nullptr},
               {"observer", nullptr},
               {"observer_kwargs", json::object()}};
+  // Every group names its storage format: without it compressed-tensors infers one per group from
+  // the scheme, and declared activations make it infer int-quantized (docs/export.md 1.5).
   json group = {{"targets", s.targets},
+                {"format", ct_format(s)},
                 {"weights", weights},
                 {"input_activations", inputs},
                 {"output_activations", nullptr}};

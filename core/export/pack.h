@@ -118,7 +118,8 @@ std::string ct_format(const CtScheme& s);
 // Throws respin::Error naming the field for anything the writer cannot express.
 void validate_ct_scheme(const CtScheme& s);
 
-// config.json's "quantization_config" object (validates first).
+// config.json's "quantization_config" object (validates first). The top-level "format" and the
+// "format" of every config group are ct_format(s).
 nlohmann::json compressed_tensors_quantization_config(const CtScheme& s);
 
 // Parses a quantization_config object (the value, not the whole config.json). Accepts what this

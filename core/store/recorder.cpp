@@ -12,12 +12,15 @@ StoreRecorder::StoreRecorder(RunStore& store, CalibObserver* next, std::optional
 
 StoreRecorder::~StoreRecorder() = default;
 
-template <class F> void StoreRecorder::guarded(F&& f) {
+template <class F> std::string StoreRecorder::guarded(F&& f) {
   try {
     f();
   } catch (const std::exception& e) {
-    if (error_.empty()) error_ = error_message(e);
+    const std::string what = error_message(e);
+    if (error_.empty()) error_ = what;
+    return what;
   }
+  return "";
 }
 
 void StoreRecorder::on_started(const RunRecord& partial, const std::string& temp_dir, const std::string& run_dir) {
@@ -31,6 +34,9 @@ void StoreRecorder::on_started(const RunRecord& partial, const std::string& temp
     id_ = store_.begin_run(s);
     heartbeat_ = std::make_unique<Heartbeat>(store_, *id_, period_);
   });
+  // Without its marker the directory cannot later be proven to be this run's: `runs delete` and
+  // `runs clean` would keep it (docs/store.md, "Which folders belong to a run").
+  if (id_ && !temp_dir.empty()) guarded([&] { store_.write_run_marker(*id_, temp_dir); });
   if (next_) next_->on_started(partial, temp_dir, run_dir);
 }
 
@@ -61,22 +67,30 @@ void StoreRecorder::on_stats(StatsStage stage, const std::vector<SiteStats>& sta
 void StoreRecorder::finished(const RunRecord& record) {
   flush_loss();
   heartbeat_.reset();
-  if (id_) guarded([&] { store_.finish_run(*id_, record); });
+  if (id_) end_error_ = guarded([&] {
+    store_.finish_run(*id_, record);
+    end_recorded_ = true;
+  });
 }
 
 void StoreRecorder::stopped(RunStatus status, const std::string& message) {
   flush_loss();
   heartbeat_.reset();
-  if (id_) guarded([&] { store_.end_run(*id_, status, message); });
+  if (id_) end_error_ = guarded([&] {
+    store_.end_run(*id_, status, message);
+    end_recorded_ = true;
+  });
 }
 
 CalibOutcome calibrate_and_record(const CalibConfig& config, const std::string& out_dir, RunStore& store,
                                   RunControl* control, CalibObserver* observer, std::optional<int64_t> sweep,
-                                  std::optional<int64_t>* run_id, std::string* store_error) {
+                                  std::optional<int64_t>* run_id, std::string* store_error, bool* end_recorded) {
   StoreRecorder rec(store, observer, sweep);
   auto report = [&] {
     if (run_id) *run_id = rec.run_id();
-    if (store_error) *store_error = rec.store_error();
+    // The failure that matters most: the one that kept the run's end out of the store.
+    if (store_error) *store_error = rec.end_recorded() || rec.end_error().empty() ? rec.store_error() : rec.end_error();
+    if (end_recorded) *end_recorded = rec.end_recorded();
   };
   try {
     CalibOutcome out = run_calibration(config, out_dir, control, &rec);

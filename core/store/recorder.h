@@ -6,7 +6,9 @@
 // rotations are learned, the statistics before and after rotation as they are taken, and at the
 // end the whole record (finished) or the reason it stopped (cancelled, failed). A process that
 // dies without any of that (SIGKILL, power loss) leaves a running run whose heartbeat goes stale:
-// readers show it as interrupted, with its leftover temporary directory.
+// readers show it as interrupted, with its leftover temporary directory. As soon as the run is
+// begun, the recorder writes the run's marker (kRunMarkerName) into the temporary directory, so
+// that the directory, once renamed into place, provably belongs to that run (docs/store.md).
 #pragma once
 
 #include <cstdint>
@@ -45,10 +47,14 @@ class StoreRecorder : public CalibObserver {
   // Store failures while recording do not stop the calibration (its run directory is still
   // written); the first one is kept here for the caller to report.
   const std::string& store_error() const { return error_; }
+  // Whether the run's end (finished, or cancelled / failed) reached the store. When it did not,
+  // the store still says running (read as interrupted) for run_id().
+  bool end_recorded() const { return end_recorded_; }
+  const std::string& end_error() const { return end_error_; }  // why it did not
 
  private:
   void flush_loss();
-  template <class F> void guarded(F&& f);
+  template <class F> std::string guarded(F&& f);  // the failure's message, or ""
 
   RunStore& store_;
   CalibObserver* next_;
@@ -60,13 +66,16 @@ class StoreRecorder : public CalibObserver {
   int64_t pending_first_ = 0;
   std::chrono::steady_clock::time_point last_flush_{};
   std::string error_;
+  bool end_recorded_ = false;
+  std::string end_error_;
 };
 
 // run_calibration with a StoreRecorder: the run lands in `store` whatever happens. Returns the
-// outcome; `run_id` (optional) receives the store's id even when the run throws.
+// outcome; `run_id` (optional) receives the store's id even when the run throws, `store_error`
+// the first store failure and `end_recorded` whether the run's end reached the store.
 CalibOutcome calibrate_and_record(const CalibConfig& config, const std::string& out_dir, RunStore& store,
                                   RunControl* control = nullptr, CalibObserver* observer = nullptr,
                                   std::optional<int64_t> sweep = {}, std::optional<int64_t>* run_id = nullptr,
-                                  std::string* store_error = nullptr);
+                                  std::string* store_error = nullptr, bool* end_recorded = nullptr);
 
 }  // namespace respin

@@ -69,6 +69,13 @@ std::string json_value_text(const json& v) {
   return v.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
+std::vector<std::string> run_data_files(RunDataFormat format, const std::string& out) {
+  if (format == RunDataFormat::Json) return {out};
+  std::string base = out;
+  if (base.size() > 4 && base.compare(base.size() - 4, 4, ".csv") == 0) base.resize(base.size() - 4);
+  return {base + ".csv", base + ".loss.csv", base + ".layers.csv"};
+}
+
 std::vector<std::string> export_run_data(const RunStore& s, const std::vector<int64_t>& ids, RunDataFormat format,
                                          const std::string& out) {
   if (ids.empty()) throw Error("run data export needs one or more run ids");
@@ -103,9 +110,8 @@ std::vector<std::string> export_run_data(const RunStore& s, const std::vector<in
     return {out};
   }
   // CSV: three tables, one row per run / per loss step / per (stage, layer, site).
-  std::string base = out;
-  if (base.size() > 4 && base.compare(base.size() - 4, 4, ".csv") == 0) base.resize(base.size() - 4);
-  const std::string runs_path = base + ".csv", loss_path = base + ".loss.csv", layers_path = base + ".layers.csv";
+  const std::vector<std::string> paths = run_data_files(format, out);
+  const std::string &runs_path = paths[0], &loss_path = paths[1], &layers_path = paths[2];
   std::vector<std::map<std::string, json>> flat;
   std::set<std::string> cols;
   for (const RunDetail& d : runs) {

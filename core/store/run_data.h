@@ -25,6 +25,10 @@ enum class RunDataFormat { Json, Csv };
 std::vector<std::string> export_run_data(const RunStore& store, const std::vector<int64_t>& ids,
                                          RunDataFormat format, const std::string& out);
 
+// The files export_run_data writes for `out`: {out} (json) or BASE.csv, BASE.loss.csv and
+// BASE.layers.csv (csv), in that order.
+std::vector<std::string> run_data_files(RunDataFormat format, const std::string& out);
+
 // The fields of a run's summary as JSON (what `respin runs list --json` prints per run).
 nlohmann::json run_summary_json(const RunSummary& r);
 

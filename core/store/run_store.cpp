@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -17,12 +18,16 @@
 
 #include <sqlite3.h>
 
+#include "core/io/atomic_file.h"
+#include "core/stats/site_stats.h"
 #include "core/util/error.h"
 #include "core/util/sha256.h"
 #include "core/util/version.h"
 
 namespace respin {
 
+namespace fs = std::filesystem;
+using nlohmann::json;
 using sqlite::Database;
 using sqlite::Statement;
 using sqlite::Transaction;
@@ -65,6 +70,22 @@ std::string random_uuid() {
   std::snprintf(out, sizeof out, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
                 b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
   return out;
+}
+
+// Tests make a writer die, or fail as on a full disk, inside one of its write transactions:
+// RESPIN_STORE_FAULT=<operation>:kill or <operation>:full (docs/store.md, "Fault injection").
+void fault_point(const std::string& path, const char* operation) {
+  const char* env = std::getenv("RESPIN_STORE_FAULT");
+  if (!env) return;
+  const std::string v = env, op = operation;
+  if (v == op + ":kill") ::raise(SIGKILL);
+  if (v == op + ":full") throw Error(path + ": " + op + ": database or disk is full (RESPIN_STORE_FAULT)");
+}
+
+bool has_control_bytes(const std::string& s) {
+  for (unsigned char c : s)
+    if (c < 0x20 || c == 0x7f) return true;
+  return false;
 }
 
 // "<path>: " stripped from an error that already names the file, so that a wrapper can say it once.
@@ -426,11 +447,48 @@ bool create_new(const std::string& path, const RunStoreOptions& options) {
   return true;
 }
 
+std::string folder_of(const std::string& path) {
+  const fs::path parent = fs::path(path).parent_path();
+  return parent.empty() ? std::string(".") : parent.string();
+}
+
+// A store that cannot be read for a reason other than its content: locked by another process, or
+// in a folder where SQLite cannot create its -wal and -shm files. nullopt: not such a case.
+std::optional<Error> access_problem(const std::string& path, const Database& db, const RunStoreOptions& options) {
+  const int code = sqlite3_extended_errcode(db.handle()) & 0xff;
+  if (code == SQLITE_BUSY || code == SQLITE_LOCKED)
+    return Error(path + ": locked by another process (it held the lock past the busy timeout of " +
+                 std::to_string(options.busy_timeout_ms) + " ms); try again once it has finished");
+  if (code == SQLITE_CANTOPEN || code == SQLITE_READONLY || code == SQLITE_IOERR || code == SQLITE_PERM) {
+    const std::string folder = folder_of(path);
+    if (::access(folder.c_str(), W_OK) != 0) {
+      const std::string why = std::strerror(errno);
+      const std::string name = fs::path(path).filename().string();
+      return Error(path + ": the folder " + folder + " is not writable (" + why + "); SQLite needs to create " + name +
+                   "-wal and " + name + "-shm beside the store (copy the store to a writable folder to read it)");
+    }
+  }
+  return std::nullopt;
+}
+
+Database open_checked(const std::string& path, const RunStoreOptions& options, bool read_only);
+
 // Opens an existing file after checking it; leaves it byte for byte as it was when refusing it.
 Database open_existing(const std::string& path, const RunStoreOptions& options, bool read_only) {
   check_path(path);
+  return open_checked(path, options, read_only);
+}
+
+Database open_checked(const std::string& path, const RunStoreOptions& options, bool read_only) {
   Database db(path, read_only ? Database::Mode::ReadOnly : Database::Mode::ReadWrite, options.busy_timeout_ms);
   check_header(path, db);
+  // SQLite opens a file it may not write read-only without saying so; a writer would find out at
+  // its first write (a calibration: after all its work).
+  if (!read_only && sqlite3_db_readonly(db.handle(), "main") == 1) {
+    const std::string why = ::access(path.c_str(), W_OK) != 0 ? std::strerror(errno) : "opened read-only";
+    throw Error(path + ": the run store is read-only (" + why + "); nothing can be recorded in it (use another --db, "
+                "or --no-store)");
+  }
   // Closing the last connection of a WAL database checkpoints it into the main file; a file we
   // end up refusing should not be written even that way.
   sqlite3_db_config(db.handle(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
@@ -450,6 +508,7 @@ Database open_existing(const std::string& path, const RunStoreOptions& options, 
     }
     version = read_version(db);
   } catch (const Error& e) {
+    if (std::optional<Error> a = access_problem(path, db, options)) throw *a;
     const std::string what = without_path(e.what(), path);
     if (what.rfind("damaged", 0) == 0 || what.rfind("not a respin", 0) == 0) throw;
     throw Error(path + ": damaged or not a run store: " + what);
@@ -460,19 +519,29 @@ Database open_existing(const std::string& path, const RunStoreOptions& options, 
     if (read_only)
       throw Error(path + ": schema version " + std::to_string(version) + " is older than this respin's (" +
                   std::to_string(kRunStoreSchemaVersion) + "); open it once read-write to upgrade it");
-    migrate(db);
+    try {
+      migrate(db);
+    } catch (const Error&) {
+      if (std::optional<Error> a = access_problem(path, db, options)) throw *a;
+      throw;
+    }
   }
   sqlite3_db_config(db.handle(), SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
-  if (read_only) {
-    db.exec("PRAGMA query_only = ON");
-  } else {
-    // A journal mode change needs the write lock; skip it when it is already WAL so that opening
-    // does not wait for another writer.
-    if (db.query_text("PRAGMA journal_mode") != "wal") db.exec("PRAGMA journal_mode = WAL");
-    // In WAL mode NORMAL cannot corrupt the file; a power cut may lose the last commits.
-    db.exec("PRAGMA synchronous = NORMAL");
+  try {
+    if (read_only) {
+      db.exec("PRAGMA query_only = ON");
+    } else {
+      // A journal mode change needs the write lock; skip it when it is already WAL so that opening
+      // does not wait for another writer.
+      if (db.query_text("PRAGMA journal_mode") != "wal") db.exec("PRAGMA journal_mode = WAL");
+      // In WAL mode NORMAL cannot corrupt the file; a power cut may lose the last commits.
+      db.exec("PRAGMA synchronous = NORMAL");
+    }
+    db.exec("PRAGMA foreign_keys = ON");
+  } catch (const Error&) {
+    if (std::optional<Error> a = access_problem(path, db, options)) throw *a;
+    throw;
   }
-  db.exec("PRAGMA foreign_keys = ON");
   return db;
 }
 
@@ -623,8 +692,14 @@ RunStatus RunStore::derive_status(RunStatus stored, std::optional<int64_t> heart
 
 int64_t RunStore::begin_run(const RunStart& start) {
   require_writable("begin_run");
-  const int64_t now = now_unix_ms();
   Transaction t(db_);
+  const int64_t id = insert_run(start, now_unix_ms());
+  fault_point(path(), "begin_run");
+  t.commit();
+  return id;
+}
+
+int64_t RunStore::insert_run(const RunStart& start, int64_t now) {
   if (start.sweep_id) {
     Statement q = db_.prepare("SELECT 1 FROM sweeps WHERE id = :id");
     if (!q.bind_int64(":id", *start.sweep_id).step())
@@ -653,9 +728,7 @@ int64_t RunStore::begin_run(const RunStart& start) {
   bind_config(s, start.config);
   bind_model(s, start.model);
   s.run();
-  const int64_t id = db_.last_insert_rowid();
-  t.commit();
-  return id;
+  return db_.last_insert_rowid();
 }
 
 void RunStore::heartbeat(int64_t id) {
@@ -680,6 +753,7 @@ void RunStore::append_loss(int64_t id, int64_t first_step, const std::vector<dou
   for (size_t i = 0; i < loss.size(); ++i) {
     s.bind_int64(":step", first_step + static_cast<int64_t>(i)).bind_double(":loss", loss[i]).run();
   }
+  fault_point(path(), "append_loss");
   t.commit();
 }
 
@@ -692,6 +766,11 @@ void RunStore::put_stats(int64_t id, StatsStage stage, const std::vector<SiteSta
                   std::to_string(kHistogramBins));
   Transaction t(db_);
   if (!db_.prepare("SELECT 1 FROM runs WHERE id = :id").bind_int64(":id", id).step()) no_run(id);
+  write_stats(id, stage, stats);
+  t.commit();
+}
+
+void RunStore::write_stats(int64_t id, StatsStage stage, const std::vector<SiteStats>& stats) {
   Statement s = db_.prepare(
       "INSERT OR REPLACE INTO site_stats (run_id, stage, layer, site, count, nonfinite, sum_sq, sum_4th, "
       "mean_square, kurtosis, absmax, max_median_ratio, channels, histogram, channel_absmax) VALUES (:id, :stage, "
@@ -716,13 +795,10 @@ void RunStore::put_stats(int64_t id, StatsStage stage, const std::vector<SiteSta
         .bind_blob(":channel_absmax", absmax.data(), absmax.size())
         .run();
   }
-  t.commit();
 }
 
 void RunStore::finish_run(int64_t id, const RunRecord& record) {
   require_writable("finish_run");
-  const std::string record_json = run_record_to_json(record).dump();
-  const int64_t now = now_unix_ms();
   Transaction t(db_);
   {
     Statement q = db_.prepare("SELECT status FROM runs WHERE id = :id");
@@ -731,6 +807,14 @@ void RunStore::finish_run(int64_t id, const RunRecord& record) {
     if (status != "running" && status != "interrupted")
       throw Error(path() + ": finish_run: run " + std::to_string(id) + " is already " + status);
   }
+  write_finished(id, record);
+  fault_point(path(), "finish_run");
+  t.commit();
+}
+
+void RunStore::write_finished(int64_t id, const RunRecord& record) {
+  const std::string record_json = run_record_to_json(record).dump();
+  const int64_t now = now_unix_ms();
   Statement s = db_.prepare(
       std::string("UPDATE runs SET status = 'finished', message = '', ended = :ended, heartbeat_ms = :now, "
                   "config_json = :config_json, config_sha256 = :config_sha256, method = :method, wbits = :wbits, "
@@ -787,7 +871,6 @@ void RunStore::finish_run(int64_t id, const RunRecord& record) {
     for (size_t i = 0; i < loss.size(); ++i)
       ls.bind_int64(":step", static_cast<int64_t>(i)).bind_double(":loss", loss[i]).run();
   }
-  t.commit();
 }
 
 void RunStore::end_run(int64_t id, RunStatus status, const std::string& message) {
@@ -807,7 +890,145 @@ void RunStore::end_run(int64_t id, RunStatus status, const std::string& message)
       .bind_text(":ended", iso_utc(now_unix_ms()))
       .bind_int64(":id", id)
       .run();
+  fault_point(path(), "end_run");
   t.commit();
+}
+
+void RunStore::write_run_marker(int64_t id, const std::string& dir) const {
+  Statement q = db_.prepare("SELECT uuid FROM runs WHERE id = :id");
+  if (!q.bind_int64(":id", id).step()) no_run(id);
+  const json j = {{"run_id", id}, {"uuid", q.column_text(0)}, {"store", fs::absolute(path()).string()}};
+  q.reset();
+  write_file_atomically((fs::path(dir) / kRunMarkerName).string(),
+                        j.dump(2, ' ', false, json::error_handler_t::replace) + "\n");
+}
+
+namespace {
+
+std::string marker_uuid(const std::string& dir) {
+  const std::string marker = (fs::path(dir) / kRunMarkerName).string();
+  std::error_code ec;
+  if (fs::symlink_status(marker, ec).type() == fs::file_type::not_found) return "";
+  try {
+    const json j = json::parse(read_text_file(marker));
+    const std::string uuid = j.at("uuid").get<std::string>();
+    if (uuid.empty()) throw Error("empty uuid");
+    return uuid;
+  } catch (const std::exception& e) {
+    throw Error(marker + ": not a run marker (" + e.what() + ")");
+  }
+}
+
+std::string normal_dir(const std::string& dir) {
+  fs::path p = fs::absolute(dir).lexically_normal();
+  if (!p.has_filename() && p.has_parent_path() && p != p.root_path()) p = p.parent_path();
+  return p.string();
+}
+
+}  // namespace
+
+DirOwnership run_dir_ownership(const std::string& dir, const std::string& uuid, const std::string& record_json) {
+  std::error_code ec;
+  const fs::file_type type = fs::symlink_status(dir, ec).type();
+  if (type == fs::file_type::not_found) return {false, "it does not exist"};
+  if (type != fs::file_type::directory) return {false, "it is not a directory"};
+  std::string found;
+  try {
+    found = marker_uuid(dir);
+  } catch (const Error&) {
+    return {false, std::string("its ") + kRunMarkerName + " is unreadable"};
+  }
+  if (!found.empty()) {
+    if (found == uuid) return {true, ""};
+    return {false, std::string("its ") + kRunMarkerName + " names another run, " + found};
+  }
+  const std::string run_json = (fs::path(dir) / "run.json").string();
+  if (!fs::is_regular_file(run_json, ec)) return {false, std::string("no ") + kRunMarkerName + " and no run.json"};
+  if (record_json.empty())
+    return {false, std::string("no ") + kRunMarkerName + ", and the store holds no record to compare its run.json with"};
+  try {
+    const json disk = run_record_to_json(run_record_from_json(json::parse(read_text_file(run_json)), run_json));
+    if (disk == json::parse(record_json)) return {true, ""};
+  } catch (const std::exception&) {
+    return {false, "its run.json is unreadable"};
+  }
+  return {false, "its run.json records another run"};
+}
+
+ImportedRun RunStore::import_run(const std::string& dir_in) {
+  require_writable("import_run");
+  const std::string dir = normal_dir(dir_in);
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) throw Error(dir + ": no such run directory");
+  const std::string run_json = dir + "/run.json";
+  if (!fs::is_regular_file(run_json, ec)) throw Error(dir + ": not a run directory (no run.json)");
+  json j;
+  try {
+    j = json::parse(read_text_file(run_json));
+  } catch (const json::exception& e) {
+    throw Error(run_json + ": not valid JSON (" + e.what() + ")");
+  }
+  const RunRecord record = run_record_from_json(j, run_json);
+  if (!fs::is_regular_file(dir + "/model/config.json", ec))
+    throw Error(dir + ": not a complete run directory (no model/config.json)");
+  std::vector<SiteStats> before, after;
+  const std::string stats_path = dir + "/stats.json";
+  if (fs::is_regular_file(stats_path, ec)) {
+    try {
+      const json st = json::parse(read_text_file(stats_path));
+      before = stats_from_json(st.at("before"));
+      after = stats_from_json(st.at("after"));
+    } catch (const std::exception& e) {
+      throw Error(stats_path + ": " + e.what());
+    }
+  }
+  const std::string uuid = marker_uuid(dir);
+
+  Transaction t(db_);
+  ImportedRun out;
+  std::optional<int64_t> id;
+  if (!uuid.empty()) {
+    Statement q = db_.prepare("SELECT id, status, heartbeat_ms, pid, hostname, run_dir FROM runs WHERE uuid = :uuid");
+    if (q.bind_text(":uuid", uuid).step()) {
+      const int64_t found = q.column_int64(0);
+      const RunStatus status =
+          derive_status(parse_field(path(), found, [&] { return run_status_from_name(q.column_text(1)); }),
+                        q.column_int64_opt(2), q.column_int64(3), q.column_text(4));
+      const std::string recorded_dir = q.column_text(5);
+      if (status == RunStatus::Finished)
+        throw Error(dir + ": already recorded as run " + std::to_string(found) + " in " + path() +
+                    (recorded_dir != dir ? " (at " + recorded_dir + ")" : std::string()));
+      if (status == RunStatus::Running)
+        throw Error(path() + ": run " + std::to_string(found) + " is still running (its writer heartbeats); import " +
+                    dir + " once it has ended");
+      id = found;
+      out.repaired = true;
+      out.previous = status;
+    }
+  }
+  if (!id) {
+    Statement q = db_.prepare("SELECT id FROM runs WHERE run_dir = :dir AND status = 'finished'");
+    if (q.bind_text(":dir", dir).step())
+      throw Error(dir + ": already recorded as run " + std::to_string(q.column_int64(0)) + " in " + path());
+    q.reset();
+    RunStart s;
+    s.config = record.config;
+    s.model = record.model;
+    s.run_dir = dir;
+    id = insert_run(s, now_unix_ms());
+  }
+  write_finished(*id, record);
+  db_.prepare("UPDATE runs SET run_dir = :dir, tmp_dir = NULL, message = :message WHERE id = :id")
+      .bind_text(":dir", dir)
+      .bind_text(":message", out.repaired ? std::string("recorded by import (it read ") + run_status_name(out.previous) + ")"
+                                          : std::string("imported"))
+      .bind_int64(":id", *id)
+      .run();
+  if (!before.empty()) write_stats(*id, StatsStage::Before, before);
+  if (!after.empty()) write_stats(*id, StatsStage::After, after);
+  t.commit();
+  out.id = *id;
+  return out;
 }
 
 // ---- Reading ----
@@ -1021,6 +1242,8 @@ std::vector<Sweep> RunStore::list_sweeps() const {
 void RunStore::add_tag(int64_t id, const std::string& tag) {
   require_writable("add_tag");
   if (tag.empty()) throw Error(path() + ": add_tag: empty tag");
+  if (has_control_bytes(tag))
+    throw Error(path() + ": add_tag: a tag is one line of printable text (this one holds a newline or control character)");
   Transaction t(db_);
   if (!db_.prepare("SELECT 1 FROM runs WHERE id = :id").bind_int64(":id", id).step()) no_run(id);
   db_.prepare("INSERT OR IGNORE INTO run_tags (run_id, tag) VALUES (:id, :tag)")
@@ -1048,16 +1271,43 @@ void RunStore::set_note(int64_t id, const std::string& note) {
 DeletedRun RunStore::delete_run(int64_t id) {
   require_writable("delete_run");
   Transaction t(db_);
-  Statement q = db_.prepare("SELECT status, heartbeat_ms, pid, hostname, run_dir, tmp_dir FROM runs WHERE id = :id");
+  DeletedRun out = delete_one(id);
+  t.commit();
+  return out;
+}
+
+std::vector<DeletedRun> RunStore::delete_runs(const std::vector<int64_t>& ids) {
+  require_writable("delete_run");
+  Transaction t(db_);
+  std::vector<DeletedRun> out;
+  for (int64_t id : ids) out.push_back(delete_one(id));  // a throw rolls every deletion back
+  t.commit();
+  return out;
+}
+
+DeletedRun RunStore::delete_one(int64_t id) {
+  Statement q = db_.prepare(
+      "SELECT status, heartbeat_ms, pid, hostname, run_dir, tmp_dir, uuid, record_json FROM runs WHERE id = :id");
   if (!q.bind_int64(":id", id).step()) no_run(id);
   const RunStatus status = derive_status(parse_field(path(), id, [&] { return run_status_from_name(q.column_text(0)); }),
                                          q.column_int64_opt(1), q.column_int64(2), q.column_text(3));
   if (is_live(status))
     throw Error(path() + ": run " + std::to_string(id) + " is still running; cancel it before deleting it");
-  DeletedRun out{q.column_text(4), q.column_text(5)};
+  const std::string run_dir = q.column_text(4), tmp_dir = q.column_text(5), uuid = q.column_text(6),
+                    record_json = q.column_text(7);
   q.reset();
+  // Only what provably belongs to this run is handed back for removal: the folder now at the
+  // recorded path may be another run's (a later run with the same --out) or the user's.
+  DeletedRun out;
+  const std::pair<const std::string*, std::string*> dirs[] = {{&run_dir, &out.run_dir}, {&tmp_dir, &out.tmp_dir}};
+  for (const auto& [dir, slot] : dirs) {
+    std::error_code ec;
+    if (dir->empty() || fs::symlink_status(*dir, ec).type() == fs::file_type::not_found) continue;
+    const DirOwnership o = run_dir_ownership(*dir, uuid, record_json);
+    if (o.owned) *slot = *dir;
+    else out.kept.push_back("kept " + *dir + ": it does not belong to run " + std::to_string(id) + " (" + o.reason + ")");
+  }
   db_.prepare("DELETE FROM runs WHERE id = :id").bind_int64(":id", id).run();
-  t.commit();
   return out;
 }
 

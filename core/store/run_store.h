@@ -145,10 +145,34 @@ struct Sweep {
   std::string created, kind, model, description;
 };
 
-// What delete_run removed from the store; the caller removes the directories it wants gone.
+// The file a recorded run keeps in its directory (written into the temporary directory before
+// the run is renamed into place): {"run_id", "uuid", "store"}. It is what proves that a folder
+// belongs to a run; docs/store.md ("Which folders belong to a run").
+constexpr const char* kRunMarkerName = ".respin-run.json";
+
+// Whether a folder provably belongs to a run: its marker names the run's uuid, or it has no
+// marker and its run.json holds exactly the record stored for the run (runs recorded before
+// markers existed, runs brought in by import_run). `reason` says why not.
+struct DirOwnership {
+  bool owned = false;
+  std::string reason;
+};
+DirOwnership run_dir_ownership(const std::string& dir, const std::string& uuid, const std::string& record_json);
+
+// What delete_run removed from the store. run_dir and tmp_dir are the directories that belong to
+// the run (see run_dir_ownership), for the caller to remove; a recorded directory that does not
+// belong to it is left out and explained in `kept`.
 struct DeletedRun {
-  std::string run_dir;
-  std::string tmp_dir;  // empty if none was recorded
+  std::string run_dir;            // empty: none, missing, or not the run's
+  std::string tmp_dir;            // likewise
+  std::vector<std::string> kept;  // "kept DIR: it does not belong to run N (reason)"
+};
+
+// What import_run did.
+struct ImportedRun {
+  int64_t id = 0;
+  bool repaired = false;          // an existing row (named by the directory's marker) was completed
+  RunStatus previous = RunStatus::Finished;  // its status before (repaired only)
 };
 
 class RunStore {
@@ -185,6 +209,15 @@ class RunStore {
   // Status cancelled or failed (anything else is an error) with a message; the tmp dir stays
   // recorded until clear_tmp_dir or delete_run.
   void end_run(int64_t id, RunStatus status, const std::string& message);
+  // Writes kRunMarkerName for run `id` into `dir` (atomically). The recorder calls it on the
+  // temporary directory as soon as the run is begun.
+  void write_run_marker(int64_t id, const std::string& dir) const;
+  // A complete run directory (its run.json, and stats.json when present) as a finished run.
+  // When the directory's marker names a run of this store that did not finish (interrupted by a
+  // kill or a full disk after its directory was complete, failed on its final rename) that run
+  // is completed and its run_dir set to `dir`; otherwise a new finished run is inserted. Refuses
+  // a directory already recorded as a finished run, and a run that is still running.
+  ImportedRun import_run(const std::string& dir);
 
   // ---- Reading ----
   std::vector<RunSummary> list_runs(const RunFilter& filter = {}) const;  // by id
@@ -198,8 +231,11 @@ class RunStore {
   void add_tag(int64_t id, const std::string& tag);
   void remove_tag(int64_t id, const std::string& tag);
   void set_note(int64_t id, const std::string& note);
-  // Refuses a run that is running (and not interrupted). Children rows go with it.
+  // Refuses a run that is running (and not interrupted). Children rows go with it. Returns the
+  // directories that belong to the run (see DeletedRun); the store itself only deletes rows.
   DeletedRun delete_run(int64_t id);
+  // delete_run of every id in one transaction: all of them, or (an unknown or running id) none.
+  std::vector<DeletedRun> delete_runs(const std::vector<int64_t>& ids);
   int64_t create_sweep(const std::string& kind, const std::string& model, const std::string& description);
 
   // Runs that read as interrupted (derived or marked); tmp_dir is the leftover temporary
@@ -213,6 +249,10 @@ class RunStore {
   RunStore(sqlite::Database db, RunStoreOptions options, bool read_only)
       : db_(std::move(db)), options_(options), read_only_(read_only) {}
   void require_writable(const char* what) const;
+  int64_t insert_run(const RunStart& start, int64_t now_ms);
+  void write_finished(int64_t id, const RunRecord& record);
+  void write_stats(int64_t id, StatsStage stage, const std::vector<SiteStats>& stats);
+  DeletedRun delete_one(int64_t id);
   [[noreturn]] void no_run(int64_t id) const;
   RunStatus derive_status(RunStatus stored, std::optional<int64_t> heartbeat_ms, int64_t pid,
                           const std::string& host) const;

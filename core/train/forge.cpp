@@ -376,7 +376,6 @@ ForgeResult forge(const ForgeOptions& o, RunControl* control) {
   PerplexityOptions po;
   po.seq_len = p.seq_len;
   po.max_windows = p.eval_windows;
-  po.batch_size = 4;
   PerplexityResult pr = evaluate_perplexity(saved, val_ids, po, control);
   r.val_perplexity = pr.perplexity;
   r.val_tokens_scored = pr.windows * (p.seq_len - 1);
