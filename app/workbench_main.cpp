@@ -60,7 +60,10 @@ int main(int argc, char** argv) {
     if (!modelDir.isEmpty()) window.beginOpenModel(modelDir);
     return app.exec();
   }
-  if (!modelDir.isEmpty() && !window.openModel(modelDir)) return fail(window.modelPanel()->errorText());
+  // A folder that is read but cannot be calibrated still shows (its details and why); one that
+  // cannot be read at all is an error.
+  if (!modelDir.isEmpty() && !window.openModel(modelDir) && !window.modelPanel()->summary())
+    return fail(window.modelPanel()->errorText());
 
   const QString v = parser.value(view);
   const QStringList sz = parser.value(size).split('x');

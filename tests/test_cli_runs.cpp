@@ -409,6 +409,46 @@ TEST_F(CliRuns, KilledJustAfterTheFinalRenameImportRepairsTheRow) {
   EXPECT_EQ(show["layer_stats"].is_null(), true);
 }
 
+// A folder that appears at --out while the run works is neither replaced nor the reason the
+// finished result is lost: the run fails naming the folder, keeps the complete run in its
+// temporary directory, `runs clean` leaves that alone, and `runs import` records it.
+TEST_F(CliRuns, AnOutFolderThatAppearsMidRunKeepsTheFinishedRun) {
+  const std::string out = dir.file("late");
+  const pid_t pid = spawn(calib("spinquant", out, "", 6), dir.file("late.err"));
+  // The temporary sibling exists from the first phase to the last; make --out as soon as it does.
+  std::string tmp;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (tmp.empty() && std::chrono::steady_clock::now() < deadline) {
+    for (const DirEntry& e : list_directory(dir.path()))
+      if (e.name.rfind("late.partial-", 0) == 0) tmp = dir.file(e.name);
+    if (tmp.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_FALSE(tmp.empty()) << "the run never made its temporary directory";
+  fs::create_directories(out);
+  write_bytes(out + "/mine.txt", "someone else's");
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  const std::string err = read_bytes(dir.file("late.err"));
+  EXPECT_EQ(WEXITSTATUS(status), 1) << err;
+  EXPECT_NE(err.find(out + ": cannot move the finished run into place"), std::string::npos) << err;
+  EXPECT_NE(err.find("the complete run is kept in " + tmp), std::string::npos) << err;
+  EXPECT_EQ(err.find("recorded as run 1 in " + db + " (finished)"), std::string::npos) << err;
+  // The folder that appeared is untouched; the complete run is where the message says.
+  EXPECT_EQ(read_bytes(out + "/mine.txt"), "someone else's");
+  EXPECT_FALSE(fs::exists(out + "/run.json"));
+  ASSERT_TRUE(fs::is_regular_file(tmp + "/run.json"));
+  ASSERT_TRUE(fs::is_regular_file(tmp + "/model/model.safetensors"));
+  Result clean = run("runs --db " + db + " clean --yes");
+  ASSERT_EQ(clean.code, 0) << clean.err;
+  EXPECT_TRUE(fs::is_regular_file(tmp + "/run.json")) << clean.out;
+  Result imp = run("runs --db " + db + " import " + tmp);
+  ASSERT_EQ(imp.code, 0) << imp.err;
+  json show = runs_json("show 1");
+  EXPECT_EQ(show["status"], "finished");
+  EXPECT_EQ(show["record"], json::parse(read_bytes(tmp + "/run.json")));
+}
+
 TEST_F(CliRuns, ImportBringsInARunDirectoryMadeWithoutTheStore) {
   const std::string out = dir.file("elsewhere");
   Result r = run(calib("rtn", out, "--no-store"));

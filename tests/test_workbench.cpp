@@ -15,6 +15,7 @@
 #include <QLabel>
 #include <QLineEdit>
 #include <QScrollArea>
+#include <QProcess>
 #include <QProgressBar>
 #include <QPushButton>
 #include <QSettings>
@@ -243,6 +244,15 @@ TEST_F(Workbench, CalibrationRunsOnAWorkerThreadAndTheWindowStaysResponsive) {
   EXPECT_TRUE(w->showRunOutliers(id));
   w->showView("outliers");
   save_shot(*w, "outliers-after-run");
+  // With a run in every view, none makes the window wider than 1280 pixels beside the run panel.
+  ASSERT_TRUE(w->compareRuns(id, id));
+  w->resize(1280, 800);
+  for (const char* view : {"outliers", "runs", "compare", "calibration"}) {
+    w->showView(view);
+    QApplication::processEvents();
+    EXPECT_EQ(w->size(), QSize(1280, 800)) << view << ": " << w->width() << "x" << w->height();
+  }
+  w->resize(1400, 900);
 
   // Export the run's model from the window (on a background thread): the folder loads as an
   // exported model and evaluates to the run's perplexity (f32 storage: to 2e-6, as
@@ -299,6 +309,23 @@ TEST_F(Workbench, CalibrationRunsOnAWorkerThreadAndTheWindowStaysResponsive) {
   EXPECT_FALSE(fs::exists(limited));
   const std::vector<DirEntry> after = list_directory(runs_.path());
   EXPECT_EQ(after.size(), before.size()) << "something was left behind beside " << limited;
+
+  // `--screenshot --view compare --run ID` without --run2 on the model's first run: the option
+  // that is missing is named (there is no run before it to compare with).
+  QProcess shot;
+  QProcessEnvironment env = QProcessEnvironment::systemEnvironment();
+  env.insert("QT_QPA_PLATFORM", "offscreen");
+  env.insert("XDG_CONFIG_HOME", QString::fromStdString(runs_.file("config")));
+  shot.setProcessEnvironment(env);
+  const QString db = QString::fromStdString(dir_->file("runs.db"));
+  shot.start(RESPIN_WORKBENCH_BIN, {"--screenshot", QString::fromStdString(runs_.file("c.png")), "--view", "compare",
+                                    "--run", QString::number(id), "--db", db});
+  ASSERT_TRUE(shot.waitForFinished(120000));
+  EXPECT_EQ(shot.exitCode(), 1);
+  const QString err = QString::fromUtf8(shot.readAllStandardError());
+  EXPECT_TRUE(err.endsWith(QString("error: run %1 is the first run of %2 in %3: name the run to compare it with (--run2 ID)\n")
+                               .arg(id).arg(QString::fromStdString(run->summary.model_folder), db)))
+      << err.toStdString();
 }
 
 TEST_F(Workbench, CancelStopsWithinTwoSecondsAndTheStoreSaysCancelled) {

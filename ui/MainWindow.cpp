@@ -258,7 +258,7 @@ void MainWindow::finishOpenModel(int serial, const OpenResult& r) {
     model_.reset();
     modelPanel_->showError(r.error, r.summary.has_value());
     runPanel_->clearModel("This folder cannot be calibrated: " + r.error);
-    statusBar()->showMessage("Could not open " + r.dir + ": " + r.error);
+    statusBar()->showMessage((r.summary ? "Cannot calibrate this folder: " : "Could not open the folder: ") + r.error);
   }
   emit modelOpened(ok);
 }

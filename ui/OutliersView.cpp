@@ -182,11 +182,15 @@ OutliersView::OutliersView(QWidget* parent) : QWidget(parent) {
   auto* layout = new QVBoxLayout(this);
   layout->setContentsMargins(6, 6, 6, 6);
 
-  auto* bar = new QHBoxLayout;
+  // The run's label on a line of its own (wrapped): a long label must not widen the window
+  // beyond 1280 pixels beside the run panel (tests/test_workbench.cpp checks the window's size).
   title_ = new QLabel("No run");
   title_->setStyleSheet("font-weight: bold");
   title_->setTextInteractionFlags(Qt::TextSelectableByMouse);
-  bar->addWidget(title_, 1);
+  title_->setWordWrap(true);
+  title_->setSizePolicy(QSizePolicy::Ignored, QSizePolicy::Preferred);
+  layout->addWidget(title_);
+  auto* bar = new QHBoxLayout;
   bar->addWidget(new QLabel("Metric:"));
   metricBox_ = new QComboBox;
   metricBox_->addItem("Kurtosis", int(Metric::Kurtosis));
@@ -218,6 +222,7 @@ OutliersView::OutliersView(QWidget* parent) : QWidget(parent) {
   sortBox_ = new QCheckBox("Sort channels");
   sortBox_->setToolTip("Sort the per-channel maxima from largest to smallest");
   bar->addWidget(sortBox_);
+  bar->addStretch(1);
   layout->addLayout(bar);
 
   message_ = new QLabel;
@@ -228,7 +233,7 @@ OutliersView::OutliersView(QWidget* parent) : QWidget(parent) {
 
   // The grid.
   grid_ = new ExportablePlot("outlier-grid");
-  grid_->setMinimumWidth(340);
+  grid_->setMinimumWidth(300);
   gridTitle_ = addTitle(grid_, "Layer × site");
   map_ = new QCPColorMap(grid_->xAxis, grid_->yAxis);
   map_->setName("grid");
@@ -338,6 +343,10 @@ OutliersView::OutliersView(QWidget* parent) : QWidget(parent) {
   numbersScroll->setFrameShape(QFrame::NoFrame);
   numbersScroll->setMinimumHeight(QFontMetrics(font()).height() * 13);
 
+  // Explicit minimum widths (below the plots' own hints, which count every tick label): the view
+  // fits beside the run panel in a 1280-pixel window (tests/test_workbench.cpp).
+  hist_->setMinimumWidth(220);
+  channels_->setMinimumWidth(220);
   auto* topRight = new QSplitter(Qt::Horizontal);
   topRight->addWidget(hist_);
   topRight->addWidget(channels_);

@@ -1,6 +1,5 @@
-// Model folder checks before loading (see model_check.h). The rules are load_model's
-// (core/model/weights.cpp: the exported-model refusals, the head_dim contradiction, missing and
-// unused tensors, float dtypes) and LlamaModel's shape checks (core/model/llama.cpp).
+// Model folder checks before loading (see model_check.h): the one place of the rules load_model
+// (core/model/weights.cpp) applies before it converts a tensor, and the workbench before Start.
 #include "core/io/model_check.h"
 
 #include <sys/stat.h>
@@ -99,18 +98,22 @@ void check_model_tensors(const ShardedSafetensors& st, const ModelConfig& c, con
   }
 }
 
+void refuse_exported_model(const std::string& dir, const std::string& config_path) {
+  struct stat sb {};
+  if (::stat((dir + "/respin_online.json").c_str(), &sb) == 0)
+    throw Error(dir + "/respin_online.json: an exported model whose online operations and quantizers are part "
+                "of its function; evaluate it with `respin eval --model`, which applies them");
+  const nlohmann::json raw = nlohmann::json::parse(read_text_file(config_path), nullptr, false);
+  if (raw.is_object() && raw.contains("quantization_config") && !raw["quantization_config"].is_null())
+    throw Error(config_path + ": field 'quantization_config': a quantized checkpoint (packed integer weights); "
+                "respin reads it through `respin eval --model` only");
+}
+
 void check_model_loadable(const std::string& dir) {
   const ModelFolder folder = ModelFolder::open(dir);
   folder.require_tokenizer();
   const ModelConfig config = load_model_config(folder.config_path);
-  struct stat sb {};
-  if (::stat((folder.dir + "/respin_online.json").c_str(), &sb) == 0)
-    throw Error(folder.dir + "/respin_online.json: an exported model whose online operations and quantizers are part "
-                "of its function; evaluate it with `respin eval --model`, which applies them");
-  const nlohmann::json raw = nlohmann::json::parse(read_text_file(folder.config_path), nullptr, false);
-  if (raw.is_object() && raw.contains("quantization_config") && !raw["quantization_config"].is_null())
-    throw Error(folder.config_path + ": field 'quantization_config': a quantized checkpoint (packed integer weights); "
-                "respin reads it through `respin eval --model` only");
+  refuse_exported_model(folder.dir, folder.config_path);
   const ShardedSafetensors st = ShardedSafetensors::open_folder(folder.dir);
   check_model_tensors(st, config, folder.config_path, folder.dir);
 }

@@ -18,6 +18,11 @@ namespace respin {
 // shape than the config implies, or one the config does not use.
 void check_model_loadable(const std::string& dir);
 
+// Throws when the folder is an exported quantized model (respin_online.json, or a non-null
+// quantization_config in config.json): plain model loading would drop its online operations or
+// read packed integers as floats.
+void refuse_exported_model(const std::string& dir, const std::string& config_path);
+
 // The tensor checks alone, on already-opened weights (`source`: the folder, for messages).
 void check_model_tensors(const ShardedSafetensors& st, const ModelConfig& config, const std::string& config_path,
                          const std::string& source);

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "core/io/atomic_file.h"
+#include "core/io/model_check.h"
 #include "core/io/model_folder.h"
 #include "core/util/error.h"
 #include "core/util/tensor_text.h"
@@ -49,7 +50,6 @@ class TensorReader {
   at::Tensor get(const std::string& name) const {
     const ShardedSafetensors::Entry* e = st_.find(name);
     if (!e) throw Error(source_ + ": tensor '" + name + "' is missing");
-    used_.insert(name);
     const std::string what = e->file->path() + ": tensor '" + name + "'";
     at::ScalarType src = to_scalar(e->info->dtype, what);
     // from_blob views the read-only mapping; the forced copy below never writes to it.
@@ -64,25 +64,7 @@ class TensorReader {
     return present ? get(name) : at::Tensor();
   }
 
-  // Stored tensors the config does not account for (a truncated num_hidden_layers, a bias the
-  // config does not declare, a foreign architecture's weights) would silently evaluate another
-  // model: they are errors. Tolerated: the RoPE frequency buffers some checkpoints store
-  // (recomputed from the config) and a tied model's lm_head copy (transformers ties it too).
-  void check_all_used(bool tied) const {
-    for (const std::string& name : st_.names()) {
-      if (used_.count(name)) continue;
-      const std::string suffix = ".rotary_emb.inv_freq";
-      const bool rope_buffer =
-          name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
-      if (rope_buffer || (tied && name == "lm_head.weight")) continue;
-      throw Error(st_.find(name)->file->path() + ": tensor '" + name +
-                  "' is not part of the model that config.json describes (check num_hidden_layers, the biases, "
-                  "tie_word_embeddings)");
-    }
-  }
-
  private:
-  mutable std::set<std::string> used_;
   const ShardedSafetensors& st_;
   at::ScalarType dtype_;
   std::string source_;
@@ -134,7 +116,6 @@ ModelWeights weights_from_safetensors(const ShardedSafetensors& st, const ModelC
       throw Error(source + ": tensor 'lm_head.weight' is missing (config says tie_word_embeddings: false)");
     w.lm_head = r.get("lm_head.weight");
   }
-  r.check_all_used(c.tie_word_embeddings);
   return w;
 }
 
@@ -143,25 +124,11 @@ LlamaModel load_model(const std::string& dir, const LoadOptions& options) {
     throw Error("compute dtype must be float32 or bfloat16");
   ModelFolder folder = ModelFolder::open(dir);
   ModelConfig config = load_model_config(folder.config_path);
-  if (!options.caller_applies_export) {
-    if (std::filesystem::exists(folder.dir + "/respin_online.json"))
-      throw Error(folder.dir + "/respin_online.json: an exported model whose online operations and quantizers are part "
-                  "of its function; evaluate it with `respin eval --model`, which applies them");
-    const nlohmann::json raw = nlohmann::json::parse(read_text_file(folder.config_path), nullptr, false);
-    if (raw.is_object() && raw.contains("quantization_config") && !raw["quantization_config"].is_null())
-      throw Error(folder.config_path + ": field 'quantization_config': a quantized checkpoint (packed integer weights); "
-                  "respin reads it through `respin eval --model` only");
-  }
+  if (!options.caller_applies_export) refuse_exported_model(folder.dir, folder.config_path);
   ShardedSafetensors st = ShardedSafetensors::open_folder(folder.dir);
-  // A head_dim that contradicts the stored projections is the config's fault: say so there.
-  if (const ShardedSafetensors::Entry* q = st.find("model.layers.0.self_attn.q_proj.weight")) {
-    const std::vector<int64_t>& shape = q->info->shape;
-    if (shape.size() == 2 && shape[0] != config.q_dim())
-      throw Error(folder.config_path + ": field 'head_dim' (" + std::to_string(config.head_dim) + ") x " +
-                  std::to_string(config.num_attention_heads) + " heads = " + std::to_string(config.q_dim()) +
-                  " contradicts tensor 'model.layers.0.self_attn.q_proj.weight' of shape " + shape_text(shape) +
-                  " in " + q->file->path());
-  }
+  // Names, dtypes and shapes against the config, before any tensor is converted: the same rules
+  // and words as the workbench's check before Start (core/io/model_check.h).
+  check_model_tensors(st, config, folder.config_path, folder.dir);
   ModelWeights w = weights_from_safetensors(st, config, options.dtype, folder.dir);
   if (options.device != at::Device(at::kCPU)) w = move_weights(w, options.device);
   try {

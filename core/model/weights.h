@@ -24,7 +24,8 @@ struct LoadOptions {
 // options.dtype on options.device. Throws respin::Error naming the file and the tensor on any problem.
 LlamaModel load_model(const std::string& dir, const LoadOptions& options = {});
 
-// Weights from already-opened safetensors, checked against `config` (used by load_model).
+// Weights from already-opened safetensors, converted to `dtype` (used by load_model, which first
+// checks names, dtypes and shapes against `config` with check_model_tensors, core/io/model_check.h).
 ModelWeights weights_from_safetensors(const ShardedSafetensors& st, const ModelConfig& config,
                                       at::ScalarType dtype, const std::string& source);
 
