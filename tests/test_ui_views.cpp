@@ -2,12 +2,15 @@
 // with RunStore (synthetic runs, statistics and records; no mocks): the outliers grid of an
 // 80-layer run (open time measured), the histogram overlay of a picked cell, metric and mode
 // switches; the runs table (sort, filter, sweep groups, tag, note, delete), the rank-vs-perplexity
-// plot with its Pareto front and knee, clicking a point; the diff of two runs; plot export. Each
+// plot with its Pareto front and knee, clicking a point; the diff of two runs; plot export; the
+// views while another connection holds the store's lock (no event-loop stall, the locked line,
+// then the data) and a delete that keeps a folder the run does not own. Each
 // view is also rendered to a PNG under RESPIN_SCREENSHOT_DIR for a human to look at.
 #include <gtest/gtest.h>
 
 #include <QApplication>
 #include <QDir>
+#include <QElapsedTimer>
 #include <QFile>
 #include <QHeaderView>
 #include <QPushButton>
@@ -15,22 +18,26 @@
 #include <QSortFilterProxyModel>
 #include <QTableView>
 #include <QTest>
+#include <QTimer>
 #include <QTreeView>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <random>
 
 #include "core/store/run_store.h"
+#include "core/store/sqlite.h"
 #include "core/util/sha256.h"
 #include "tests/test_util.h"
 #include "ui/CompareView.h"
 #include "ui/OutliersView.h"
 #include "ui/PlotExport.h"
 #include "ui/RunsView.h"
+#include "ui/StoreService.h"
 
 namespace {
 
@@ -997,6 +1004,174 @@ TEST(Compare, ListsPerSiteChangesSortedByLargestChangeAndConfigDifferences) {
 }
 
 // ---- Screenshots: each view rendered offscreen, for a human to check readability ----
+
+// ---- A store locked by another process ----
+// The views read and write through StoreService: the event loop goes on while the store is
+// locked, the view says so in one line, and shows the data once the lock is gone.
+
+// Another connection holding the store's lock the way a writer in exclusive locking mode does:
+// readers are refused too (a plain BEGIN IMMEDIATE in WAL mode lets them read). Closing the
+// connection releases it.
+struct StoreLock {
+  explicit StoreLock(const std::string& path) {
+    db.emplace(path, respin::sqlite::Database::Mode::ReadWrite);
+    db->exec("PRAGMA locking_mode=EXCLUSIVE");
+    db->exec("BEGIN EXCLUSIVE");
+  }
+  void release() { db.reset(); }
+  std::optional<respin::sqlite::Database> db;
+};
+
+// Runs `action` (which runs the event loop while it waits on the store) with a 5 ms timer
+// ticking; `poll` is called on each tick. Returns the longest gap between two ticks, in ms: how
+// long the event loop stalled.
+double longestStall(const std::function<void()>& action, const std::function<void()>& poll) {
+  QElapsedTimer gap;
+  double worst = 0;
+  QTimer tick;
+  QObject::connect(&tick, &QTimer::timeout, [&] {
+    worst = std::max(worst, double(gap.nsecsElapsed()) / 1e6);
+    gap.restart();
+    poll();
+  });
+  gap.start();
+  tick.start(5);
+  action();
+  worst = std::max(worst, double(gap.nsecsElapsed()) / 1e6);
+  return worst;
+}
+
+// Releases `lock` 400 ms after `shown()` first says the store is locked; `seen` tells whether it did.
+struct ReleaseWhenShown {
+  StoreLock& lock;
+  std::function<QString()> shown;
+  QString expected;
+  bool seen = false;
+  QElapsedTimer since;
+  void operator()() {
+    if (!seen && shown() == expected) {
+      seen = true;
+      since.start();
+    }
+    if (seen && lock.db && since.elapsed() > 400) lock.release();
+  }
+};
+
+struct LockedStore : ::testing::Test {
+  void SetUp() override {
+    f = makeStore(true, 4, 64);
+    db = QString::fromStdString(f->db);
+    StoreService::shared().setPatience(20000);
+  }
+  void TearDown() override { StoreService::shared().setPatience(StoreService::kDefaultPatienceMs); }
+  std::unique_ptr<Fixture> f;
+  QString db;
+};
+
+TEST_F(LockedStore, RunsViewSaysLockedWithoutFreezingThenShowsTheRuns) {
+  RunsView v;
+  v.resize(1200, 850);
+  v.show();
+  v.setStorePath(db);
+  const QList<qint64> all = v.shownRunsInOrder();
+  ASSERT_FALSE(all.isEmpty()) << v.messageText().toStdString();
+  StoreLock lock(f->db);
+  ReleaseWhenShown release{lock, [&] { return v.messageText(); }, StoreService::lockedText(db)};
+  QElapsedTimer took;
+  took.start();
+  const double stall = longestStall([&] { v.refresh(); }, [&] { release(); });
+  std::printf("[ stall ] runs view, store locked for %.0f ms: longest event-loop stall %.1f ms\n", double(took.elapsed()), stall);
+  EXPECT_TRUE(release.seen) << "the view never said the store was locked";
+  EXPECT_FALSE(lock.db.has_value());
+  EXPECT_LT(stall, 100.0);
+  EXPECT_EQ(v.shownRunsInOrder(), all);
+  EXPECT_TRUE(v.messageText().isEmpty()) << v.messageText().toStdString();
+}
+
+TEST_F(LockedStore, RunsViewPastThePatienceShowsTheStoreErrorAndRefreshRetries) {
+  RunsView v;
+  v.show();
+  v.setStorePath(db);
+  const QList<qint64> all = v.shownRunsInOrder();
+  StoreService::shared().setPatience(300);
+  StoreLock lock(f->db);
+  const double stall = longestStall([&] { v.refresh(); }, [] {});
+  EXPECT_LT(stall, 100.0);
+  // RunStore's own line (locked, not "damaged"), and what to do.
+  EXPECT_TRUE(v.messageText().startsWith(db + ": locked by another process")) << v.messageText().toStdString();
+  EXPECT_TRUE(v.messageText().endsWith("(Refresh to try again)")) << v.messageText().toStdString();
+  EXPECT_TRUE(v.shownRunsInOrder().isEmpty());
+  lock.release();
+  v.refresh();
+  EXPECT_EQ(v.shownRunsInOrder(), all);
+  EXPECT_TRUE(v.messageText().isEmpty()) << v.messageText().toStdString();
+}
+
+TEST_F(LockedStore, CompareViewSaysLockedWithoutFreezingThenShowsTheRuns) {
+  CompareView v;
+  v.resize(1200, 850);
+  v.show();
+  v.setStorePath(db);
+  StoreLock lock(f->db);
+  ReleaseWhenShown release{lock, [&] { return v.messageText(); }, StoreService::lockedText(db)};
+  bool ok = false;
+  const double stall = longestStall([&] { ok = v.compare(f->quarot, f->spinquant); }, [&] { release(); });
+  std::printf("[ stall ] compare view, store locked: longest event-loop stall %.1f ms\n", stall);
+  EXPECT_TRUE(release.seen);
+  EXPECT_LT(stall, 100.0);
+  ASSERT_TRUE(ok) << v.messageText().toStdString();
+  EXPECT_EQ(v.configValue("config.method", 0), "quarot");
+  EXPECT_EQ(v.configValue("config.method", 1), "spinquant");
+  EXPECT_EQ(v.runA(), f->quarot);
+}
+
+TEST_F(LockedStore, OutliersViewSaysLockedWithoutFreezingThenShowsTheGrid) {
+  OutliersView v;
+  v.resize(1400, 900);
+  v.show();
+  v.setStorePath(db);
+  StoreLock lock(f->db);
+  ReleaseWhenShown release{lock, [&] { return v.messageText(); }, StoreService::lockedText(db)};
+  bool ok = false;
+  const double stall = longestStall([&] { ok = v.showRun(f->big); }, [&] { release(); });
+  std::printf("[ stall ] outliers view, store locked: longest event-loop stall %.1f ms\n", stall);
+  EXPECT_TRUE(release.seen);
+  EXPECT_LT(stall, 100.0);
+  ASSERT_TRUE(ok) << v.messageText().toStdString();
+  EXPECT_EQ(v.layers(), 4);
+  EXPECT_TRUE(v.messageText().isEmpty()) << v.messageText().toStdString();
+  const auto after = RunStore::open_readonly(f->db).layer_stats_summary(f->big, StatsStage::After);
+  ASSERT_FALSE(after.empty());
+  EXPECT_DOUBLE_EQ(v.cellValue(after[0].layer, after[0].site), after[0].kurtosis);
+  // A cell picked while the store is locked again: its histogram once the lock is gone.
+  StoreLock again(f->db);
+  ReleaseWhenShown release2{again, [&] { return v.messageText(); }, StoreService::lockedText(db)};
+  const double stall2 = longestStall([&] { v.selectCell(after[0].layer, after[0].site); }, [&] { release2(); });
+  EXPECT_TRUE(release2.seen);
+  EXPECT_LT(stall2, 100.0);
+  const auto stored = RunStore::open_readonly(f->db).site_stats(f->big, StatsStage::After, after[0].layer, after[0].site);
+  ASSERT_TRUE(stored.has_value());
+  EXPECT_EQ(v.shownHistogram(StatsStage::After), std::vector<int64_t>(stored->histogram.begin(), stored->histogram.end()));
+}
+
+TEST_F(LockedStore, DeletingARunWhoseFolderItDoesNotOwnSaysItKeptIt) {
+  // The run's folder lost its marker and holds another run.json: not provably the run's.
+  const std::string dir = RunStore::open_readonly(f->db).get_run(f->quarot)->summary.run_dir;
+  std::filesystem::remove(dir + "/" + respin::kRunMarkerName);
+  respin::test::write_bytes(dir + "/run.json", "{\"someone\": \"else\"}");
+  RunsView v;
+  v.setConfirmDeletes(false);
+  v.setStorePath(db);
+  ASSERT_TRUE(v.deleteRuns({f->quarot})) << v.messageText().toStdString();
+  EXPECT_FALSE(RunStore::open_readonly(f->db).get_run(f->quarot).has_value());
+  EXPECT_TRUE(std::filesystem::exists(dir + "/run.json"));  // left on disk
+  const QStringList lines = v.messageText().split('\n');
+  ASSERT_EQ(lines.size(), 2) << v.messageText().toStdString();
+  EXPECT_EQ(lines[0], "Deleted 1 run");
+  EXPECT_TRUE(lines[1].startsWith("kept " + QString::fromStdString(dir) + ": it does not belong to run " +
+                                  QString::number(f->quarot)))
+      << lines[1].toStdString();
+}
 
 TEST(Screenshots, EachViewRendersReadably) {
   auto f = makeStore(true, 80, 1024);

@@ -26,6 +26,7 @@
 #include "core/store/run_store.h"
 #include "ui/OutliersView.h"
 #include "ui/PlotExport.h"
+#include "ui/StoreService.h"
 
 using respin::HookSite;
 using respin::StatsStage;
@@ -174,17 +175,36 @@ QString CompareView::messageText() const { return message_->isHidden() ? QString
 void CompareView::setStorePath(const QString& db) { db_ = db; }
 
 qint64 CompareView::previousRunOfSameModel(const QString& db, qint64 id, QString* why) {
-  try {
-    const respin::RunStore s = respin::RunStore::open_readonly(db.toStdString());
-    const std::optional<respin::RunDetail> d = s.get_run(id);
+  struct Found {
+    std::optional<respin::RunDetail> detail;
+    std::vector<respin::RunSummary> runs;
+  };
+  QString error;
+  const std::optional<Found> found = StoreService::shared().wait<Found>(
+      db, StoreService::Access::Read,
+      [id](respin::RunStore& s) {
+        Found f;
+        f.detail = s.get_run(id);
+        if (f.detail) {
+          respin::RunFilter filter;
+          filter.model = f.detail->summary.model_folder;
+          f.runs = s.list_runs(filter);
+        }
+        return f;
+      },
+      &error, nullptr);
+  if (!found) {
+    if (why) *why = error;
+    return -1;
+  }
+  {
+    const std::optional<respin::RunDetail>& d = found->detail;
     if (!d) {
       if (why) *why = QString("%1: no run %2").arg(db).arg(id);
       return -1;
     }
-    respin::RunFilter f;
-    f.model = d->summary.model_folder;
     qint64 anyEarlier = -1, finishedEarlier = -1;
-    for (const respin::RunSummary& r : s.list_runs(f)) {
+    for (const respin::RunSummary& r : found->runs) {
       if (r.id >= id) continue;
       anyEarlier = std::max<qint64>(anyEarlier, r.id);
       if (r.status == respin::RunStatus::Finished) finishedEarlier = std::max<qint64>(finishedEarlier, r.id);
@@ -195,9 +215,6 @@ qint64 CompareView::previousRunOfSameModel(const QString& db, qint64 id, QString
                  .arg(id)
                  .arg(q(d->summary.model_folder), db);
     return other;
-  } catch (const std::exception& e) {
-    if (why) *why = q(e.what());
-    return -1;
   }
 }
 
@@ -205,16 +222,26 @@ bool CompareView::compare(qint64 a, qint64 b) {
   showMessage(QString());
   config_->setRowCount(0);
   model_->removeRows(0, model_->rowCount());
-  std::optional<respin::RunDetail> da, db;
-  try {
-    respin::RunStore s = respin::RunStore::open_readonly(db_.toStdString());
-    da = s.get_run(a);
-    db = s.get_run(b);
-  } catch (const std::exception& e) {
-    showMessage(q(e.what()));
+  if (busy_) {
+    showMessage(db_ + ": busy with another store read; try again");
+    return false;
+  }
+  using Pair = std::pair<std::optional<respin::RunDetail>, std::optional<respin::RunDetail>>;
+  showMessage(QString("Loading runs %1 and %2…").arg(a).arg(b));
+  busy_ = true;
+  QString error;
+  const std::optional<Pair> got = StoreService::shared().wait<Pair>(
+      db_, StoreService::Access::Read, [a, b](respin::RunStore& s) { return Pair{s.get_run(a), s.get_run(b)}; }, &error,
+      this, [this](const QString& line) { showMessage(line); });
+  busy_ = false;
+  if (!got) {
+    showMessage(error + (StoreService::isLockedError(error) ? " (select the runs again to retry)" : QString()));
     a_ = b_ = -1;
     return false;
   }
+  showMessage(QString());
+  const std::optional<respin::RunDetail>& da = got->first;
+  const std::optional<respin::RunDetail>& db = got->second;
   if (!da || !db) {
     showMessage(QString("%1: no run %2").arg(db_).arg(!da ? a : b));
     a_ = b_ = -1;
@@ -329,16 +356,24 @@ void CompareView::setStage(StatsStage stage) {
 void CompareView::fillLayers() {
   model_->removeRows(0, model_->rowCount());
   std::map<std::pair<int, int>, respin::SiteSummary> sa, sb;
-  try {
-    respin::RunStoreOptions o;
-    o.quick_check = false;
-    respin::RunStore s = respin::RunStore::open_readonly(db_.toStdString(), o);
-    for (const respin::SiteSummary& c : s.layer_stats_summary(a_, stage_)) sa[{c.layer, int(c.site)}] = c;
-    for (const respin::SiteSummary& c : s.layer_stats_summary(b_, stage_)) sb[{c.layer, int(c.site)}] = c;
-  } catch (const std::exception& e) {
-    showMessage(q(e.what()));
+  if (busy_) return;  // the stage box changed while a read waits; compare() fills the table after it
+  using Cells = std::pair<std::vector<respin::SiteSummary>, std::vector<respin::SiteSummary>>;
+  const qint64 a = a_, b = b_;
+  const StatsStage stage = stage_;
+  busy_ = true;
+  QString error;
+  const std::optional<Cells> got = StoreService::shared().wait<Cells>(
+      db_, StoreService::Access::QuickRead,
+      [a, b, stage](respin::RunStore& s) { return Cells{s.layer_stats_summary(a, stage), s.layer_stats_summary(b, stage)}; },
+      &error, this, [this](const QString& line) { showMessage(line); });
+  busy_ = false;
+  if (!got) {
+    showMessage(error);
     return;
   }
+  if (messageText() == StoreService::lockedText(db_)) showMessage(QString());
+  for (const respin::SiteSummary& c : got->first) sa[{c.layer, int(c.site)}] = c;
+  for (const respin::SiteSummary& c : got->second) sb[{c.layer, int(c.site)}] = c;
   std::set<std::pair<int, int>> keys;
   for (const auto& [k, v] : sa) keys.insert(k);
   for (const auto& [k, v] : sb) keys.insert(k);

@@ -1,6 +1,8 @@
 // The diff of two runs: their configurations and results side by side (with a "differences only"
 // toggle), and layer by layer, per site, the activation statistics of both runs (before or after
-// rotation) and the change, sortable by the largest change. Reads the store read-only.
+// rotation) and the change, sortable by the largest change. Reads the store read-only, through
+// StoreService (off the GUI thread; while the store is locked by another process the message line
+// says so and the read is retried, see RunsView.h).
 #pragma once
 
 #include <QList>
@@ -57,6 +59,7 @@ class CompareView : public QWidget {
   QList<QPair<int, respin::HookSite>> layerRowsInOrder() const;
   double layerChange(int row, Metric m) const;  // the sort key shown in that row (|ln(B/A)|)
   QString messageText() const;
+  bool storeBusy() const { return busy_; }  // a store read is in flight
   static int columnOf(Metric m, int which);  // which: 0 = A, 1 = B, 2 = change
 
  private:
@@ -65,6 +68,7 @@ class CompareView : public QWidget {
   void applyDifferencesOnly();
 
   QString db_;
+  bool busy_ = false;
   qint64 a_ = -1, b_ = -1;
   respin::StatsStage stage_ = respin::StatsStage::After;
 

@@ -51,6 +51,7 @@
 #include "ui/ProgressView.h"
 #include "ui/RunPanel.h"
 #include "ui/RunsView.h"
+#include "ui/StoreService.h"
 #include "ui/SystemInfo.h"
 
 namespace {
@@ -368,7 +369,12 @@ bool MainWindow::exportRunModel(qint64 runId, const QString& outDir, const QStri
   QString msg;
   bool ok = false;
   try {
-    const auto run = respin::RunStore::open_readonly(db_.toStdString()).get_run(runId);
+    QString storeError;
+    const auto found = StoreService::shared().wait<std::optional<respin::RunDetail>>(
+        db_, StoreService::Access::Read, [runId](respin::RunStore& s) { return s.get_run(runId); }, &storeError, this,
+        [this](const QString& line) { statusBar()->showMessage(line); });
+    if (!found) throw respin::Error(storeError.toStdString());
+    const std::optional<respin::RunDetail>& run = *found;
     if (!run) throw respin::Error(db_.toStdString() + ": no run " + std::to_string(runId));
     if (run->summary.status != respin::RunStatus::Finished)
       throw respin::Error("run " + std::to_string(runId) + " is " + respin::run_status_name(run->summary.status) +

@@ -19,6 +19,7 @@
 #include <limits>
 
 #include "ui/PlotExport.h"
+#include "ui/StoreService.h"
 
 using respin::HookSite;
 using respin::StatsStage;
@@ -406,7 +407,6 @@ OutliersView::~OutliersView() = default;
 void OutliersView::setStorePath(const QString& db) {
   if (db == db_) return;
   db_ = db;
-  store_.reset();
   clearRun(QString());
 }
 
@@ -437,15 +437,42 @@ bool OutliersView::showRun(qint64 runId) {
     clearRun("No run store: set the store path first.");
     return false;
   }
+  if (busy_) {
+    showMessage(db_ + ": busy with another store read; try again");
+    return false;
+  }
+  struct Read {
+    std::optional<respin::RunDetail> detail;
+    std::vector<respin::SiteSummary> before, after;
+  };
+  showMessage(QString("Loading run %1…").arg(runId));
+  busy_ = true;
+  QString error;
+  std::optional<Read> got = StoreService::shared().wait<Read>(
+      db_, StoreService::Access::Read,
+      [runId](respin::RunStore& s) {
+        Read r;
+        r.detail = s.get_run(runId);
+        if (r.detail) {
+          r.before = s.layer_stats_summary(runId, StatsStage::Before);
+          r.after = s.layer_stats_summary(runId, StatsStage::After);
+        }
+        return r;
+      },
+      &error, this, [this](const QString& line) { showMessage(line); });
+  busy_ = false;
+  if (!got) {
+    clearRun(error);
+    return false;
+  }
   try {
-    store_ = std::make_unique<respin::RunStore>(respin::RunStore::open_readonly(db_.toStdString()));
-    const std::optional<respin::RunDetail> d = store_->get_run(runId);
+    const std::optional<respin::RunDetail>& d = got->detail;
     if (!d) {
       clearRun(QString("%1: no run %2").arg(db_).arg(runId));
       return false;
     }
-    std::vector<respin::SiteSummary> before = store_->layer_stats_summary(runId, StatsStage::Before);
-    std::vector<respin::SiteSummary> after = store_->layer_stats_summary(runId, StatsStage::After);
+    const std::vector<respin::SiteSummary>& before = got->before;
+    const std::vector<respin::SiteSummary>& after = got->after;
     const QString label = QString::fromStdString(d->config.label());
     int maxLayer = -1;
     for (const auto* v : {&before, &after})
@@ -486,7 +513,6 @@ bool OutliersView::showRun(qint64 runId) {
       }
     selectCell(bestLayer, bestSite);
   } catch (const std::exception& e) {
-    store_.reset();
     clearRun(QString::fromStdString(e.what()));
     return false;
   }
@@ -508,25 +534,54 @@ bool OutliersView::ensureDetails() {
   if (!missing) return true;
   QElapsedTimer timer;
   timer.start();
-  try {
-    if (!store_) store_ = std::make_unique<respin::RunStore>(respin::RunStore::open_readonly(db_.toStdString()));
-    for (int l = 0; l < layers_; ++l)
-      for (size_t col = 0; col < gridSites().size(); ++col) {
-        Cell& c = cells_[size_t(l) * gridSites().size() + col];
-        for (int st = 0; st < 2; ++st) {
-          if (!c.present[st] || c.detail[st]) continue;
-          std::optional<respin::SiteStats> s =
-              store_->site_stats(runId_, st == 0 ? StatsStage::Before : StatsStage::After, l, gridSites()[col]);
+  if (busy_) return false;
+  // On the store thread: the histogram and outlier share of every cell still missing them.
+  struct Want {
+    size_t index;
+    int layer, stage;
+    HookSite site;
+  };
+  struct Got {
+    size_t index;
+    int stage;
+    std::vector<int64_t> hist;
+    double share;
+  };
+  std::vector<Want> want;
+  for (int l = 0; l < layers_; ++l)
+    for (size_t col = 0; col < gridSites().size(); ++col) {
+      const size_t index = size_t(l) * gridSites().size() + col;
+      for (int st = 0; st < 2; ++st)
+        if (cells_[index].present[st] && !cells_[index].detail[st]) want.push_back({index, l, st, gridSites()[col]});
+    }
+  const qint64 runId = runId_;
+  busy_ = true;
+  QString error;
+  std::optional<std::vector<Got>> got = StoreService::shared().wait<std::vector<Got>>(
+      db_, StoreService::Access::QuickRead,
+      [want, runId](respin::RunStore& store) {
+        std::vector<Got> out;
+        for (const Want& w : want) {
+          std::optional<respin::SiteStats> s = store.site_stats(runId, w.stage == 0 ? StatsStage::Before : StatsStage::After, w.layer, w.site);
           if (!s) continue;
-          c.hist[st] = std::move(s->histogram);
-          c.share[st] = outliers::outlierChannelShare(s->channel_absmax);
-          c.detail[st] = true;
+          out.push_back({w.index, w.stage, std::move(s->histogram), outliers::outlierChannelShare(s->channel_absmax)});
         }
-      }
-  } catch (const std::exception& e) {
+        return out;
+      },
+      &error, this, [this](const QString& line) { showMessage(line); });
+  busy_ = false;
+  if (!got) {
     detailFailed_ = true;
-    showMessage("Could not load the cells' histograms and channel maxima: " + QString::fromStdString(e.what()));
+    showMessage("Could not load the cells' histograms and channel maxima: " + error);
     return false;
+  }
+  if (messageText() == StoreService::lockedText(db_)) showMessage(QString());
+  if (runId != runId_) return false;  // another run was opened meanwhile
+  for (Got& g : *got) {
+    Cell& c = cells_[g.index];
+    c.hist[g.stage] = std::move(g.hist);
+    c.share[g.stage] = g.share;
+    c.detail[g.stage] = true;
   }
   detailSeconds_ = timer.nsecsElapsed() / 1e9;
   return true;
@@ -745,18 +800,31 @@ void OutliersView::selectCell(int layer, HookSite site) {
   selLayer_ = layer;
   selSite_ = site;
   sel_ = Selected{};
-  try {
-    if (!store_) store_ = std::make_unique<respin::RunStore>(respin::RunStore::open_readonly(db_.toStdString()));
-    for (int st = 0; st < 2; ++st) {
-      std::optional<respin::SiteStats> s = store_->site_stats(runId_, st == 0 ? StatsStage::Before : StatsStage::After, layer, site);
-      if (s) {
-        sel_.present[st] = true;
-        sel_.stats[st] = std::move(*s);
-      }
-    }
-  } catch (const std::exception& e) {
-    showMessage("Could not load layer " + QString::number(layer) + " " + outliers::siteShortName(site) + ": " +
-                QString::fromStdString(e.what()));
+  if (busy_) return;  // a click while a read waits: the click after it counts
+  const qint64 runId = runId_;
+  busy_ = true;
+  QString error;
+  std::optional<Selected> got = StoreService::shared().wait<Selected>(
+      db_, StoreService::Access::QuickRead,
+      [runId, layer, site](respin::RunStore& store) {
+        Selected out;
+        for (int st = 0; st < 2; ++st) {
+          std::optional<respin::SiteStats> s = store.site_stats(runId, st == 0 ? StatsStage::Before : StatsStage::After, layer, site);
+          if (s) {
+            out.present[st] = true;
+            out.stats[st] = std::move(*s);
+          }
+        }
+        return out;
+      },
+      &error, this, [this](const QString& line) { showMessage(line); });
+  busy_ = false;
+  if (runId != runId_) return;  // another run was opened meanwhile
+  if (got) {
+    sel_ = std::move(*got);
+    if (messageText() == StoreService::lockedText(db_)) showMessage(QString());
+  } else {
+    showMessage("Could not load layer " + QString::number(layer) + " " + outliers::siteShortName(site) + ": " + error);
   }
   updateSelectionMarker();
   grid_->replot();

@@ -1,5 +1,6 @@
 // The outliers view: per-layer activation statistics of one run, before and after rotation, read
-// from the run store (read-only).
+// from the run store (read-only, through StoreService: off the GUI thread; while the store is
+// locked by another process the message line says so and the read is retried, see RunsView.h).
 //
 // - A layer x site grid (rows: layers; columns: q/k/v input, o_proj input, gate/up input,
 //   down_proj input, K, V, Q) coloured by a metric (kurtosis, max/median channel ratio, share of
@@ -101,6 +102,7 @@ class OutliersView : public QWidget {
   std::vector<double> shownChannelAbsmax(respin::StatsStage stage) const;
   QString numbersText() const;  // the numbers panel as plain text
   QString messageText() const;  // empty when all is well
+  bool storeBusy() const { return busy_; }  // a store read is in flight
   QString hoverText() const;    // the status line: what the mouse is over
   double lastOpenSeconds() const { return openSeconds_; }        // showRun, store open to drawn
   double lastDetailLoadSeconds() const { return detailSeconds_; }  // cells' histograms/channels
@@ -154,7 +156,7 @@ class OutliersView : public QWidget {
   QString formatMetric(double v) const;
 
   QString db_;
-  std::unique_ptr<respin::RunStore> store_;
+  bool busy_ = false;
   qint64 runId_ = -1;
   QString runLabel_;
   int layers_ = 0;

@@ -15,6 +15,7 @@
 #include <QPushButton>
 #include <QSortFilterProxyModel>
 #include <QSplitter>
+#include <QTimer>
 #include <QStandardItemModel>
 #include <QToolTip>
 #include <QTreeView>
@@ -108,11 +109,8 @@ QString bigNumber(double v) {
   return QString::number(v, 'g', 4);
 }
 
-respin::RunStoreOptions quickRead() {
-  respin::RunStoreOptions o;
-  o.quick_check = false;  // small reads after the refresh already checked the file
-  return o;
-}
+// Small reads after the refresh already checked the file.
+constexpr StoreService::Access kQuickRead = StoreService::Access::QuickRead;
 
 }  // namespace
 
@@ -400,17 +398,35 @@ RunsView::RunsView(QWidget* parent) : QWidget(parent) {
   connect(view_->selectionModel(), &QItemSelectionModel::currentChanged, this, [this] {
     const qint64 id = currentRun();
     note_->clear();
+    noteFor_ = id;
     if (id < 0 || db_.isEmpty()) return;
-    try {
-      const auto d = respin::RunStore::open_readonly(db_.toStdString(), quickRead()).get_run(id);
-      if (!d) return;
+    auto text = std::make_shared<QString>();
+    auto read = [id, text](respin::RunStore& s) {
+      const auto d = s.get_run(id);
+      if (!d) return true;
       QString t = QString("Run %1 · %2 · %3").arg(id).arg(q(d->config.label()), q(d->summary.run_dir));
       if (!d->summary.message.empty()) t += " · " + q(d->summary.message);
       if (!d->note.empty()) t += "\nNote: " + q(d->note);
-      note_->setText(t);
-    } catch (const std::exception& e) {
-      note_->setText(q(e.what()));
+      *text = t;
+      return true;
+    };
+    if (!busy_) {  // like the view's other calls: returns with the line shown
+      QString error;
+      const bool ok = callStore<bool>(kQuickRead, read, &error).has_value();
+      if (noteFor_ == id) note_->setText(ok ? *text : error);
+      return;
     }
+    // A selection change while another call waits: the line fills in when the store answers (if
+    // the run is still current).
+    StoreService::shared().submit(
+        db_, kQuickRead, [read](respin::RunStore& s) { read(s); },
+        this,
+        [this, id, text](const QString& error) {
+          if (noteFor_ == id) note_->setText(error.isEmpty() ? *text : error);
+        },
+        [this, id](const QString& line) {
+          if (noteFor_ == id) note_->setText(line);
+        });
   });
   connect(view_, &QTreeView::customContextMenuRequested, this, &RunsView::showContextMenu);
   connect(xBox_, &QComboBox::currentIndexChanged, this, [this](int i) { setPlotX(PlotX(xBox_->itemData(i).toInt())); });
@@ -460,6 +476,37 @@ void RunsView::showMessage(const QString& text, bool error) {
   message_->setVisible(!text.isEmpty());
 }
 
+template <class R>
+std::optional<R> RunsView::callStore(StoreService::Access access, std::function<R(respin::RunStore&)> job, QString* error) {
+  if (busy_) {
+    if (error) *error = db_ + ": busy with another store call; try again";
+    return std::nullopt;
+  }
+  busy_ = true;
+  updateButtons();
+  QString lockedLine;
+  std::optional<R> r = StoreService::shared().wait<R>(db_, access, std::move(job), error, this, [&](const QString& line) {
+    lockedLine = line;
+    showMessage(line);
+  });
+  busy_ = false;
+  // The store answered: the locked line no longer holds.
+  if (r && !lockedLine.isEmpty() && messageText() == lockedLine) showMessage(QString());
+  updateButtons();
+  afterStoreCall();
+  return r;
+}
+
+void RunsView::afterStoreCall() {
+  if (refreshAgain_) {
+    refreshAgain_ = redrawAgain_ = false;
+    QTimer::singleShot(0, this, &RunsView::refresh);
+  } else if (redrawAgain_) {
+    redrawAgain_ = false;
+    QTimer::singleShot(0, this, &RunsView::redrawPlot);
+  }
+}
+
 QString RunsView::messageText() const { return message_->isHidden() ? QString() : message_->text(); }
 QString RunsView::noteShown() const { return note_->text(); }
 
@@ -472,6 +519,10 @@ void RunsView::setStorePath(const QString& db) {
 }
 
 void RunsView::refresh() {
+  if (busy_) {  // a call is waiting (the store is locked): refresh once it is done
+    refreshAgain_ = true;
+    return;
+  }
   const QList<qint64> keep = selectedRuns();
   showMessage(QString());
   fillTable();
@@ -487,22 +538,28 @@ void RunsView::refresh() {
 }
 
 void RunsView::fillTable() {
+  if (db_.isEmpty() || !QFileInfo::exists(db_)) {
+    model_->removeRows(0, model_->rowCount());
+    sweeps_.clear();
+    if (!db_.isEmpty()) showMessage(db_ + ": no run store yet (calibrate a model first)", false);
+    return;
+  }
+  using Listing = std::pair<std::vector<respin::RunSummary>, std::vector<respin::Sweep>>;
+  // The table keeps its rows while the store is read.
+  showMessage("Loading the runs of " + db_ + "…", false);
+  QString error;
+  std::optional<Listing> got = callStore<Listing>(
+      StoreService::Access::Read, [](respin::RunStore& s) { return Listing{s.list_runs(), s.list_sweeps()}; }, &error);
   model_->removeRows(0, model_->rowCount());
-  if (db_.isEmpty()) return;
-  if (!QFileInfo::exists(db_)) {
-    showMessage(db_ + ": no run store yet (calibrate a model first)", false);
+  if (!got) {
+    sweeps_.clear();
+    showMessage(error + (StoreService::isLockedError(error) ? " (Refresh to try again)" : QString()));
     return;
   }
-  std::vector<respin::RunSummary> runs;
-  std::vector<respin::Sweep> sweeps;
-  try {
-    respin::RunStore s = respin::RunStore::open_readonly(db_.toStdString());
-    runs = s.list_runs();
-    sweeps = s.list_sweeps();
-  } catch (const std::exception& e) {
-    showMessage(q(e.what()));
-    return;
-  }
+  showMessage(QString());
+  const std::vector<respin::RunSummary>& runs = got->first;
+  sweeps_ = got->second;
+  const std::vector<respin::Sweep>& sweeps = sweeps_;
   std::map<int64_t, QStandardItem*> groups;
   std::map<int64_t, std::vector<const respin::RunSummary*>> members;
   for (const respin::RunSummary& r : runs)
@@ -638,19 +695,21 @@ QList<qint64> RunsView::shownRunsInOrder() const {
 }
 
 bool RunsView::exportRunData(const QList<qint64>& ids, const QString& path, bool csv) {
-  try {
-    respin::RunStore s = respin::RunStore::open_readonly(db_.toStdString());
-    const std::vector<int64_t> v(ids.begin(), ids.end());
-    const std::vector<std::string> files =
-        respin::export_run_data(s, v, csv ? respin::RunDataFormat::Csv : respin::RunDataFormat::Json, path.toStdString());
-    QStringList names;
-    for (const std::string& f : files) names << QString::fromStdString(f);
-    showMessage(QString("Wrote %1 (%2 run%3)").arg(names.join(", ")).arg(ids.size()).arg(ids.size() == 1 ? "" : "s"), false);
-    return true;
-  } catch (const std::exception& e) {
-    showMessage(QString::fromStdString(e.what()));
+  const std::vector<int64_t> v(ids.begin(), ids.end());
+  const std::string out = path.toStdString();
+  const respin::RunDataFormat format = csv ? respin::RunDataFormat::Csv : respin::RunDataFormat::Json;
+  QString error;
+  const std::optional<std::vector<std::string>> files = callStore<std::vector<std::string>>(
+      StoreService::Access::Read, [v, out, format](respin::RunStore& s) { return respin::export_run_data(s, v, format, out); },
+      &error);
+  if (!files) {
+    showMessage(error);
     return false;
   }
+  QStringList names;
+  for (const std::string& f : *files) names << QString::fromStdString(f);
+  showMessage(QString("Wrote %1 (%2 run%3)").arg(names.join(", ")).arg(ids.size()).arg(ids.size() == 1 ? "" : "s"), false);
+  return true;
 }
 
 void RunsView::askExportData() {
@@ -667,10 +726,11 @@ void RunsView::askExportData() {
 
 void RunsView::updateButtons() {
   const QList<qint64> ids = selectedRuns();
-  tagButton_->setEnabled(!ids.isEmpty());
-  untagButton_->setEnabled(!ids.isEmpty());
-  noteButton_->setEnabled(ids.size() == 1);
-  deleteButton_->setEnabled(!ids.isEmpty());
+  // The curating actions wait while a store call of this view is in flight.
+  tagButton_->setEnabled(!ids.isEmpty() && !busy_);
+  untagButton_->setEnabled(!ids.isEmpty() && !busy_);
+  noteButton_->setEnabled(ids.size() == 1 && !busy_);
+  deleteButton_->setEnabled(!ids.isEmpty() && !busy_);
   compareButton_->setEnabled(ids.size() == 2);
   exportButton_->setEnabled(ids.size() == 1);
   exportDataButton_->setEnabled(!ids.isEmpty());
@@ -692,14 +752,20 @@ bool RunsView::removeTag(const QList<qint64>& ids, const QString& tag) { return 
 bool RunsView::changeTag(const QList<qint64>& ids, const QString& tag, bool remove) {
   const QString t = tag.trimmed();
   if (ids.isEmpty() || t.isEmpty()) return false;
-  try {
-    respin::RunStore s = respin::RunStore::open(db_.toStdString());
-    for (qint64 id : ids) {
-      if (remove) s.remove_tag(id, t.toStdString());
-      else s.add_tag(id, t.toStdString());
-    }
-  } catch (const std::exception& e) {
-    showMessage(q(e.what()));
+  const std::vector<int64_t> v(ids.begin(), ids.end());
+  const std::string name = t.toStdString();
+  QString error;
+  // Adding a tag a run has, or removing one it lacks, changes nothing: a retried job is safe.
+  if (!callStore<bool>(StoreService::Access::Write,
+                       [v, name, remove](respin::RunStore& s) {
+                         for (int64_t id : v) {
+                           if (remove) s.remove_tag(id, name);
+                           else s.add_tag(id, name);
+                         }
+                         return true;
+                       },
+                       &error)) {
+    showMessage(error);
     return false;
   }
   refresh();
@@ -709,12 +775,16 @@ bool RunsView::changeTag(const QList<qint64>& ids, const QString& tag, bool remo
 }
 
 bool RunsView::setNote(qint64 id, const QString& note) {
-  try {
-    respin::RunStore s = respin::RunStore::open(db_.toStdString());
-    if (!s.get_run(id)) throw std::runtime_error(db_.toStdString() + ": no run " + std::to_string(id));
-    s.set_note(id, note.toStdString());
-  } catch (const std::exception& e) {
-    showMessage(q(e.what()));
+  const std::string text = note.toStdString(), db = db_.toStdString();
+  QString error;
+  if (!callStore<bool>(StoreService::Access::Write,
+                       [id, text, db](respin::RunStore& s) {
+                         if (!s.get_run(id)) throw std::runtime_error(db + ": no run " + std::to_string(id));
+                         s.set_note(id, text);
+                         return true;
+                       },
+                       &error)) {
+    showMessage(error);
     return false;
   }
   refresh();
@@ -725,47 +795,73 @@ bool RunsView::setNote(qint64 id, const QString& note) {
 bool RunsView::deleteRuns(const QList<qint64>& ids) {
   if (ids.isEmpty()) return false;
   if (confirmDeletes_) {
-    QStringList what;
-    try {
-      respin::RunStore s = respin::RunStore::open_readonly(db_.toStdString(), quickRead());
-      for (qint64 id : ids)
-        if (auto d = s.get_run(id))
-          what << QString("run %1 (%2)%3").arg(id).arg(q(d->config.label()),
-                                                      d->summary.run_dir.empty() ? QString() : " and " + q(d->summary.run_dir));
-    } catch (const std::exception& e) {
-      showMessage(q(e.what()));
+    const std::vector<int64_t> v(ids.begin(), ids.end());
+    QString error;
+    const std::optional<QStringList> listed = callStore<QStringList>(
+        kQuickRead,
+        [v](respin::RunStore& s) {
+          QStringList what;
+          for (int64_t id : v)
+            if (auto d = s.get_run(id))
+              what << QString("run %1 (%2)%3").arg(id).arg(q(d->config.label()),
+                                                          d->summary.run_dir.empty() ? QString() : " and " + q(d->summary.run_dir));
+          return what;
+        },
+        &error);
+    if (!listed) {
+      showMessage(error);
       return false;
     }
+    const QStringList& what = *listed;
     const auto answer = QMessageBox::question(this, "Delete runs",
                                               "Delete from the store, and remove their directories from disk?\n\n" +
                                                   what.join('\n'),
                                               QMessageBox::Yes | QMessageBox::Cancel, QMessageBox::Cancel);
     if (answer != QMessageBox::Yes) return false;
   }
-  QStringList problems;
-  int deleted = 0;
-  try {
-    respin::RunStore s = respin::RunStore::open(db_.toStdString());
-    for (qint64 id : ids) {
-      try {
-        const respin::DeletedRun gone = s.delete_run(id);
-        ++deleted;
-        for (const std::string& dir : {gone.run_dir, gone.tmp_dir}) {
-          std::string error;
-          if (!dir.empty() && !respin::remove_tree(dir, &error)) problems << q(error);
-        }
-      } catch (const std::exception& e) {
-        problems << q(e.what());
-      }
-    }
-  } catch (const std::exception& e) {
-    problems << q(e.what());
-  }
+  // On the store thread: the rows, then the directories that belong to the runs (removing a
+  // large run directory takes a while). A run is handled once even when a locked store makes the
+  // service run the job again.
+  struct Outcome {
+    QStringList problems, kept;
+    int deleted = 0;
+    std::set<int64_t> done;
+  };
+  auto outcome = std::make_shared<Outcome>();
+  const std::vector<int64_t> v(ids.begin(), ids.end());
+  QString error;
+  callStore<bool>(StoreService::Access::Write,
+                  [v, outcome](respin::RunStore& s) {
+                    for (int64_t id : v) {
+                      if (outcome->done.count(id)) continue;
+                      try {
+                        const respin::DeletedRun gone = s.delete_run(id);
+                        outcome->done.insert(id);
+                        ++outcome->deleted;
+                        for (const std::string& k : gone.kept) outcome->kept << q(k);
+                        for (const std::string& dir : {gone.run_dir, gone.tmp_dir}) {
+                          std::string e;
+                          if (!dir.empty() && !respin::remove_tree(dir, &e)) outcome->problems << q(e);
+                        }
+                      } catch (const std::exception& e) {
+                        if (StoreService::isLockedError(q(e.what()))) throw;  // the service retries
+                        outcome->done.insert(id);
+                        outcome->problems << q(e.what());
+                      }
+                    }
+                    return true;
+                  },
+                  &error);
+  QStringList problems = outcome->problems;
+  if (!error.isEmpty()) problems << error;
   sourceIds_.erase(std::remove_if(sourceIds_.begin(), sourceIds_.end(), [&](qint64 i) { return ids.contains(i); }),
                    sourceIds_.end());
   refresh();
-  if (!problems.isEmpty()) showMessage(problems.join('\n'));
-  else showMessage(QString("Deleted %1 run%2").arg(deleted).arg(deleted == 1 ? "" : "s"), false);
+  // The folders the store would not hand over (not provably the run's) are named, one line each.
+  const int deleted = outcome->deleted;
+  const QStringList kept = outcome->kept;
+  if (!problems.isEmpty()) showMessage((problems + kept).join('\n'));
+  else showMessage((QStringList{QString("Deleted %1 run%2").arg(deleted).arg(deleted == 1 ? "" : "s")} + kept).join('\n'), false);
   return problems.isEmpty();
 }
 
@@ -784,13 +880,20 @@ void RunsView::askTag(bool remove) {
 void RunsView::askNote() {
   const QList<qint64> ids = selectedRuns();
   if (ids.size() != 1) return;
-  QString current;
-  try {
-    if (auto d = respin::RunStore::open_readonly(db_.toStdString(), quickRead()).get_run(ids[0])) current = q(d->note);
-  } catch (const std::exception& e) {
-    showMessage(q(e.what()));
+  const qint64 id = ids[0];
+  QString error;
+  const std::optional<QString> got = callStore<QString>(
+      kQuickRead,
+      [id](respin::RunStore& s) {
+        const auto d = s.get_run(id);
+        return d ? q(d->note) : QString();
+      },
+      &error);
+  if (!got) {
+    showMessage(error);
     return;
   }
+  const QString current = *got;
   bool ok = false;
   const QString note = QInputDialog::getMultiLineText(this, "Note", QString("Note for run %1:").arg(ids[0]), current, &ok);
   if (ok) setNote(ids[0], note);
@@ -833,13 +936,7 @@ void RunsView::setMethodFilter(const QString& method) {
 void RunsView::fillSourceBox() {
   sourceBox_->clear();
   sourceBox_->addItem("All runs in the table", "all");
-  std::vector<respin::Sweep> sweeps;
-  try {
-    if (!db_.isEmpty() && QFileInfo::exists(db_))
-      sweeps = respin::RunStore::open_readonly(db_.toStdString(), quickRead()).list_sweeps();
-  } catch (const std::exception&) {
-    // The refresh showed the error already.
-  }
+  const std::vector<respin::Sweep>& sweeps = sweeps_;  // as the last refresh read them
   for (const respin::Sweep& s : sweeps)
     sourceBox_->addItem(QString("Sweep %1: %2 sweep, %3%4")
                             .arg(s.id)
@@ -919,6 +1016,10 @@ QList<qint64> RunsView::paretoRuns() const {
 }
 
 void RunsView::redrawPlot() {
+  if (busy_) {  // a store call is waiting: draw once it is done
+    redrawAgain_ = true;
+    return;
+  }
   points_.clear();
   knee_ = -1;
   auto* title = qobject_cast<QCPTextElement*>(plot_->plotLayout()->element(0, 0));
@@ -939,42 +1040,49 @@ void RunsView::redrawPlot() {
   }
   const bool empty = !sweep && ids.empty();
   if (!db_.isEmpty() && !empty && QFileInfo::exists(db_)) {
-    try {
-      respin::RunStore s = respin::RunStore::open_readonly(db_.toStdString(), quickRead());
-      std::map<int64_t, double> cost;
-      if (cost_ != CostAxis::None) {
-        respin::SeriesQuery cq;
-        cq.ids = ids;
-        cq.sweep = sweep;
-        cq.x = respin::SeriesX::WBits;
-        cq.y = cost_ == CostAxis::MacsPerToken ? respin::SeriesY::OnlineMacsPerToken : respin::SeriesY::OnlineParameters;
-        for (const respin::SeriesPoint& p : s.series(cq)) cost[p.run_id] = p.y;
-      }
-      auto costOf = [&](int64_t id) { return cost.count(id) ? cost[id] : kNaN; };
-      if (plotX_ == PlotX::Method) {
-        respin::RunFilter f;
-        f.sweep = sweep;
-        f.status = respin::RunStatus::Finished;
-        const std::set<int64_t> want(ids.begin(), ids.end());
-        for (const respin::RunSummary& r : s.list_runs(f)) {
-          if ((!sweep && !want.count(r.id)) || !r.quantized_perplexity) continue;
-          points_.push_back({r.id, double(int(r.method)), *r.quantized_perplexity, costOf(r.id), label(r), false});
-        }
-        std::stable_sort(points_.begin(), points_.end(), [](const PlotPoint& a, const PlotPoint& b) { return a.x < b.x; });
-      } else {
-        respin::SeriesQuery sq;
-        sq.ids = ids;
-        sq.sweep = sweep;
-        sq.y = respin::SeriesY::QuantizedPerplexity;
-        sq.x = plotX_ == PlotX::Rank    ? respin::SeriesX::Rank
-               : plotX_ == PlotX::WBits ? respin::SeriesX::WBits
-               : plotX_ == PlotX::ABits ? respin::SeriesX::ABits
-                                        : respin::SeriesX::KvBits;
-        for (const respin::SeriesPoint& p : s.series(sq)) points_.push_back({p.run_id, p.x, p.y, costOf(p.run_id), q(p.label), false});
-      }
-    } catch (const std::exception& e) {
-      showMessage(q(e.what()));
-    }
+    const CostAxis costAxis = cost_;
+    const PlotX plotX = plotX_;
+    QString error;
+    std::optional<QVector<PlotPoint>> got = callStore<QVector<PlotPoint>>(
+        kQuickRead,
+        [ids, sweep, costAxis, plotX](respin::RunStore& s) {
+          QVector<PlotPoint> out;
+          std::map<int64_t, double> cost;
+          if (costAxis != CostAxis::None) {
+            respin::SeriesQuery cq;
+            cq.ids = ids;
+            cq.sweep = sweep;
+            cq.x = respin::SeriesX::WBits;
+            cq.y = costAxis == CostAxis::MacsPerToken ? respin::SeriesY::OnlineMacsPerToken : respin::SeriesY::OnlineParameters;
+            for (const respin::SeriesPoint& p : s.series(cq)) cost[p.run_id] = p.y;
+          }
+          auto costOf = [&](int64_t id) { return cost.count(id) ? cost[id] : kNaN; };
+          if (plotX == PlotX::Method) {
+            respin::RunFilter f;
+            f.sweep = sweep;
+            f.status = respin::RunStatus::Finished;
+            const std::set<int64_t> want(ids.begin(), ids.end());
+            for (const respin::RunSummary& r : s.list_runs(f)) {
+              if ((!sweep && !want.count(r.id)) || !r.quantized_perplexity) continue;
+              out.push_back({r.id, double(int(r.method)), *r.quantized_perplexity, costOf(r.id), label(r), false});
+            }
+            std::stable_sort(out.begin(), out.end(), [](const PlotPoint& a, const PlotPoint& b) { return a.x < b.x; });
+          } else {
+            respin::SeriesQuery sq;
+            sq.ids = ids;
+            sq.sweep = sweep;
+            sq.y = respin::SeriesY::QuantizedPerplexity;
+            sq.x = plotX == PlotX::Rank    ? respin::SeriesX::Rank
+                   : plotX == PlotX::WBits ? respin::SeriesX::WBits
+                   : plotX == PlotX::ABits ? respin::SeriesX::ABits
+                                            : respin::SeriesX::KvBits;
+            for (const respin::SeriesPoint& p : s.series(sq)) out.push_back({p.run_id, p.x, p.y, costOf(p.run_id), q(p.label), false});
+          }
+          return out;
+        },
+        &error);
+    if (got) points_ = *got;
+    else showMessage(error);
   }
 
   QVector<QPointF> pts;

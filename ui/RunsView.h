@@ -4,8 +4,11 @@
 // online cost (MACs per token or extra parameters) on a second axis, the Pareto front drawn and
 // its knee marked. Clicking a point selects its run in the table.
 //
-// Reads the store with RunStore::open_readonly (re-opened per refresh); tag, note and delete open
-// it read-write for the one change. Errors show in the view's message line.
+// Every store call goes through StoreService (its own thread; the GUI never waits on the store's
+// lock): the functions below return once the call is done, the event loop running meanwhile. While
+// the store is locked by another process the message line says "<db>: locked by another process;
+// retrying"; a call still locked past the service's patience shows the RunStore error (Refresh
+// tries again). Errors show in the view's message line.
 #pragma once
 
 #include <QList>
@@ -13,6 +16,12 @@
 #include <QString>
 #include <QVector>
 #include <QWidget>
+#include <functional>
+#include <optional>
+#include <vector>
+
+#include "core/store/run_store.h"
+#include "ui/StoreService.h"
 
 class ExportablePlot;
 class QCPGraph;
@@ -99,6 +108,7 @@ class RunsView : public QWidget {
   QList<qint64> shownRunsInOrder() const;  // run rows as the table shows them, groups expanded
   QString noteShown() const;               // the note line of the current run
   QString messageText() const;
+  bool storeBusy() const { return busy_; }  // a store call is in flight
   ExportablePlot* plot() const { return plot_; }
 
  signals:
@@ -123,8 +133,18 @@ class RunsView : public QWidget {
   qint64 currentRun() const;
   void fillSourceBox();
 
+  // Runs job on the store thread and returns its result (nullopt: *error says why); shows the
+  // locked line meanwhile. Refuses (nullopt, *error set) while another call of this view waits.
+  template <class R>
+  std::optional<R> callStore(StoreService::Access access, std::function<R(respin::RunStore&)> job, QString* error);
+  void afterStoreCall();
+
   enum class Source { All, Sweep, Selection };
   QString db_;
+  bool busy_ = false;
+  bool refreshAgain_ = false, redrawAgain_ = false;
+  std::vector<respin::Sweep> sweeps_;  // as of the last refresh
+  qint64 noteFor_ = -1;
   bool confirmDeletes_ = true;
   bool clicking_ = false;
   PlotX plotX_ = PlotX::Rank;
