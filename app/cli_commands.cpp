@@ -229,6 +229,9 @@ int run_eval(const EvalArgs& a) {
     std::fprintf(stderr, "note: --seq-len %lld capped at the model's max_position_embeddings %lld\n",
                  static_cast<long long>(want_seq), static_cast<long long>(po.seq_len));
   po.max_windows = run && !a.max_windows_given ? run->eval_windows : a.max_windows;
+  if (a.batch_given)
+    std::fprintf(stderr, "note: --batch is ignored: every window is scored by its own forward; a run that an earlier "
+                         "respin scored in batches may differ in the last digits on AVX-512 CPUs\n");
   if (isatty(STDERR_FILENO)) g_control.set_progress_callback(progress_printer(), 100);
   PerplexityResult r = with_error_context("evaluating " + text_source + " (tokenized with " + folder.require_tokenizer() + ")",
                                           [&] { return evaluate_perplexity(model, ids, po, &g_control); });

@@ -27,7 +27,7 @@ struct EvalArgs {
   long long seq_len = 2048;
   long long max_windows = 0;
   // Whether the options were given: with --run, those not given follow the run's own protocol.
-  bool seq_len_given = false, max_windows_given = false;
+  bool seq_len_given = false, max_windows_given = false, batch_given = false;
   std::string dtype = "f32";
   int threads = 0;
   bool json = false;

@@ -388,7 +388,17 @@ int run_runs_clean(const RunsArgs& a) {
     std::printf("run %lld interrupted (%s)%s%s\n", static_cast<long long>(r.id),
                 r.message.empty() ? "writer gone" : printable(r.message).c_str(), tmp ? ": left " : "",
                 tmp ? printable(r.tmp_dir).c_str() : "");
-    if (tmp && run_dir_ownership(r.tmp_dir, r.uuid, "").owned) removable.push_back(&r);
+    // A temporary directory that already holds the whole run (killed between its last write and
+    // the rename into place) is a result, not debris: kept, with the way to record it.
+    const bool complete_tmp = tmp && fs::is_regular_file(fs::path(r.tmp_dir) / "run.json", ec) &&
+                              fs::is_regular_file(fs::path(r.tmp_dir) / "model" / "config.json", ec);
+    if (complete_tmp)
+      std::printf("run %lld: %s is a complete run directory; kept: rename it, or record it with `respin runs --db %s "
+                  "import %s`\n",
+                  static_cast<long long>(r.id), printable(r.tmp_dir).c_str(), printable(s.path()).c_str(),
+                  printable(r.tmp_dir).c_str());
+    else if (tmp && run_dir_ownership(r.tmp_dir, r.uuid, "").owned)
+      removable.push_back(&r);
     // A run killed after its directory was complete (or whose last write found the disk full).
     if (!tmp && !r.run_dir.empty() && run_dir_ownership(r.run_dir, r.uuid, "").owned &&
         fs::is_regular_file(fs::path(r.run_dir) / "run.json", ec))

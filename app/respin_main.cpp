@@ -93,6 +93,12 @@ int main(int argc, char** argv) {
                                    "Window length in tokens (capped at the model's maximum; default 2048, with "
                                    "--run the run's own)")
                     ->check(CLI::Range(2LL, 1LL << 20));
+  // Older exports' README files print `--batch 4`; the option stays so that their commands run.
+  long long ignored_batch = 1;
+  auto* e_batch = c_eval->add_option("--batch", ignored_batch,
+                                     "Ignored: every window is scored by its own forward, so the number does not "
+                                     "depend on how windows are grouped")
+                      ->check(CLI::Range(1LL, 1024LL));
   auto* e_windows = c_eval->add_option("--max-windows", ev.max_windows,
                                        "Evaluate at most this many windows (0 = all; with --run: the run's own)")
                         ->check(kCount);
@@ -334,6 +340,7 @@ int main(int argc, char** argv) {
   }
   ev.seq_len_given = e_seq->count() > 0;
   ev.max_windows_given = e_windows->count() > 0;
+  ev.batch_given = e_batch->count() > 0;
   if (c_tok->parsed() && tok.text.empty() && tok.file.empty() && !t_text->count()) {
     std::cerr << "error: tokenize needs --text or --file\n";
     return 2;

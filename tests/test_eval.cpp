@@ -99,12 +99,18 @@ std::unique_ptr<at::ObserverContext> record_gemm(const at::RecordFunction& fn) {
 
 std::vector<GemmCall> gemms_of(const std::function<void()>& fn) {
   std::vector<GemmCall> calls;
-  g_gemms = &calls;
-  const at::CallbackHandle h =
-      at::addThreadLocalCallback(at::RecordFunctionCallback(record_gemm).needsInputs(true));
+  struct Probe {  // removed however fn ends
+    explicit Probe(std::vector<GemmCall>* c)
+        : handle(at::addThreadLocalCallback(at::RecordFunctionCallback(record_gemm).needsInputs(true))) {
+      g_gemms = c;
+    }
+    ~Probe() {
+      at::removeCallback(handle);
+      g_gemms = nullptr;
+    }
+    at::CallbackHandle handle;
+  } probe(&calls);
   fn();
-  at::removeCallback(h);
-  g_gemms = nullptr;
   return calls;
 }
 
@@ -128,15 +134,11 @@ TEST(Perplexity, EachWindowIsScoredByItsOwnForward) {
     else EXPECT_LE(c.rows, heads) << c.op;  // [1 window x heads] matrices of at most T rows
   }
   // The same numbers as each window scored alone, bit for bit, wherever it sits in the text.
+  // (Not across thread counts: no BLAS promises the same bits for another thread split.)
   for (int w = 0; w < windows; ++w) {
     std::vector<int> one(ids.begin() + w * T, ids.begin() + (w + 1) * T);
     EXPECT_EQ(evaluate_perplexity(m, one, o).window_nll.at(0), all.window_nll[w]) << "window " << w;
   }
-  // Threads do not change the numbers either.
-  set_compute_threads(1);
-  PerplexityResult single = evaluate_perplexity(m, ids, o);
-  set_compute_threads(0);
-  EXPECT_EQ(single.window_nll, all.window_nll);
 }
 
 TEST(Perplexity, MaxWindowsCutsTheText) {

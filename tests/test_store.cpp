@@ -1224,6 +1224,47 @@ TEST(Store, RunDirOwnershipNeedsTheMarkerOrTheStoredRecord) {
   EXPECT_FALSE(run_dir_ownership(dir.file("link"), "u1", record_json).owned);
 }
 
+// A record an older respin stored (without a field written today) still identifies its folder:
+// both sides are read and written again before they are compared.
+TEST(Store, RunDirOwnershipComparesRecordsAsTodaysReaderReadsThem) {
+  TempDir dir;
+  const RunRecord rec = make_record(make_config());
+  const std::string d = dir.file("run");
+  write_run_dir(d, rec);
+  nlohmann::json older = run_record_to_json(rec);
+  ASSERT_TRUE(older["config"].contains("cuda_device"));
+  older["config"].erase("cuda_device");  // records before CUDA device choice had none
+  EXPECT_TRUE(run_dir_ownership(d, "u1", older.dump()).owned) << run_dir_ownership(d, "u1", older.dump()).reason;
+  older["results"]["quantized_perplexity"] = 1.5;  // but another run is still another run
+  EXPECT_FALSE(run_dir_ownership(d, "u1", older.dump()).owned);
+}
+
+// A run directory made against another store (a GPU server's) keeps the identity its marker
+// names when it is imported, so the folder belongs to the imported run and delete removes it.
+TEST(Store, ImportOfAFolderMarkedByAnotherStoreOwnsTheFolder) {
+  TempDir dir;
+  const CalibConfig c = make_config();
+  const RunRecord rec = make_record(c);
+  RunStart s;
+  {
+    RunStore server = RunStore::open(dir.file("server.db"));
+    s = make_start(dir, c, "made-there");
+    const int64_t id = begun_with_marker(server, s);
+    write_run_dir(s.tmp_dir, rec);
+    fs::rename(s.tmp_dir, s.run_dir);
+    server.finish_run(id, rec);
+  }
+  RunStore store = RunStore::open(dir.file("runs.db"));
+  const ImportedRun i = store.import_run(s.run_dir);
+  EXPECT_FALSE(i.repaired);
+  const auto d = store.get_run(i.id);
+  ASSERT_TRUE(d.has_value());
+  EXPECT_TRUE(run_dir_ownership(s.run_dir, d->summary.uuid, "").owned);
+  const DeletedRun gone = store.delete_run(i.id);
+  EXPECT_EQ(gone.run_dir, s.run_dir);
+  EXPECT_TRUE(gone.kept.empty());
+}
+
 TEST(Store, DeleteRunsIsAllOrNothing) {
   TempDir dir;
   RunStore store = RunStore::open(dir.file("runs.db"));

@@ -29,6 +29,7 @@
 #include <optional>
 #include <set>
 
+#include "core/calib/run_record.h"
 #include "core/store/run_data.h"
 #include "core/store/run_store.h"
 #include "core/util/fs.h"
@@ -801,10 +802,19 @@ bool RunsView::deleteRuns(const QList<qint64>& ids) {
         kQuickRead,
         [v](respin::RunStore& s) {
           QStringList what;
+          // What will go, as delete_run decides it: only folders that provably belong to the run.
           for (int64_t id : v)
-            if (auto d = s.get_run(id))
-              what << QString("run %1 (%2)%3").arg(id).arg(q(d->config.label()),
-                                                          d->summary.run_dir.empty() ? QString() : " and " + q(d->summary.run_dir));
+            if (auto d = s.get_run(id)) {
+              const std::string record = d->record ? respin::run_record_to_json(*d->record).dump() : std::string();
+              QString line = QString("run %1 (%2)").arg(id).arg(q(d->config.label()));
+              for (const std::string& dir : {d->summary.run_dir, d->summary.tmp_dir}) {
+                if (dir.empty()) continue;
+                const respin::DirOwnership o = respin::run_dir_ownership(dir, d->summary.uuid, record);
+                if (o.owned) line += " and its directory " + q(dir);
+                else if (o.reason != "it does not exist") line += "; keeping " + q(dir) + " (" + q(o.reason) + ")";
+              }
+              what << line;
+            }
           return what;
         },
         &error);
@@ -814,7 +824,7 @@ bool RunsView::deleteRuns(const QList<qint64>& ids) {
     }
     const QStringList& what = *listed;
     const auto answer = QMessageBox::question(this, "Delete runs",
-                                              "Delete from the store, and remove their directories from disk?\n\n" +
+                                              "Delete from the store, and remove the directories that belong to them from disk?\n\n" +
                                                   what.join('\n'),
                                               QMessageBox::Yes | QMessageBox::Cancel, QMessageBox::Cancel);
     if (answer != QMessageBox::Yes) return false;

@@ -227,6 +227,15 @@ CalibConfig checked_inputs(const CalibConfig& in, const std::string& out_dir) {
                 "; choose a new run directory (runs are never overwritten)");
   const fs::path parent = fs::absolute(out_dir).parent_path();
   if (!fs::is_directory(parent)) throw Error(parent.string() + ": no such directory for the run");
+  // Not inside another run's directory: deleting that run removes its whole folder, and this run
+  // would go with it (docs/store.md, "Which folders belong to a run").
+  for (fs::path p = parent.lexically_normal(); !p.empty(); p = p.parent_path()) {
+    std::error_code ec;
+    if (fs::is_regular_file(p / "run.json", ec) || fs::is_regular_file(p / ".respin-run.json", ec))
+      throw Error(out_dir + ": inside the run directory " + p.string() +
+                  "; choose a run directory outside any other run's");
+    if (p == p.parent_path()) break;
+  }
   // Whether the run directory can be created at all (a read-only mount, a directory without write
   // permission): tried for real, since access() answers yes to root on a read-only file system.
   std::string probe = (parent / ".respin-write-check-XXXXXX").string();
@@ -686,9 +695,17 @@ class Pipeline {
   void move_into_place() {
     int rc = ::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, final_dir_.c_str(), RENAME_NOREPLACE);
     if (rc != 0 && (errno == EINVAL || errno == ENOSYS)) {  // a file system without RENAME_NOREPLACE
-      std::error_code ec;
-      if (fs::symlink_status(final_dir_, ec).type() != fs::file_type::not_found) errno = EEXIST;
-      else rc = ::rename(tmp_.c_str(), final_dir_.c_str());
+      // Claim the name with an empty directory of our own (mkdir fails if anything is there), then
+      // rename over it: rename(2) replaces only that empty directory, never one that appeared.
+      rc = ::mkdir(final_dir_.c_str(), 0755);
+      if (rc == 0) {
+        rc = ::rename(tmp_.c_str(), final_dir_.c_str());
+        if (rc != 0) {
+          const int e = errno;
+          ::rmdir(final_dir_.c_str());
+          errno = e;
+        }
+      }
     }
     committed_ = true;  // from here on the temporary directory is never removed
     if (rc != 0) {

@@ -946,9 +946,17 @@ DirOwnership run_dir_ownership(const std::string& dir, const std::string& uuid, 
   if (!fs::is_regular_file(run_json, ec)) return {false, std::string("no ") + kRunMarkerName + " and no run.json"};
   if (record_json.empty())
     return {false, std::string("no ") + kRunMarkerName + ", and the store holds no record to compare its run.json with"};
+  // Both sides through the same reader and writer, so that a record an older respin wrote (a
+  // field it did not have yet, read with its default) compares equal to itself.
+  json stored;
+  try {
+    stored = run_record_to_json(run_record_from_json(json::parse(record_json), "the stored record"));
+  } catch (const std::exception&) {
+    return {false, std::string("no ") + kRunMarkerName + ", and the store's record of the run is unreadable"};
+  }
   try {
     const json disk = run_record_to_json(run_record_from_json(json::parse(read_text_file(run_json)), run_json));
-    if (disk == json::parse(record_json)) return {true, ""};
+    if (disk == stored) return {true, ""};
   } catch (const std::exception&) {
     return {false, "its run.json is unreadable"};
   }
@@ -1015,6 +1023,9 @@ ImportedRun RunStore::import_run(const std::string& dir_in) {
     s.config = record.config;
     s.model = record.model;
     s.run_dir = dir;
+    // A run made against another store (a GPU server's) keeps the identity its marker names, so
+    // the folder belongs to the imported row here too and `runs delete` may remove it.
+    s.uuid = uuid;
     id = insert_run(s, now_unix_ms());
   }
   write_finished(*id, record);

@@ -21,6 +21,7 @@
 #include "core/tokenizer/tokenizer.h"
 #include "core/util/error.h"
 #include "core/util/fs.h"
+#include "core/util/sha256.h"
 
 namespace respin {
 
@@ -390,6 +391,12 @@ ForgeResult forge(const ForgeOptions& o, RunControl* control) {
   r.tokens_per_s = st.train_seconds > 0 ? st.tokens_seen / st.train_seconds : 0;
   r.final_train_loss = st.last_loss;
   write_file_atomically(o.out_dir + "/README.md", model_card(o, r, corpus));
+  // The folder's identity, in `sha256sum -c` form: what a copy of it (the model the project ships)
+  // is checked against.
+  std::string sums;
+  for (const char* f : {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json"})
+    sums += sha256_hex(read_text_file(o.out_dir + "/" + f)) + "  " + f + "\n";
+  write_file_atomically(o.out_dir + "/SHA256SUMS", sums);
   remove_tree_or_throw(ckpt);
   return r;
 }

@@ -1,6 +1,7 @@
 // `respin forge`: trains the project's own small LLaMA-architecture model on the public-domain
 // corpus (core/data/corpus.h) and writes it as a Hugging Face model folder (config.json,
-// model.safetensors in bf16, tokenizer.json, generation_config.json, README.md model card).
+// model.safetensors in bf16, tokenizer.json, generation_config.json, README.md model card,
+// SHA256SUMS of those five files).
 //
 // Steps: byte-level BPE tokenizer on the training split -> AdamW with linear warm-up and cosine
 // decay, random windows of the training token stream (the window of step s depends only on
