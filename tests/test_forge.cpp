@@ -17,6 +17,7 @@
 #include "core/tokenizer/tokenizer.h"
 #include "core/train/forge.h"
 #include "core/util/error.h"
+#include "core/util/sha256.h"
 #include "core/util/threads.h"
 #include "tests/test_util.h"
 
@@ -89,6 +90,10 @@ TEST_F(ForgeMicro, TrainsBeatsUnigramAndFolderReproducesTrainingLogits) {
   EXPECT_EQ(r.outliers.size(), 4u * r.config.num_hidden_layers);
   const std::string card = read_bytes(dir.file("m/README.md"));
   EXPECT_NE(card.find("unigram baseline"), std::string::npos);
+  // SHA256SUMS names every file of the folder with its digest, as `sha256sum -c` reads it.
+  const std::string sums = read_bytes(dir.file("m/SHA256SUMS"));
+  for (const char* f : {"README.md", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json"})
+    EXPECT_NE(sums.find(sha256_hex(read_bytes(dir.file("m/") + f)) + "  " + f + "\n"), std::string::npos) << f;
   EXPECT_NE(card.find("| 1 | down_proj_input |"), std::string::npos);
 
   // The training code's logits (its own float32 weights) against the folders the loader reads.
