@@ -246,16 +246,16 @@ TEST_F(Hostile, ByteLevelTokenizerMissingAByteIsRefused) {
 }
 
 TEST_F(Hostile, AllocationFailuresAreOneLine) {
-  // 8 windows x 4096 positions x a 50000-token vocabulary of float32 logits (6.5 GB) under a 3 GB
-  // address-space limit: libtorch's allocator fails inside the forward.
+  // One window of 4096 positions x a 150000-token vocabulary: 2.5 GB of float32 logits and as much
+  // again for their log-softmax, under a 3 GB address-space limit: libtorch's allocator fails.
   Result r = run("init-model --out " + dir.file("wide") + " --tokenizer " + dir.file("tokenizer.json") +
-                 " --hidden 64 --intermediate 128 --layers 1 --heads 4 --kv-heads 2 --vocab 50000 --max-positions 4096");
+                 " --hidden 64 --intermediate 128 --layers 1 --heads 4 --kv-heads 2 --vocab 150000 --max-positions 4096");
   ASSERT_EQ(r.code, 0) << r.err;
   std::string text;
   for (int i = 0; i < 300; ++i) text += kText;
   write_bytes(dir.file("book.txt"), text);
   const std::string cmd = "ulimit -v 3000000; " + std::string(RESPIN_BIN) + " eval --model " + dir.file("wide") +
-                          " --text-file " + dir.file("book.txt") + " --seq-len 4096 --batch 8 --threads 1 2>" +
+                          " --text-file " + dir.file("book.txt") + " --seq-len 4096 --threads 1 2>" +
                           dir.file("alloc.err") + " >/dev/null </dev/null";
   const int status = std::system(("sh -c '" + cmd + "'").c_str());
   r = Result{WIFEXITED(status) ? WEXITSTATUS(status) : -1, "", read_bytes(dir.file("alloc.err"))};

@@ -993,10 +993,23 @@ TEST(Store, InterruptedFromADeadPid) {
   remote.hostname = "some-other-host.invalid";
   const int64_t rid = store.begin_run(remote);
   EXPECT_EQ(store.get_run(rid)->summary.status, RunStatus::Running);
+  // Nor can it from another PID namespace of this host (a container with the same host name):
+  // a live writer there must not read interrupted because its pid means nothing here.
+  char host[256] = {};
+  ASSERT_EQ(gethostname(host, sizeof host - 1), 0);
+  const std::string recorded = store.get_run(id)->summary.hostname;
+  EXPECT_EQ(recorded.rfind(std::string(host) + " pid:[", 0), 0u) << recorded;
+  RunStart contained = make_start(dir, make_config(), "contained");
+  contained.pid = child;
+  contained.hostname = std::string(host) + " pid:[1]";
+  const int64_t cid = store.begin_run(contained);
+  EXPECT_EQ(store.get_run(cid)->summary.status, RunStatus::Running);
   auto stale = store.stale_runs();
   ASSERT_EQ(stale.size(), 1u);
   EXPECT_EQ(stale[0].id, id);
   store.mark_interrupted(id);
+  EXPECT_THROW(store.mark_interrupted(cid), Error);  // re-checked inside its transaction: still running
+  EXPECT_EQ(store.get_run(cid)->summary.status, RunStatus::Running);
   EXPECT_NE(store.get_run(id)->summary.message.find("writer stopped"), std::string::npos);
 }
 

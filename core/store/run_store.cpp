@@ -51,10 +51,18 @@ std::string iso_utc(int64_t unix_ms) {
   return buf;
 }
 
+// Where a writer's pid can be asked about: the host name and the PID namespace ("pid:[inode]").
+// Containers that share a host name but not a pid space get different identities, so a live
+// writer in one is never judged dead by a kill(pid, 0) in the other; a row written without the
+// namespace (older versions) is judged by its heartbeat alone.
 std::string this_hostname() {
   char buf[256] = {};
   if (gethostname(buf, sizeof buf - 1) != 0) return "";
-  return buf;
+  std::string id = buf;
+  char ns[64] = {};
+  const ssize_t n = ::readlink("/proc/self/ns/pid", ns, sizeof ns - 1);
+  if (n > 0) id += " " + std::string(ns, static_cast<size_t>(n));
+  return id;
 }
 
 std::string random_uuid() {
