@@ -362,6 +362,35 @@ void report_recording(const RunStore& store, const std::optional<int64_t>& id, c
     std::fprintf(stderr, "run %lld in %s reads interrupted (it %s)\n", n, store.path().c_str(), ended);
 }
 
+// One calibration recorded into `store`, and what the store ended up with said once
+// (report_recording), also when it is cancelled or fails. `say_recorded`: say it when all was
+// recorded too (a sweep says so only for what went wrong).
+static CalibOutcome calibrate_reported(const CalibConfig& c, const std::string& out, RunStore& store, CalibObserver* printer,
+                                std::optional<int64_t> sweep, bool say_recorded,
+                                std::optional<int64_t>* run_id = nullptr) {
+  std::optional<int64_t> id;
+  std::string store_error;
+  bool end_recorded = false;
+  auto on_stop = [&](const char* ended) {
+    std::fprintf(stderr, "\n");
+    report_recording(store, id, store_error, end_recorded, "", ended);
+  };
+  std::optional<CalibOutcome> outcome;
+  try {
+    outcome = calibrate_and_record(c, out, store, &g_control, printer, sweep, &id, &store_error, &end_recorded);
+  } catch (const Cancelled&) {
+    on_stop("was cancelled");
+    throw;
+  } catch (...) {
+    on_stop("failed");
+    throw;
+  }
+  if (say_recorded || !store_error.empty() || !end_recorded)
+    report_recording(store, id, store_error, end_recorded, outcome->run_dir, "finished");
+  if (run_id) *run_id = id;
+  return std::move(*outcome);
+}
+
 int run_calibrate(const CalibrateArgs& a) {
   CalibConfig c = a.config;
   if (a.gptq) c.weight_quantizer = WeightQuantizer::Gptq;
@@ -373,21 +402,7 @@ int run_calibrate(const CalibrateArgs& a) {
   } else {
     // A store that cannot record (read-only, locked, damaged) is refused here, before the work.
     RunStore store = RunStore::open(store_path(a.db));
-    std::optional<int64_t> id;
-    std::string store_error;
-    bool end_recorded = false;
-    try {
-      outcome = calibrate_and_record(c, a.out, store, &g_control, &printer, {}, &id, &store_error, &end_recorded);
-    } catch (const Cancelled&) {
-      std::fprintf(stderr, "\n");
-      report_recording(store, id, store_error, end_recorded, "", "was cancelled");
-      throw;
-    } catch (...) {
-      std::fprintf(stderr, "\n");
-      report_recording(store, id, store_error, end_recorded, "", "failed");
-      throw;
-    }
-    report_recording(store, id, store_error, end_recorded, outcome->run_dir, "finished");
+    outcome = calibrate_reported(c, a.out, store, &printer, {}, /*say_recorded=*/true);
   }
   const CalibOutcome& r = *outcome;
   if (a.json) {
@@ -475,24 +490,9 @@ int run_sweep(const SweepArgs& a) {
     std::fprintf(stderr, "[sweep %zu/%zu] %s%s  (elapsed %s, ETA %s)\n", i + 1, plan.size(), p.config.label().c_str(),
                  p.learns ? "" : " (rotations of the first run)", duration_text(elapsed).c_str(), eta.c_str());
     CalibPrinter printer;
-    std::optional<int64_t> id;
-    std::string store_error;
-    bool end_recorded = false;
     const auto r0 = std::chrono::steady_clock::now();
-    CalibOutcome r = [&] {
-      try {
-        return calibrate_and_record(p.config, p.dir, store, &g_control, &printer, sweep, &id, &store_error, &end_recorded);
-      } catch (const Cancelled&) {
-        std::fprintf(stderr, "\n");
-        report_recording(store, id, store_error, end_recorded, "", "was cancelled");
-        throw;
-      } catch (...) {
-        std::fprintf(stderr, "\n");
-        report_recording(store, id, store_error, end_recorded, "", "failed");
-        throw;
-      }
-    }();
-    if (!store_error.empty() || !end_recorded) report_recording(store, id, store_error, end_recorded, r.run_dir, "finished");
+    std::optional<int64_t> id;
+    CalibOutcome r = calibrate_reported(p.config, p.dir, store, &printer, sweep, /*say_recorded=*/false, &id);
     if (p.learns) {
       learned_dir = r.run_dir;
     } else {

@@ -76,6 +76,13 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
   method_->addItem("QuaRot (random Hadamard)", int(respin::Method::QuaRot));
   method_->addItem("RTN (no rotation)", int(respin::Method::Rtn));
   int row = 0;
+  // One row of the W / A / KV table: its label, then the weight, activation and KV control.
+  auto addWAKV = [&](const char* label, QWidget* w, QWidget* a, QWidget* kv) {
+    qg->addWidget(rowLabel(label), row, 0);
+    qg->addWidget(w, row, 1);
+    qg->addWidget(a, row, 2);
+    qg->addWidget(kv, row++, 3);
+  };
   qg->addWidget(rowLabel("Method:"), row, 0);
   qg->addWidget(method_, row++, 1, 1, 3);
   const char* heads[] = {"Weights", "Activations", "KV cache"};
@@ -89,10 +96,7 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
   wbits_->setToolTip("Weight bits");
   abits_->setToolTip("Activation bits");
   kvbits_->setToolTip("KV cache bits");
-  qg->addWidget(rowLabel("Bits:"), row, 0);
-  qg->addWidget(wbits_, row, 1);
-  qg->addWidget(abits_, row, 2);
-  qg->addWidget(kvbits_, row++, 3);
+  addWAKV("Bits:", wbits_, abits_, kvbits_);
   wGroup_ = spin(0, 1 << 16, 0), aGroup_ = spin(0, 1 << 16, 0), kvGroup_ = spin(0, 1 << 12, 0);
   wGroup_->setSpecialValueText("per channel");
   aGroup_->setSpecialValueText("per token");
@@ -100,16 +104,10 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
   wGroup_->setToolTip("Weight group size (0: per output channel)");
   aGroup_->setToolTip("Activation group size (0: per token)");
   kvGroup_->setToolTip("KV group size (0: per head)");
-  qg->addWidget(rowLabel("Group size:"), row, 0);
-  qg->addWidget(wGroup_, row, 1);
-  qg->addWidget(aGroup_, row, 2);
-  qg->addWidget(kvGroup_, row++, 3);
+  addWAKV("Group size:", wGroup_, aGroup_, kvGroup_);
   wSym_ = new QCheckBox("symmetric"), aSym_ = new QCheckBox("symmetric"), kvSym_ = new QCheckBox("symmetric");
   wSym_->setChecked(true);
-  qg->addWidget(rowLabel("Range:"), row, 0);
-  qg->addWidget(wSym_, row, 1);
-  qg->addWidget(aSym_, row, 2);
-  qg->addWidget(kvSym_, row++, 3);
+  addWAKV("Range:", wSym_, aSym_, kvSym_);
   aClip_ = new QDoubleSpinBox, kvClip_ = new QDoubleSpinBox;
   for (QDoubleSpinBox* c : {aClip_, kvClip_}) {
     c->setRange(0.01, 1.0);
@@ -122,10 +120,7 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
   wMse_ = new QCheckBox("MSE search");
   wMse_->setToolTip("Search each weight row's clip ratio for the least quantization MSE");
   wMse_->setChecked(true);
-  qg->addWidget(rowLabel("Clip:"), row, 0);
-  qg->addWidget(wMse_, row, 1);
-  qg->addWidget(aClip_, row, 2);
-  qg->addWidget(kvClip_, row++, 3);
+  addWAKV("Clip:", wMse_, aClip_, kvClip_);
   gptq_ = new QCheckBox("GPTQ weights (else round to nearest)");
   qg->addWidget(rowLabel("Weights:"), row, 0);
   qg->addWidget(gptq_, row++, 1, 1, 3);

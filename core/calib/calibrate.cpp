@@ -9,7 +9,6 @@
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -679,9 +678,12 @@ class Pipeline {
       bytes += 2 * layers * (h * r + r * r) * 4;
     }
     const fs::path parent = final_dir_.parent_path();
-    struct statvfs st {};
-    if (::statvfs(parent.c_str(), &st) != 0) return;  // unknown: the writes will say
-    const uint64_t free = static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+    uint64_t free = 0;
+    try {
+      free = available_bytes(parent.string());
+    } catch (const Error&) {
+      return;  // unknown: the writes will say
+    }
     if (free < bytes) {
       char msg[160];
       std::snprintf(msg, sizeof msg, ": not enough free space for the run directory (about %.2f MB needed, %.2f MB free)",

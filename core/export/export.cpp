@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -442,27 +441,6 @@ std::vector<std::string> compressed_tensors_gaps(const RunRecord& r) {
                      " channels (per head)");
   }
   return gaps;
-}
-
-uint64_t available_bytes(const std::string& dir) {
-  struct statvfs st {};
-  if (::statvfs(dir.c_str(), &st) != 0)
-    throw Error(dir + ": cannot read the free space (statvfs): " + std::strerror(errno));
-  return static_cast<uint64_t>(st.f_bavail) * static_cast<uint64_t>(st.f_frsize);
-}
-
-uint64_t allocation_unit(const std::string& dir) {
-  struct statvfs st {};
-  if (::statvfs(dir.c_str(), &st) != 0)
-    throw Error(dir + ": cannot read the file system's block size (statvfs): " + std::strerror(errno));
-  return std::max<uint64_t>(1, st.f_frsize);
-}
-
-uint64_t space_needed(const std::vector<uint64_t>& file_sizes, uint64_t unit) {
-  unit = std::max<uint64_t>(1, unit);
-  uint64_t total = unit;  // the folder's own entry block
-  for (uint64_t s : file_sizes) total += (s + unit - 1) / unit * unit;
-  return total;
 }
 
 void check_free_space(const std::string& dir, uint64_t needed, uint64_t available) {

@@ -25,6 +25,7 @@
 
 #include "core/calib/run_record.h"
 #include "core/io/safetensors.h"
+#include "core/util/fs.h"
 
 namespace respin {
 
@@ -66,14 +67,8 @@ ExportResult export_run(const std::string& run_dir, const std::string& out_dir, 
 // is the run's (record.quantizers.o_proj_activation_group).
 std::vector<std::string> compressed_tensors_gaps(const RunRecord& record);
 
-// Free space: bytes available to an unprivileged writer in the file system holding `dir`
-// (statvfs f_bavail * f_frsize); throws respin::Error naming dir when statvfs fails.
-uint64_t available_bytes(const std::string& dir);
-// The file system's allocation unit for `dir` (statvfs f_frsize); throws like available_bytes.
-uint64_t allocation_unit(const std::string& dir);
-// What files of these sizes take on disk in a new folder: each rounded up to the allocation unit,
-// plus one unit for the folder itself.
-uint64_t space_needed(const std::vector<uint64_t>& file_sizes, uint64_t unit);
+// Free space and what files take on disk: available_bytes, allocation_unit, space_needed
+// (core/util/fs.h).
 // Throws respin::Error "<dir>: not enough free space for the export: needs N bytes (X MiB), N
 // bytes (Y MiB) available" when needed > available.
 void check_free_space(const std::string& dir, uint64_t needed, uint64_t available);

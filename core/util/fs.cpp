@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -130,6 +131,27 @@ bool directory_is_empty(const std::string& dir) noexcept {
   }
   ::closedir(d);
   return empty;
+}
+
+uint64_t available_bytes(const std::string& dir) {
+  struct statvfs st {};
+  if (::statvfs(dir.c_str(), &st) != 0)
+    throw Error(dir + ": cannot read the free space (statvfs): " + std::strerror(errno));
+  return static_cast<uint64_t>(st.f_bavail) * static_cast<uint64_t>(st.f_frsize);
+}
+
+uint64_t allocation_unit(const std::string& dir) {
+  struct statvfs st {};
+  if (::statvfs(dir.c_str(), &st) != 0)
+    throw Error(dir + ": cannot read the file system's block size (statvfs): " + std::strerror(errno));
+  return std::max<uint64_t>(1, st.f_frsize);
+}
+
+uint64_t space_needed(const std::vector<uint64_t>& file_sizes, uint64_t unit) {
+  unit = std::max<uint64_t>(1, unit);
+  uint64_t total = unit;  // the folder's own entry block
+  for (uint64_t s : file_sizes) total += (s + unit - 1) / unit * unit;
+  return total;
 }
 
 }  // namespace respin

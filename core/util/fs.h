@@ -37,4 +37,13 @@ std::vector<DirEntry> list_directory(const std::string& dir);
 // Whether `dir` is a directory with no entries (false when it is missing or unreadable).
 bool directory_is_empty(const std::string& dir) noexcept;
 
+// Free space: bytes available to an unprivileged writer in the file system holding `dir`
+// (statvfs f_bavail * f_frsize); throws respin::Error naming dir when statvfs fails.
+uint64_t available_bytes(const std::string& dir);
+// The file system's allocation unit for `dir` (statvfs f_frsize); throws like available_bytes.
+uint64_t allocation_unit(const std::string& dir);
+// What files of these sizes take on disk in a new folder: each rounded up to the allocation unit,
+// plus one unit for the folder itself.
+uint64_t space_needed(const std::vector<uint64_t>& file_sizes, uint64_t unit);
+
 }  // namespace respin
