@@ -9,14 +9,19 @@
 
 #include <chrono>
 #include <filesystem>
+#include <set>
+#include <sstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "core/data/corpus.h"
 #include "core/eval/generate.h"
+#include "core/eval/perplexity.h"
 #include "core/model/weights.h"
 #include "core/tokenizer/tokenizer.h"
 #include "core/train/forge.h"
 #include "core/util/error.h"
+#include "core/util/fs.h"
 #include "core/util/sha256.h"
 #include "core/util/threads.h"
 #include "tests/test_util.h"
@@ -168,4 +173,62 @@ TEST(ForgeCli, CtrlCLeavesCheckpointAndGenerateWorks) {
   ASSERT_EQ(std::system(gen.c_str()), 0);
   EXPECT_EQ(read_bytes(dir.file("gen.txt")).rfind("The President", 0), 0u);
   EXPECT_GT(read_bytes(dir.file("gen.txt")).size(), std::string("The President\n").size());
+}
+
+// The default model the repository ships (resources/models/small, what scripts/run.sh installs):
+// the files its SHA256SUMS lists and no others, a card that says how it was made, the sizes of the
+// small preset, and a model that has learned the corpus (two validation windows scored at less
+// than half the card's unigram baseline perplexity).
+TEST(ShippedModel, IsTheSmallPresetTrainedAsItsCardSays) {
+  const fs::path dir = fs::path(RESPIN_SOURCE_DIR) / "resources/models/small";
+  ASSERT_TRUE(fs::is_directory(dir)) << dir << " is missing: scripts/run.sh would train it for about 30 minutes";
+  const std::string sums = read_bytes((dir / "SHA256SUMS").string());
+  std::set<std::string> listed;
+  std::istringstream lines(sums);
+  for (std::string line; std::getline(lines, line);) {
+    ASSERT_GT(line.size(), 66u) << line;
+    const std::string digest = line.substr(0, 64), name = line.substr(66);
+    EXPECT_EQ(sha256_hex(read_bytes((dir / name).string())), digest) << name;
+    listed.insert(name);
+  }
+  EXPECT_EQ(listed, (std::set<std::string>{"README.md", "config.json", "generation_config.json", "model.safetensors",
+                                           "tokenizer.json"}));
+  for (const DirEntry& e : list_directory(dir.string()))
+    EXPECT_TRUE(e.name == "SHA256SUMS" || listed.count(e.name)) << "unlisted file " << e.name;
+
+  const ForgePreset p = forge_preset("small");
+  const std::string card = read_bytes((dir / "README.md").string());
+  EXPECT_NE(card.find("| steps | " + std::to_string(p.steps) + " x " + std::to_string(p.batch_size) + " windows x " +
+                      std::to_string(p.seq_len) + " tokens |"),
+            std::string::npos);
+  EXPECT_NE(card.find("| optimizer | AdamW (0.9, 0.95), weight decay "), std::string::npos);
+  EXPECT_NE(card.find(" warm-up steps, cosine to "), std::string::npos);
+  EXPECT_NE(card.find("(float32 master weights), seed 0 |"), std::string::npos);
+
+  const nlohmann::json config = nlohmann::json::parse(read_bytes((dir / "config.json").string()));
+  EXPECT_EQ(config.at("hidden_size").get<int64_t>(), p.hidden_size);
+  EXPECT_EQ(config.at("intermediate_size").get<int64_t>(), p.intermediate_size);
+  EXPECT_EQ(config.at("num_hidden_layers").get<int64_t>(), p.num_layers);
+  EXPECT_EQ(config.at("num_attention_heads").get<int64_t>(), p.num_heads);
+  EXPECT_EQ(config.at("num_key_value_heads").get<int64_t>(), p.num_kv_heads);
+  EXPECT_EQ(config.at("vocab_size").get<int64_t>(), p.vocab_size);
+  EXPECT_EQ(config.at("max_position_embeddings").get<int64_t>(), p.seq_len);
+
+  // The card's unigram baseline, and two validation windows of the corpus scored now.
+  const std::string key = "| unigram baseline (same tokenizer, training-split counts, same tokens) | ";
+  const size_t at_key = card.find(key);
+  ASSERT_NE(at_key, std::string::npos);
+  const double unigram = std::stod(card.substr(at_key + key.size()));
+  ASSERT_GT(unigram, 10.0);
+  set_compute_threads(0);
+  const Corpus corpus = Corpus::load(default_corpus_dir());
+  const Tokenizer tok = Tokenizer::from_file((dir / "tokenizer.json").string());
+  const LlamaModel model = load_model(dir.string());
+  PerplexityOptions po;
+  po.seq_len = p.seq_len;
+  po.max_windows = 2;
+  const PerplexityResult r = evaluate_perplexity(model, tok.encode(corpus.text_of(Split::Validation)), po);
+  EXPECT_EQ(r.windows, 2);
+  EXPECT_LT(r.perplexity, 0.5 * unigram) << "unigram " << unigram;
+  std::printf("  shipped model: 2 validation windows ppl %.3f, card's unigram baseline %.3f\n", r.perplexity, unigram);
 }
