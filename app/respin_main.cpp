@@ -143,6 +143,13 @@ int main(int argc, char** argv) {
     c->add_option("--lr", a.config.lr, "Cayley SGD learning rate")->capture_default_str()->check(CLI::Range(1e-9, 1e3));
     c->add_option("--batch", a.config.batch, "Windows per rotation-learning step")
         ->capture_default_str()->check(kPositiveCount);
+    c->add_option("--micro-batch", a.config.micro_batch,
+                  "Windows per forward/backward inside a learning step; gradients accumulate over the step "
+                  "(0 = the whole batch at once; less memory, the same step)")
+        ->capture_default_str()->check(kCount);
+    c->add_flag("--checkpoint-layers", a.config.checkpoint_layers,
+                "Rotation learning keeps only each decoder layer's input and rebuilds one layer at a time in the "
+                "backward pass (activation checkpointing: far less memory, about one more forward per step)");
     c->add_option("--seed", a.config.seed, "Seed of the random Hadamard rotations")->capture_default_str();
     c->add_option("--calib-text", a.config.calib_text, "Calibration text file (default: the corpus training split)");
     c->add_option("--eval-text", a.config.eval_text, "Evaluation text file (default: the corpus test split)");

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "core/quant/finite_checks.h"
 #include "core/quant/quantizer.h"
 #include "core/util/error.h"
 
@@ -638,6 +639,34 @@ TEST(QuantErrors, NanAndInfInputs) {
     EXPECT_TRUE(throws_error([&] { fake_quantize_weight_ste(x[1], spec(4, true)); },
                              {"weight contains NaN"}));
   }
+}
+
+TEST(QuantErrors, DeferredChecksReadOnceAndThrowTheFirstFailure) {
+  at::Tensor good = random_tensor({2, 3, 16}, 23);
+  at::Tensor bad = good.clone();
+  bad[0][1][2] = NAN;
+  const int64_t reads0 = DeferredFiniteChecks::host_reads();
+  {
+    DeferredFiniteChecks checks;
+    // Nothing is read back while queued: the NaN passes the quantizer for now.
+    fake_quantize_activation(good, spec(4, false));
+    fake_quantize_weight_ste(good[1], spec(4, true));
+    fake_quantize_kv(bad.unsqueeze(0), kv_cache_spec(4));
+    fake_quantize_activation(bad, spec(4, false));
+    EXPECT_EQ(checks.pending(), 4u);
+    EXPECT_EQ(DeferredFiniteChecks::host_reads(), reads0);
+    // One read: the first failed check's message, as the immediate check words it.
+    EXPECT_TRUE(throws_error([&] { checks.read(at::full({}, 2.5)); }, {"KV cache contains NaN", "[1, 2, 3, 16]"}));
+    EXPECT_EQ(DeferredFiniteChecks::host_reads(), reads0 + 1);
+    EXPECT_EQ(checks.pending(), 0u);
+    fake_quantize_activation(good, spec(4, false));
+    EXPECT_EQ(checks.read(at::full({1}, 2.5, at::kFloat)), 2.5);
+    EXPECT_EQ(checks.read(), 0.0);  // nothing queued, no value: no read
+    EXPECT_EQ(DeferredFiniteChecks::host_reads(), reads0 + 2);
+  }
+  // Out of the scope, checks are immediate again.
+  EXPECT_TRUE(throws_error([&] { fake_quantize_activation(bad, spec(4, false)); }, {"activation contains NaN"}));
+  EXPECT_EQ(DeferredFiniteChecks::host_reads(), reads0 + 3);
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "core/methods/methods.h"
 #include "core/methods/rotation_training.h"
+#include "core/quant/finite_checks.h"
 #include "core/model/random_init.h"
 #include "core/rotation/fusion.h"
 #include "core/util/error.h"
@@ -204,7 +205,11 @@ TEST(RotationTraining, LossFallsAndRotationsStayOrthogonal) {
     RunControl control;
     int events = 0;
     control.set_progress_callback([&](const ProgressEvent& e) { events += e.phase == "rotate"; }, 0);
+    const int64_t reads0 = DeferredFiniteChecks::host_reads();
     RotationTrainingResult res = train_rotations(fused, init.rotations, windows, o, &control);
+    // The quantizers' NaN/Inf checks (dozens per step here) are read back once per step, with
+    // the loss: no host-device sync per quantizer call (docs/methods.md 2.3).
+    EXPECT_EQ(DeferredFiniteChecks::host_reads() - reads0, 24);
     ASSERT_EQ(res.loss.size(), 24u);
     EXPECT_GT(events, 0);
     const double first = (res.loss[0] + res.loss[1]) / 2, last = (res.loss[22] + res.loss[23]) / 2;
@@ -215,6 +220,120 @@ TEST(RotationTraining, LossFallsAndRotationsStayOrthogonal) {
     if (method == Method::ReSpin) {
       // Layer-wise bases moved apart from their common init.
       EXPECT_GT((init.rotations.attn_in[1] - init.rotations.mlp_in[1]).abs().max().item<double>(), 1e-4);
+    }
+  }
+}
+
+TEST(RotationTraining, MicroBatchesEqualTheUnsplitStep) {
+  // A 4-window step unsplit and as micro-batches of 1 and 3 (3 + 1): the same loss and the same
+  // rotations after the update, to float rounding (W4A4KV4; without quantizers the loss does not
+  // depend on the rotations at all). Compared over one step: from the next step on, a fake
+  // quantizer's rounding turns float-rounding differences into different grid points. Micro-batches
+  // of 4 (= the batch) are the unsplit run exactly, over three steps.
+  at::manual_seed(15);
+  LlamaModel m = small_model(false, 22);
+  LlamaModel fused = fuse_rms_norms(m);
+  at::Tensor windows = at::randint(80, {6, 24}, at::kLong);
+  QuantConfig q;
+  q.weight.bits = q.activation.bits = q.kv.bits = 4;
+  for (Method method : {Method::SpinQuant, Method::ReSpin}) {
+    auto run = [&](int64_t micro, int64_t steps, InitialRotations& init) {
+      RotationTrainingOptions o;
+      o.iterations = steps;
+      o.lr = 1.0;
+      o.batch = 4;
+      o.micro_batch = micro;
+      o.quant = q;
+      o.online = method_online_transforms(method, q);
+      o.o_proj_group = method_o_proj_group(method, m.config());
+      return train_rotations(fused, init.rotations, windows, o);
+    };
+    auto max_diff = [&](const InitialRotations& a, const InitialRotations& b) {
+      double d = (a.rotations.final_basis - b.rotations.final_basis).abs().max().item<double>();
+      for (int i = 0; i < m.config().num_hidden_layers; ++i) {
+        d = std::max(d, (a.rotations.attn_in[i] - b.rotations.attn_in[i]).abs().max().item<double>());
+        d = std::max(d, (a.rotations.mlp_in[i] - b.rotations.mlp_in[i]).abs().max().item<double>());
+        if (a.rotations.head[i].defined())
+          d = std::max(d, (a.rotations.head[i] - b.rotations.head[i]).abs().max().item<double>());
+      }
+      return d;
+    };
+    const char* what = method_name(method);
+    InitialRotations start = initial_rotations(method, m.config(), 3, at::kCPU);
+    InitialRotations whole = initial_rotations(method, m.config(), 3, at::kCPU);
+    const RotationTrainingResult ref = run(0, 1, whole);
+    EXPECT_GT(max_diff(whole, start), 1e-3) << what;  // the step moves them far more than the tolerance
+    for (int64_t micro : {int64_t{1}, int64_t{3}}) {
+      InitialRotations split = initial_rotations(method, m.config(), 3, at::kCPU);
+      const RotationTrainingResult got = run(micro, 1, split);
+      EXPECT_EQ(got.tokens, ref.tokens);
+      EXPECT_NEAR(got.loss.at(0), ref.loss.at(0), 1e-6 * ref.loss.at(0)) << what << " micro " << micro;
+      EXPECT_LT(max_diff(split, whole), 1e-5) << what << " micro " << micro;
+    }
+    InitialRotations whole3 = initial_rotations(method, m.config(), 3, at::kCPU);
+    InitialRotations four = initial_rotations(method, m.config(), 3, at::kCPU);
+    const RotationTrainingResult ref3 = run(0, 3, whole3);
+    EXPECT_EQ(run(4, 3, four).loss, ref3.loss) << what;
+    EXPECT_EQ(max_diff(four, whole3), 0.0) << what;
+  }
+}
+
+TEST(RotationTraining, CheckpointedStepsEqualTheUnsplitStep) {
+  // Layer-by-layer learning (checkpoint_layers: each layer rebuilt from the rotations in the
+  // backward pass, the loss in token pieces, the embedding rows rotated alone) against the
+  // whole-graph step, alone and with micro-batches: the same loss and rotations after one W4A4KV4
+  // step to float rounding (one step, as in MicroBatchesEqualTheUnsplitStep). Windows of 40 tokens
+  // and an odd batch, the loss in pieces of 16 tokens (so a window's 39 predictions are three
+  // pieces, the last one short); live statistics are collected in the checkpointed forward as in
+  // the plain one.
+  at::manual_seed(16);
+  LlamaModel m = small_model(false, 23);
+  LlamaModel fused = fuse_rms_norms(m);
+  at::Tensor windows = at::randint(80, {5, 40}, at::kLong);
+  QuantConfig q;
+  q.weight.bits = q.activation.bits = q.kv.bits = 4;
+  for (Method method : {Method::SpinQuant, Method::ReSpin}) {
+    auto run = [&](bool checkpoint, int64_t micro, InitialRotations& init, int64_t* live) {
+      RotationTrainingOptions o;
+      o.iterations = 1;
+      o.lr = 1.0;
+      o.batch = 3;
+      o.micro_batch = micro;
+      o.checkpoint_layers = checkpoint;
+      o.loss_chunk_tokens = 16;
+      o.quant = q;
+      o.online = method_online_transforms(method, q);
+      o.o_proj_group = method_o_proj_group(method, m.config());
+      o.live_site = [](int& layer, HookSite& site) {
+        layer = 1;
+        site = HookSite::MlpInput;
+        return true;
+      };
+      o.on_live_stats = [live](int64_t, const SiteStats& st) { *live = st.count; };
+      return train_rotations(fused, init.rotations, windows, o);
+    };
+    const char* what = method_name(method);
+    InitialRotations whole = initial_rotations(method, m.config(), 4, at::kCPU);
+    InitialRotations start = initial_rotations(method, m.config(), 4, at::kCPU);
+    int64_t live_ref = 0;
+    const RotationTrainingResult ref = run(false, 0, whole, &live_ref);
+    EXPECT_EQ(live_ref, 3 * 40 * m.config().hidden_size);
+    const double moved = (whole.rotations.attn_in[1] - start.rotations.attn_in[1]).abs().max().item<double>();
+    EXPECT_GT(moved, 1e-3) << what;
+    for (int64_t micro : {int64_t{0}, int64_t{2}}) {
+      InitialRotations ck = initial_rotations(method, m.config(), 4, at::kCPU);
+      int64_t live = 0;
+      const RotationTrainingResult got = run(true, micro, ck, &live);
+      EXPECT_EQ(live, live_ref) << what;
+      EXPECT_NEAR(got.loss.at(0), ref.loss.at(0), 1e-6 * ref.loss.at(0)) << what << " micro " << micro;
+      double diff = (ck.rotations.final_basis - whole.rotations.final_basis).abs().max().item<double>();
+      for (int i = 0; i < m.config().num_hidden_layers; ++i) {
+        diff = std::max(diff, (ck.rotations.attn_in[i] - whole.rotations.attn_in[i]).abs().max().item<double>());
+        diff = std::max(diff, (ck.rotations.mlp_in[i] - whole.rotations.mlp_in[i]).abs().max().item<double>());
+        if (ck.rotations.head[i].defined())
+          diff = std::max(diff, (ck.rotations.head[i] - whole.rotations.head[i]).abs().max().item<double>());
+      }
+      EXPECT_LT(diff, 1e-5) << what << " micro " << micro;
     }
   }
 }

@@ -148,6 +148,58 @@ TEST(ResidualApprox, SpectralErrorIsLargestDiscardedEigenAngle) {
   EXPECT_LT(max_abs(c.singular_values - chord), 1e-10);
 }
 
+TEST(ResidualApprox, MatchesTheFullSvdOfTToday) {
+  // docs/methods.md 1.5c: the eigendecomposition of (T - I)(T - I)^T must give what the recipe of
+  // 1.5 gives from a float64 SVD of T - I (computed here independently): the same T_hat, the same
+  // singular values and the same exact errors. Exactly orthogonal bases (float64) and float32
+  // bases, whose T is orthogonal only to ~1e-7; D = 64 and a non-power-of-two D = 48.
+  for (int64_t d : {int64_t{64}, int64_t{48}}) {
+    at::Generator gen = at::detail::createCPUGenerator(21 + d);
+    const at::Tensor base = random_rotation(d, gen);
+    const at::Tensor r_in64 = at::matmul(base, at::linalg_matrix_exp(random_skew(d, kScale, gen)));
+    const at::Tensor r_out64 = at::matmul(base, at::linalg_matrix_exp(random_skew(d, kScale, gen)));
+    for (bool f32 : {false, true}) {
+      const at::Tensor r_in = f32 ? r_in64.to(at::kFloat) : r_in64;
+      const at::Tensor r_out = f32 ? r_out64.to(at::kFloat) : r_out64;
+      const at::Tensor t = at::matmul(r_in.to(at::kDouble).t(), r_out.to(at::kDouble));
+      const at::Tensor eye = at::eye(d, at::kDouble);
+      at::Tensor u, s, vh;
+      std::tie(u, s, vh) = at::linalg_svd(t - eye, false, c10::nullopt);
+      for (int64_t r : {int64_t{0}, int64_t{2}, int64_t{8}, int64_t{16}, int64_t{32}, d - 2}) {
+        const ResidualCorrection c = approximate_transition(r_in, r_out, r);
+        ASSERT_FALSE(c.split_pair) << "d " << d << " rank " << r << " f32 " << f32;
+        EXPECT_LT(max_abs(c.singular_values - s), 1e-12) << "d " << d << " rank " << r;
+        // Today's Q from the SVD, and its T_hat.
+        const at::Tensor q = u.narrow(1, 0, r);
+        at::Tensor want = eye;
+        if (r > 0) {
+          at::Tensor us, ss, vsh;
+          std::tie(us, ss, vsh) = at::linalg_svd(at::matmul(at::matmul(q.t(), t), q), false, c10::nullopt);
+          want = eye + at::matmul(at::matmul(q, at::matmul(us, vsh) - at::eye(r, at::kDouble)), q.t());
+        }
+        const at::Tensor got = dense_transition(c);
+        EXPECT_LT(max_abs(got - want), 1e-10) << "d " << d << " rank " << r << " f32 " << f32;
+        // span(Q) equals the SVD's: the projectors agree.
+        EXPECT_LT(max_abs(at::matmul(c.q, c.q.t()) - at::matmul(q, q.t())), 1e-9) << "d " << d << " rank " << r;
+        EXPECT_NEAR(c.spectral_error, at::linalg_svdvals(t - want).max().item<double>(), 1e-12)
+            << "d " << d << " rank " << r << " f32 " << f32;
+        // The cheap error is the first discarded singular value, to the orthogonality defect.
+        TransitionOptions cheap;
+        cheap.exact_error = false;
+        const ResidualCorrection e = approximate_transition(r_in, r_out, r, cheap);
+        EXPECT_EQ(e.spectral_error, e.singular_values[r].item<double>());
+        EXPECT_NEAR(e.spectral_error, c.spectral_error, f32 ? 1e-6 : 1e-12) << "d " << d << " rank " << r;
+      }
+      // Full rank: no decomposition, T_hat is T itself and the error 0.
+      const ResidualCorrection full = approximate_transition(r_in, r_out, d);
+      EXPECT_FALSE(full.singular_values.defined());
+      EXPECT_TRUE(at::equal(full.q, eye));
+      EXPECT_LT(max_abs(dense_transition(full) - t), 1e-15);
+      EXPECT_EQ(full.spectral_error, 0.0);
+    }
+  }
+}
+
 TEST(ResidualApprox, ReportsSplitConjugatePairs) {
   // Eigenvalues come in pairs e^{+-i theta} with equal singular values of T - I: an odd rank cuts
   // a pair. Also for float32 inputs, whose T is orthogonal only to ~1e-7.

@@ -118,6 +118,8 @@ TEST(CalibConfig, WritesTheGoldenBytesAndReadsThemBack) {
   c.iters = 7;
   c.lr = 0.75;
   c.batch = 2;
+  c.micro_batch = 1;
+  c.checkpoint_layers = true;
   c.w_group = 128;
   c.a_group = 64;
   c.kv_group = 32;

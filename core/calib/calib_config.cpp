@@ -89,6 +89,7 @@ void CalibConfig::validate() const {
   if (iters < 0) fail("iters must be >= 0");
   if (!(lr > 0)) fail("lr must be > 0");
   if (batch < 1) fail("batch must be >= 1");
+  if (micro_batch < 0) fail("micro_batch must be >= 0 (0 = the whole batch)");
   if (eval_windows < 0) fail("eval_windows must be >= 0");
   if (stats_windows < 0) fail("stats_windows must be >= 0");
   if (threads < 0) fail("threads must be >= 0");
@@ -131,6 +132,8 @@ void for_each_field(Config& c, Visit&& visit) {
   visit("iters", c.iters);
   visit("lr", c.lr);
   visit("batch", c.batch);
+  visit("micro_batch", c.micro_batch);
+  visit("checkpoint_layers", c.checkpoint_layers);
   visit("eval_windows", c.eval_windows);
   visit("stats_windows", c.stats_windows);
   visit("seed", c.seed);

@@ -45,6 +45,8 @@ struct CalibConfig {
   int64_t iters = 100;           // rotation-learning steps (spinquant, respin)
   double lr = 1.5;               // Cayley SGD learning rate
   int64_t batch = 1;             // windows per rotation-learning step
+  int64_t micro_batch = 0;       // windows per forward/backward in a step; 0 = the whole batch
+  bool checkpoint_layers = false;  // rotation learning rebuilds one decoder layer at a time
   int64_t eval_windows = 0;      // 0 = every window of the evaluation text
   int64_t stats_windows = 4;     // windows for the activation statistics
   uint64_t seed = 0;

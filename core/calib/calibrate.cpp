@@ -524,6 +524,8 @@ class Pipeline {
       to.iterations = cfg_.iters;
       to.lr = cfg_.lr;
       to.batch = cfg_.batch;
+      to.micro_batch = cfg_.micro_batch;
+      to.checkpoint_layers = cfg_.checkpoint_layers;
       to.quant = plan_.training_quant;
       to.online = plan_.online;
       to.o_proj_group = plan_.o_proj_group;

@@ -69,7 +69,6 @@ void ResidualRotations::check_device(at::Device device, const std::string& what)
 
 namespace {
 
-bool all_ones(const at::Tensor& t) { return at::equal(t, at::ones_like(t)); }
 
 void check_square(const at::Tensor& t, int64_t n, const std::string& what) {
   if (!t.defined() || t.dim() != 2 || t.size(0) != n || t.size(1) != n)
@@ -83,11 +82,23 @@ const at::Tensor& mlp_out_basis(const ResidualRotations& r, int i) {
 
 }  // namespace
 
-ModelWeights rotate_weights(const LlamaModel& fused, const ResidualRotations& rot,
-                            const OnlineTransforms& online, at::ScalarType out_dtype) {
-  const ModelConfig& c = fused.config();
+void check_norms_fused(const LlamaModel& fused) {
+  const ModelWeights& w = fused.weights();
+  // All norm weights compared with 1 on the device and read back once.
+  std::vector<at::Tensor> ones{(w.final_norm == 1).all()};
+  for (const LayerWeights& l : w.layers) {
+    ones.push_back((l.input_norm == 1).all());
+    ones.push_back((l.post_attention_norm == 1).all());
+  }
+  if (fused.config().tie_word_embeddings || !at::stack(ones).all().item<bool>())
+    throw Error("rotating a model needs its RMSNorms fused first (fuse_rms_norms)");
+}
+
+namespace {
+
+void check_rotations(const ModelConfig& c, const ResidualRotations& rot) {
   const int L = static_cast<int>(c.num_hidden_layers);
-  const int64_t D = c.hidden_size, hd = c.head_dim, nh = c.num_attention_heads, nkv = c.num_key_value_heads;
+  const int64_t D = c.hidden_size, hd = c.head_dim;
   if (rot.layers() != L || static_cast<int>(rot.mlp_in.size()) != L || static_cast<int>(rot.head.size()) != L)
     throw Error("rotations cover " + std::to_string(rot.layers()) + " layers, the model has " + std::to_string(L));
   check_square(rot.final_basis, D, "final residual rotation");
@@ -96,49 +107,106 @@ ModelWeights rotate_weights(const LlamaModel& fused, const ResidualRotations& ro
     check_square(rot.mlp_in[i], D, "MLP-input rotation of layer " + std::to_string(i));
     if (rot.head[i].defined()) check_square(rot.head[i], hd, "head rotation of layer " + std::to_string(i));
   }
+}
+
+// The inverses of the online Hadamards that are folded into the weights.
+struct Folded {
+  std::optional<HadamardTransform> down_h;
+  at::Tensor heads_dense;
+};
+
+Folded folded_transforms(const ModelConfig& c, const OnlineTransforms& online, at::Device device, at::ScalarType ct) {
+  Folded f;
+  if (online.heads_hadamard) f.heads_dense = HadamardTransform::of_size(c.num_attention_heads).to(device).dense().to(ct);
+  if (online.down_hadamard) f.down_h = HadamardTransform::of_size(c.intermediate_size).to(device);
+  return f;
+}
+
+// Layer i of the fused model, rotated (docs/methods.md 1.3): products in ct, stored as out_dtype.
+LayerWeights rotate_layer(const ModelConfig& c, LayerWeights l, const ResidualRotations& rot, int i,
+                          const OnlineTransforms& online, const Folded& f, at::ScalarType ct, at::ScalarType out_dtype) {
+  const int64_t D = c.hidden_size, hd = c.head_dim, nh = c.num_attention_heads, nkv = c.num_key_value_heads;
+  auto in = [&](const at::Tensor& t) { return t.to(ct); };
+  auto out = [&](const at::Tensor& t) { return t.to(out_dtype); };
+  const at::Tensor &A = rot.attn_in[i], &B = rot.mlp_in[i], &C = mlp_out_basis(rot, i), &Rh = rot.head[i];
+  l.q_proj = out(at::matmul(in(l.q_proj), A));
+  l.k_proj = out(at::matmul(in(l.k_proj), A));
+  at::Tensor v = at::matmul(in(l.v_proj), A);
+  if (Rh.defined()) {
+    v = at::matmul(Rh.t(), v.view({nkv, hd, D})).reshape({nkv * hd, D});
+    if (l.v_bias.defined()) l.v_bias = out(at::matmul(in(l.v_bias).view({nkv, hd}), Rh).reshape({nkv * hd}));
+  }
+  l.v_proj = out(v);
+  at::Tensor o = in(l.o_proj);  // [D, nh * hd]
+  if (Rh.defined()) o = at::matmul(o.view({D, nh, hd}), Rh).reshape({D, nh * hd});
+  if (online.heads_hadamard)
+    o = at::matmul(o.view({D, nh, hd}).transpose(1, 2), f.heads_dense).transpose(1, 2).reshape({D, nh * hd});
+  l.o_proj = out(at::matmul(B.t(), o));
+  if (l.o_bias.defined()) l.o_bias = out(at::matmul(in(l.o_bias).unsqueeze(0), B).squeeze(0));
+  l.gate_proj = out(at::matmul(in(l.gate_proj), B));
+  l.up_proj = out(at::matmul(in(l.up_proj), B));
+  at::Tensor d = in(l.down_proj);  // [D, F]
+  if (f.down_h) d = f.down_h->apply(d);
+  l.down_proj = out(at::matmul(C.t(), d));
+  if (l.down_bias.defined()) l.down_bias = out(at::matmul(in(l.down_bias).unsqueeze(0), C).squeeze(0));
+  return l;
+}
+
+}  // namespace
+
+ModelWeights rotate_weights(const LlamaModel& fused, const ResidualRotations& rot,
+                            const OnlineTransforms& online, at::ScalarType out_dtype, bool check_norms) {
+  const ModelConfig& c = fused.config();
+  check_rotations(c, rot);
+  if (check_norms) check_norms_fused(fused);
   ModelWeights w = fused.weights();
-  if (c.tie_word_embeddings || !all_ones(w.final_norm))
-    throw Error("rotating a model needs its RMSNorms fused first (fuse_rms_norms)");
   const at::ScalarType ct = rot.final_basis.scalar_type();
   auto in = [&](const at::Tensor& t) { return t.to(ct); };
   auto out = [&](const at::Tensor& t) { return t.to(out_dtype); };
 
   const at::Device device = fused.device();
   rot.check_device(device, "rotate_weights");
-  std::optional<HadamardTransform> down_h;
-  at::Tensor heads_dense;
-  if (online.heads_hadamard) heads_dense = HadamardTransform::of_size(nh).to(device).dense().to(ct);
-  if (online.down_hadamard) down_h = HadamardTransform::of_size(c.intermediate_size).to(device);
-
+  const Folded f = folded_transforms(c, online, device, ct);
   w.embed_tokens = out(at::matmul(in(w.embed_tokens), rot.attn_in[0]));
   w.lm_head = out(at::matmul(in(w.lm_head), rot.final_basis));
-  for (int i = 0; i < L; ++i) {
-    LayerWeights& l = w.layers[i];
-    if (!all_ones(l.input_norm) || !all_ones(l.post_attention_norm))
-      throw Error("rotating a model needs its RMSNorms fused first (fuse_rms_norms)");
-    const at::Tensor &A = rot.attn_in[i], &B = rot.mlp_in[i], &C = mlp_out_basis(rot, i), &Rh = rot.head[i];
-    l.q_proj = out(at::matmul(in(l.q_proj), A));
-    l.k_proj = out(at::matmul(in(l.k_proj), A));
-    at::Tensor v = at::matmul(in(l.v_proj), A);
-    if (Rh.defined()) {
-      v = at::matmul(Rh.t(), v.view({nkv, hd, D})).reshape({nkv * hd, D});
-      if (l.v_bias.defined()) l.v_bias = out(at::matmul(in(l.v_bias).view({nkv, hd}), Rh).reshape({nkv * hd}));
-    }
-    l.v_proj = out(v);
-    at::Tensor o = in(l.o_proj);  // [D, nh * hd]
-    if (Rh.defined()) o = at::matmul(o.view({D, nh, hd}), Rh).reshape({D, nh * hd});
-    if (online.heads_hadamard)
-      o = at::matmul(o.view({D, nh, hd}).transpose(1, 2), heads_dense).transpose(1, 2).reshape({D, nh * hd});
-    l.o_proj = out(at::matmul(B.t(), o));
-    if (l.o_bias.defined()) l.o_bias = out(at::matmul(in(l.o_bias).unsqueeze(0), B).squeeze(0));
-    l.gate_proj = out(at::matmul(in(l.gate_proj), B));
-    l.up_proj = out(at::matmul(in(l.up_proj), B));
-    at::Tensor d = in(l.down_proj);  // [D, F]
-    if (down_h) d = down_h->apply(d);
-    l.down_proj = out(at::matmul(C.t(), d));
-    if (l.down_bias.defined()) l.down_bias = out(at::matmul(in(l.down_bias).unsqueeze(0), C).squeeze(0));
-  }
+  for (int i = 0; i < static_cast<int>(c.num_hidden_layers); ++i)
+    w.layers[i] = rotate_layer(c, w.layers[i], rot, i, online, f, ct, out_dtype);
   return w;
+}
+
+LayerRotator::LayerRotator(const LlamaModel& fused, const ResidualRotations& rotations, const OnlineTransforms& online,
+                           at::ScalarType out_dtype)
+    : fused_(fused), rot_(rotations), online_(online), out_dtype_(out_dtype) {
+  check_rotations(fused.config(), rotations);
+  rotations.check_device(fused.device(), "rotate_weights");
+  const Folded f = folded_transforms(fused.config(), online, fused.device(), rotations.final_basis.scalar_type());
+  down_h_ = f.down_h;
+  heads_dense_ = f.heads_dense;
+}
+
+LayerWeights LayerRotator::layer(int i) const {
+  if (i < 0 || i >= static_cast<int>(fused_.config().num_hidden_layers))
+    throw Error("layer index " + std::to_string(i) + " out of range");
+  Folded f;
+  f.down_h = down_h_;
+  f.heads_dense = heads_dense_;
+  return rotate_layer(fused_.config(), fused_.weights().layers[i], rot_, i, online_, f, rot_.final_basis.scalar_type(),
+                      out_dtype_);
+}
+
+at::Tensor LayerRotator::embed(const at::Tensor& ids) const {
+  const at::ScalarType ct = rot_.final_basis.scalar_type();
+  const at::Tensor rows = at::embedding(fused_.weights().embed_tokens, ids.to(fused_.device()));
+  return at::matmul(rows.to(ct), rot_.attn_in[0]).to(out_dtype_);
+}
+
+at::Tensor LayerRotator::lm_head() const {
+  const at::ScalarType ct = rot_.final_basis.scalar_type();
+  return at::matmul(fused_.weights().lm_head.to(ct), rot_.final_basis).to(out_dtype_);
+}
+
+std::pair<at::Tensor, at::Tensor> LayerRotator::dense_skip(int i) const {
+  return {at::matmul(rot_.attn_in[i].t(), rot_.mlp_in[i]), at::matmul(rot_.mlp_in[i].t(), mlp_out_basis(rot_, i))};
 }
 
 SkipTransitions dense_transitions(const ResidualRotations& rot) {

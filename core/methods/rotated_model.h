@@ -26,11 +26,14 @@
 #include <ATen/core/Tensor.h>
 
 #include <functional>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/methods/rtn.h"
 #include "core/model/llama.h"
+#include "core/rotation/hadamard_transform.h"
 #include "core/rotation/residual_approx.h"
 
 namespace respin {
@@ -67,8 +70,36 @@ struct OnlineTransforms {
 // the rotations' dtype (float64 for the final model; float32 with autograd while training, when
 // gradients flow from the returned weights to the rotations) and cast to `out_dtype`.
 // Throws respin::Error for wrong shapes, unfused norms, or Hadamard sizes with no construction.
+// check_norms = false skips the norm check (one host read) for a caller that made it once with
+// check_norms_fused, as rotation learning does before its steps.
 ModelWeights rotate_weights(const LlamaModel& fused, const ResidualRotations& rotations,
-                            const OnlineTransforms& online, at::ScalarType out_dtype);
+                            const OnlineTransforms& online, at::ScalarType out_dtype, bool check_norms = true);
+
+// rotate_weights one piece at a time, for learning that holds one rotated layer at a time
+// (docs/methods.md 1.6, checkpointed steps): the same products as rotate_weights, with autograd
+// to the rotations when they require it. Keeps references to `fused` and `rotations`.
+class LayerRotator {
+ public:
+  LayerRotator(const LlamaModel& fused, const ResidualRotations& rotations, const OnlineTransforms& online,
+               at::ScalarType out_dtype);
+  LayerWeights layer(int i) const;                  // rotate_weights(...).layers[i]
+  at::Tensor embed(const at::Tensor& ids) const;    // the embeddings of `ids` only: E[ids] A_0
+  at::Tensor lm_head() const;                       // lm_head F
+  // The exact skip transitions of layer i (dense_transitions' entries i): attention add, MLP add.
+  std::pair<at::Tensor, at::Tensor> dense_skip(int i) const;
+
+ private:
+  const LlamaModel& fused_;
+  const ResidualRotations& rot_;
+  OnlineTransforms online_;
+  at::ScalarType out_dtype_;
+  std::optional<HadamardTransform> down_h_;
+  at::Tensor heads_dense_;
+};
+
+// Throws respin::Error unless every RMSNorm weight of `fused` is 1 and the embeddings are untied
+// (fuse_rms_norms has run). One host read.
+void check_norms_fused(const LlamaModel& fused);
 
 // What the skip path of each residual add carries. Empty vectors (or undefined entries / rank-0
 // corrections) mean identity.

@@ -24,6 +24,20 @@ struct RotationTrainingOptions {
   int64_t iterations = 100;
   double lr = 1.5;
   int64_t batch = 1;  // windows per step; windows are taken in order, cycling
+  // Windows per forward/backward inside a step (0 or >= batch: the whole batch at once). A step
+  // of several micro-batches accumulates their gradients before its one Cayley update, so the
+  // step is the same as unsplit up to float rounding while autograd holds the activations of one
+  // micro-batch at a time. The rotated weights are built once per step and their graph kept
+  // across the micro-batches' backward passes.
+  int64_t micro_batch = 0;
+  // Activation checkpointing per decoder layer (docs/methods.md 1.6, "checkpointed steps"): the
+  // forward keeps only each layer's input, each layer's rotated weights exist only while it runs,
+  // and the backward rebuilds one layer at a time; the loss is taken in token pieces. About one
+  // more forward per step; the same step as without it up to float rounding.
+  bool checkpoint_layers = false;
+  // Tokens per piece of the checkpointed loss: the logits of this many tokens (times the
+  // vocabulary, float32) and their gradient are the largest tensors the loss makes.
+  int64_t loss_chunk_tokens = 1024;
   // Quantizers active while learning. The weight quantizer, if enabled, is plain round-to-nearest
   // with a straight-through gradient (no MSE clip search, which would dominate the step time).
   QuantConfig quant;

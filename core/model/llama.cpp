@@ -106,41 +106,55 @@ at::Tensor rope_inv_freq(const ModelConfig& c) {
   return at::where(medium, smoothed, scaled);
 }
 
+void LlamaModel::check_layer(int i, const LayerWeights& L) const {
+  const ModelConfig& c = config_;
+  const int64_t d = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), f = c.intermediate_size;
+  const bool qkv_bias = c.attention_bias || c.qkv_bias;
+  const std::string p = "model.layers." + std::to_string(i) + ".";
+  check_shape(L.input_norm, {d}, p + "input_layernorm.weight");
+  check_shape(L.post_attention_norm, {d}, p + "post_attention_layernorm.weight");
+  check_shape(L.q_proj, {q, d}, p + "self_attn.q_proj.weight");
+  check_shape(L.k_proj, {kv, d}, p + "self_attn.k_proj.weight");
+  check_shape(L.v_proj, {kv, d}, p + "self_attn.v_proj.weight");
+  check_shape(L.o_proj, {d, q}, p + "self_attn.o_proj.weight");
+  check_shape(L.gate_proj, {f, d}, p + "mlp.gate_proj.weight");
+  check_shape(L.up_proj, {f, d}, p + "mlp.up_proj.weight");
+  check_shape(L.down_proj, {d, f}, p + "mlp.down_proj.weight");
+  if (qkv_bias) {
+    check_shape(L.q_bias, {q}, p + "self_attn.q_proj.bias");
+    check_shape(L.k_bias, {kv}, p + "self_attn.k_proj.bias");
+    check_shape(L.v_bias, {kv}, p + "self_attn.v_proj.bias");
+  }
+  if (c.attention_bias) check_shape(L.o_bias, {d}, p + "self_attn.o_proj.bias");
+  if (c.mlp_bias) {
+    check_shape(L.gate_bias, {f}, p + "mlp.gate_proj.bias");
+    check_shape(L.up_bias, {f}, p + "mlp.up_proj.bias");
+    check_shape(L.down_bias, {d}, p + "mlp.down_proj.bias");
+  }
+}
+
+void LlamaModel::set_layer(int layer, LayerWeights weights) {
+  if (layer < 0 || layer >= config_.num_hidden_layers)
+    throw Error("layer index " + std::to_string(layer) + " out of range");
+  check_layer(layer, weights);
+  for (at::Tensor* t : layer_tensors(weights))
+    if (t->defined() && t->device() != device())
+      throw Error("set_layer: layer " + std::to_string(layer) + "'s weights are on " + t->device().str() +
+                  " but the model is on " + device().str());
+  weights_.layers[layer] = std::move(weights);
+}
+
 LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights)
     : config_(std::move(config)), weights_(std::move(weights)) {
   const ModelConfig& c = config_;
-  const int64_t d = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), f = c.intermediate_size;
+  const int64_t d = c.hidden_size;
   check_shape(weights_.embed_tokens, {c.vocab_size, d}, "model.embed_tokens.weight");
   check_shape(weights_.final_norm, {d}, "model.norm.weight");
   check_shape(weights_.lm_head, {c.vocab_size, d}, "lm_head.weight");
   if (static_cast<int64_t>(weights_.layers.size()) != c.num_hidden_layers)
     throw Error("model has " + std::to_string(weights_.layers.size()) + " layers, config expects " +
                 std::to_string(c.num_hidden_layers));
-  const bool qkv_bias = c.attention_bias || c.qkv_bias;
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const LayerWeights& L = weights_.layers[i];
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    check_shape(L.input_norm, {d}, p + "input_layernorm.weight");
-    check_shape(L.post_attention_norm, {d}, p + "post_attention_layernorm.weight");
-    check_shape(L.q_proj, {q, d}, p + "self_attn.q_proj.weight");
-    check_shape(L.k_proj, {kv, d}, p + "self_attn.k_proj.weight");
-    check_shape(L.v_proj, {kv, d}, p + "self_attn.v_proj.weight");
-    check_shape(L.o_proj, {d, q}, p + "self_attn.o_proj.weight");
-    check_shape(L.gate_proj, {f, d}, p + "mlp.gate_proj.weight");
-    check_shape(L.up_proj, {f, d}, p + "mlp.up_proj.weight");
-    check_shape(L.down_proj, {d, f}, p + "mlp.down_proj.weight");
-    if (qkv_bias) {
-      check_shape(L.q_bias, {q}, p + "self_attn.q_proj.bias");
-      check_shape(L.k_bias, {kv}, p + "self_attn.k_proj.bias");
-      check_shape(L.v_bias, {kv}, p + "self_attn.v_proj.bias");
-    }
-    if (c.attention_bias) check_shape(L.o_bias, {d}, p + "self_attn.o_proj.bias");
-    if (c.mlp_bias) {
-      check_shape(L.gate_bias, {f}, p + "mlp.gate_proj.bias");
-      check_shape(L.up_bias, {f}, p + "mlp.up_proj.bias");
-      check_shape(L.down_bias, {d}, p + "mlp.down_proj.bias");
-    }
-  }
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) check_layer(static_cast<int>(i), weights_.layers[i]);
   // One device for the whole model: everything derived from it (contexts, rotations, quantizer
   // state, hooks) follows device().
   const at::Device dev = device();

@@ -72,6 +72,9 @@ class LlamaModel {
   // model's activations, rotations and quantizer state follow.
   at::Device device() const;
   void set_hook(ActivationHook hook) { hook_ = std::move(hook); }
+  // Replaces one decoder layer's weights (shapes checked as the constructor does, same device):
+  // how checkpointed rotation learning runs one rotated layer at a time over fused placeholders.
+  void set_layer(int layer, LayerWeights weights);
   const ActivationHook& hook() const { return hook_; }
 
   ForwardContext make_context(int64_t seq_len) const;
@@ -86,6 +89,7 @@ class LlamaModel {
   }
   at::Tensor attention(int layer, const at::Tensor& x, const ForwardContext& ctx) const;
   at::Tensor mlp(int layer, const at::Tensor& x) const;
+  void check_layer(int layer, const LayerWeights& weights) const;
 
   ModelConfig config_;
   ModelWeights weights_;

@@ -10,6 +10,7 @@
 #include <limits>
 #include <string>
 
+#include "core/quant/finite_checks.h"
 #include "core/util/error.h"
 #include "core/util/tensor_text.h"
 
@@ -35,13 +36,6 @@ int64_t check_input(const at::Tensor& x, const QuantSpec& spec, const std::strin
                 " does not divide the last dimension (" + std::to_string(n) + ") of " +
                 shape_text(x));
   return spec.group_size > 0 ? spec.group_size : n;
-}
-
-// One isfinite().all() per call: NaN/Inf would otherwise silently poison the row's scale.
-void check_finite(const at::Tensor& x, const std::string& what) {
-  if (x.numel() > 0 && !at::isfinite(x).all().item<bool>())
-    throw Error(what + " contains NaN or Inf values (tensor " + shape_text(x) +
-                "); quantization ranges would be meaningless");
 }
 
 // Quantize-dequantize with broadcast scale/zero, as sym_quant_dequant / asym_quant_dequant:

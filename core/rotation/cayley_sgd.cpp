@@ -48,7 +48,14 @@ CayleySgd::CayleySgd(std::vector<at::Tensor> params, CayleySgdOptions options)
     if (!p.requires_grad()) throw Error(name + " must have requires_grad set");
   }
   momentum_.resize(params_.size());
-  last_alpha_.assign(params_.size(), 0.0);
+  last_cap_.assign(params_.size(), at::Tensor());
+}
+
+std::vector<double> CayleySgd::last_alpha() const {
+  std::vector<double> out;
+  for (const at::Tensor& cap : last_cap_)
+    out.push_back(cap.defined() ? std::min(cap.item<double>(), options_.lr) : 0.0);
+  return out;
 }
 
 void CayleySgd::set_lr(double lr) {
@@ -71,7 +78,7 @@ void CayleySgd::step() {
   const bool retract = options_.qr_every > 0 && step_count_ % options_.qr_every == 0;
   for (size_t i = 0; i < params_.size(); ++i) {
     at::Tensor& p = params_[i];
-    last_alpha_[i] = 0.0;
+    last_cap_[i] = at::Tensor();
     const at::Tensor& g = p.grad();
     if (!g.defined()) continue;
     if (!g.sizes().equals(p.sizes()))
@@ -93,9 +100,10 @@ void CayleySgd::step() {
     const at::Tensor w = w_hat - w_hat.t();  // skew-symmetric generator of the Cayley transform
     // Step cap: alpha ||W||_1 <= 1 keeps ||alpha W / 2||_2 <= 1/2, so the fixed-point iteration
     // below contracts (SGDG computes t = 0.5 * 2 / (||W||_1 + eps) in the parameter dtype).
-    const double cap = (1.0 / (w.abs().sum(0).max() + kEpsilon)).item<double>();
-    const double alpha = std::min(cap, options_.lr);
-    last_alpha_[i] = alpha;
+    // Kept on the device (a 0-dim tensor, no host read in the step); last_alpha() reads it.
+    const at::Tensor cap = 1.0 / (w.abs().sum(0).max() + kEpsilon);
+    const at::Tensor alpha = at::clamp_max(cap, options_.lr);
+    last_cap_[i] = cap;
 
     // Cayley transform Y = (I - alpha/2 W)^{-1} (I + alpha/2 W) X^T by fixed-point iteration
     // (no inverse): Y <- X^T + alpha W (X^T + Y) / 2. SGDG starts from X^T + alpha V with the

@@ -55,13 +55,14 @@ class CayleySgd {
   void set_lr(double lr);  // for schedules (SpinQuant anneals lr with a cosine schedule)
   int64_t step_count() const { return step_count_; }
   // Step size alpha = min(lr, 1 / (||W||_1 + 1e-8)) used per parameter in the last step
-  // (0 for parameters skipped); shows when the norm-1 cap rather than lr sets the step.
-  const std::vector<double>& last_alpha() const { return last_alpha_; }
+  // (0 for parameters skipped); shows when the norm-1 cap rather than lr sets the step. Reads
+  // the caps back from the device (the step itself never does).
+  std::vector<double> last_alpha() const;
 
  private:
   std::vector<at::Tensor> params_;
   std::vector<at::Tensor> momentum_;  // [n, p] per parameter, created on first step
-  std::vector<double> last_alpha_;
+  std::vector<at::Tensor> last_cap_;  // 1 / (||W||_1 + eps) per parameter, 0-dim, last step
   CayleySgdOptions options_;
   int64_t step_count_ = 0;
 };

@@ -23,22 +23,21 @@ void check_rotation(const at::Tensor& r, const char* name) {
 
 // Lower estimate of ||A||_2 for symmetric A by power iteration from a fixed, non-special start
 // vector (deterministic, so split_pair is reproducible). Only used to widen the tie tolerance by
-// the input's orthogonality defect, where a factor-of-2 underestimate is harmless.
+// the input's orthogonality defect, where a factor-of-2 underestimate is harmless. The iterate is
+// normalised on the device; one value is read back at the end (no sync per iteration).
 double symmetric_norm_estimate(const at::Tensor& a) {
   const int64_t n = a.size(0);
   at::Tensor v = at::sin(at::arange(1, n + 1, a.options()) * 0.7071) + 0.1;
-  double estimate = 0.0;
+  v = v / v.norm();
+  at::Tensor estimate = at::zeros({}, a.options());
   for (int it = 0; it < 30; ++it) {
-    const double norm = v.norm().item<double>();
-    if (norm == 0.0) return 0.0;
-    v = at::matmul(a, v / norm);
-    estimate = v.norm().item<double>();
+    const at::Tensor w = at::matmul(a, v);
+    estimate = w.norm();
+    // A zero matrix leaves v at zero: its norm estimate is 0, as it should be.
+    v = w / at::clamp_min(estimate, 1e-300);
   }
-  return estimate;
+  return estimate.item<double>();
 }
-
-ResidualCorrection approximate_transition_cpu(const at::Tensor& r_in, const at::Tensor& r_out, int64_t rank,
-                                              const TransitionOptions& options);
 
 }  // namespace
 
@@ -54,24 +53,16 @@ at::Tensor transition_matrix(const at::Tensor& r_in, const at::Tensor& r_out) {
   return at::matmul(a.t(), b);
 }
 
+// Everything runs in float64 on r_in's device (docs/methods.md 1.5c):
+//  - rank D: T_hat = T, so no decomposition at all (q = I, m = T - I; the error is 0 by
+//    construction).
+//  - 0 <= rank < D: the left singular vectors of A = T - I are the eigenvectors of the symmetric
+//    A A^T (one symmetric eigendecomposition, several times cheaper than an SVD and on the
+//    device); the singular values are read as ||A^T u_k|| (accurate also for tiny angles, where
+//    sqrt of an eigenvalue of A A^T would lose half the digits). T_hat depends only on span(Q),
+//    so this gives today's correction whenever the cut is not inside a tie.
 ResidualCorrection approximate_transition(const at::Tensor& r_in, const at::Tensor& r_out,
                                           int64_t rank, const TransitionOptions& options) {
-  check_rotation(r_in, "residual transition: r_in");
-  // The decomposition runs in float64 on the CPU whatever the rotations' device (the same
-  // numbers, split-pair flags and reported errors on every device, and no device round trip per
-  // power-iteration step); q, m and the singular values go back to r_in's device at the end.
-  const at::Device device = r_in.device();
-  ResidualCorrection out = approximate_transition_cpu(r_in.to(at::kCPU), r_out.to(at::kCPU), rank, options);
-  out.q = out.q.to(device);
-  out.m = out.m.to(device);
-  out.singular_values = out.singular_values.to(device);
-  return out;
-}
-
-namespace {
-
-ResidualCorrection approximate_transition_cpu(const at::Tensor& r_in, const at::Tensor& r_out, int64_t rank,
-                                              const TransitionOptions& options) {
   const at::Tensor t = transition_matrix(r_in, r_out);
   const int64_t d = t.size(0);
   if (rank < 0 || rank > d)
@@ -81,13 +72,26 @@ ResidualCorrection approximate_transition_cpu(const at::Tensor& r_in, const at::
     throw Error("approximate_transition: tie_tolerance must be >= 0");
 
   const at::Tensor eye = at::eye(d, t.options());
-  at::Tensor u, s, vh;
-  std::tie(u, s, vh) = at::linalg_svd(t - eye, /*full_matrices=*/false, /*driver=*/c10::nullopt);
-
   ResidualCorrection out;
   out.rank = rank;
+  if (rank == d) {
+    out.q = eye;
+    out.m = t - eye;
+    out.spectral_error = 0.0;
+    return out;
+  }
+
+  const at::Tensor a = t - eye;
+  at::Tensor lambda, vectors;
+  std::tie(lambda, vectors) = at::linalg_eigh(at::matmul(a, a.t()), "L");  // ascending
+  const at::Tensor u = vectors.flip({1});                                   // descending
+  // ||A^T u_k||: the k-th singular value; sorted again so ties computed in a different order
+  // than the eigenvalues still read descending.
+  at::Tensor s, order;
+  std::tie(s, order) = at::matmul(a.t(), u).norm(2, {0}).sort(/*dim=*/0, /*descending=*/true);
+  const at::Tensor q_all = u.index_select(1, order);
   out.singular_values = s;
-  out.q = u.narrow(1, 0, rank).contiguous();
+  out.q = q_all.narrow(1, 0, rank).contiguous();
   if (rank > 0) {
     const at::Tensor t_sub = at::matmul(at::matmul(out.q.t(), t), out.q);
     // For orthogonal T and an untied cut, t_sub is already orthogonal; the polar factor removes
@@ -100,15 +104,17 @@ ResidualCorrection approximate_transition_cpu(const at::Tensor& r_in, const at::
     out.m = at::zeros({0, 0}, t.options());
   }
 
-  if (rank > 0 && rank < d) {
+  // The values the decisions below need, read back once.
+  const at::Tensor cut = s.narrow(0, std::max<int64_t>(rank - 1, 0), rank > 0 ? 2 : 1).to(at::kCPU);
+  if (rank > 0) {
     // A real matrix's eigenvalues come in exact conjugate pairs, but the singular values of
     // T - I equal |lambda - 1| (and so tie exactly) only for orthogonal T. Float32-trained
     // rotations are orthogonal to ~1e-7, which moves singular values by up to ||T^T T - I||_2
     // (Weyl), far beyond a 1e-9 relative gap; widen the tolerance by that much so the flag
     // still fires for them.
     const double defect = symmetric_norm_estimate(at::matmul(t.t(), t) - eye);
-    const double above = s[rank - 1].item<double>();
-    const double below = s[rank].item<double>();
+    const double above = cut[0].item<double>();
+    const double below = cut[1].item<double>();
     const double slack = 4.0 * defect;
     // Cuts among (numerically) zero angles discard nothing, so they are not reported.
     const bool zero_cluster = above <= slack + 1e-12;
@@ -119,12 +125,10 @@ ResidualCorrection approximate_transition_cpu(const at::Tensor& r_in, const at::
     const at::Tensor residual = t - dense_transition(out);
     out.spectral_error = at::linalg_svdvals(residual).max().item<double>();
   } else {
-    out.spectral_error = rank < d ? s[rank].item<double>() : 0.0;
+    out.spectral_error = cut[rank > 0 ? 1 : 0].item<double>();
   }
   return out;
 }
-
-}  // namespace
 
 at::Tensor apply_correction(const at::Tensor& h, const ResidualCorrection& correction) {
   if (!correction.q.defined() || !correction.m.defined())

@@ -30,20 +30,23 @@ struct ResidualCorrection {
   // worse approximation than rank - 1 would suggest. Reported, never "fixed" by changing the rank.
   bool split_pair = false;
   // All D singular values of T_row - I, descending (float64); the predicted error of rank k is
-  // singular_values[k], so callers can pick a rank without recomputing the SVD.
+  // singular_values[k], so callers can pick a rank without recomputing the decomposition.
+  // Undefined at rank D, where no decomposition is made (T_hat = T).
   at::Tensor singular_values;
 };
 
 struct TransitionOptions {
   // Relative gap (s[r-1] - s[r]) / s[r-1] below which two singular values count as tied.
   double tie_tolerance = 1e-9;
-  // true: spectral_error = ||T_row - T_hat||_2 from an extra SVD (O(D^3), seconds at D = 4096).
+  // true: spectral_error = ||T_row - T_hat||_2 from an extra SVD (O(D^3), seconds at D = 4096;
+  // 0 at rank D without one, T_hat being T).
   // false: use singular_values[rank], which equals the true error when span(Q) is an invariant
   // subspace (docs/methods.md 1.5b) -- i.e. T_row orthogonal and no split pair.
   bool exact_error = true;
 };
 
-// r_in, r_out: [D, D] rotations (any floating dtype/device; converted to float64). rank in [0, D].
+// r_in, r_out: [D, D] rotations (any floating dtype/device; converted to float64 and computed on
+// r_in's device: docs/methods.md 1.5, 1.5c). rank in [0, D]; rank D makes no decomposition.
 // Throws respin::Error on bad shapes or rank.
 ResidualCorrection approximate_transition(const at::Tensor& r_in, const at::Tensor& r_out,
                                           int64_t rank, const TransitionOptions& options = {});
