@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Sets up and builds, makes sure the default model exists (a model shipped in
 # resources/models/small, when the checkout has one, is copied into the data home and checked
-# against its SHA256SUMS; otherwise it is trained once with `respin forge --preset small`, about an
-# hour on 2 cores, with a progress bar; an interrupted training resumes from its checkpoint),
+# against its SHA256SUMS; otherwise it is trained once with `respin forge --preset small`, 17 minutes
+# on 2 Intel Xeon cores with AMX, about an hour on 2 AMD EPYC cores, with a progress bar; an interrupted training resumes from its checkpoint),
 # shows it, measures its perplexity on 16 windows of the corpus' test split and continues a prompt, then opens
 # the workbench on it when a display is available (--no-gui skips).
 set -euo pipefail
