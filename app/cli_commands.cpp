@@ -335,6 +335,18 @@ void print_calibration_summary(const CalibOutcome& r) {
   std::printf("calibration time:     %s (total %s), peak memory %.0f MiB\n",
               duration_text(rec.timing.calibration_seconds).c_str(), duration_text(rec.timing.total_seconds).c_str(),
               rec.peak_rss_bytes / 1048576.0);
+  // The plan's peak beside the measured one (above the process's size before the run).
+  const MemoryRecord& m = rec.memory;
+  double predicted = 0, measured = 0;
+  for (const auto& [phase, v] : m.predicted_bytes) predicted = std::max(predicted, v);
+  for (const auto& [phase, v] : m.measured_bytes) measured = std::max(measured, v);
+  if (predicted > 0 && measured > 0)
+    std::printf("memory above start:   planned %s, measured %s%s\n", format_bytes(static_cast<int64_t>(predicted)).c_str(),
+                format_bytes(static_cast<int64_t>(measured)).c_str(),
+                m.learning_chosen ? (", learning with --checkpoint-layers --micro-batch " + std::to_string(m.micro_batch) +
+                                     " chosen to fit")
+                                        .c_str()
+                                  : "");
 }
 
 // What the run store holds about a run, said once and as it is: "recorded as run N" only when
@@ -389,6 +401,33 @@ static CalibOutcome calibrate_reported(const CalibConfig& c, const std::string& 
     report_recording(store, id, store_error, end_recorded, outcome->run_dir, "finished");
   if (run_id) *run_id = id;
   return std::move(*outcome);
+}
+
+int run_plan(const PlanArgs& a) {
+  CalibConfig c = a.config;
+  if (a.gptq) c.weight_quantizer = WeightQuantizer::Gptq;
+  const MemoryPlan plan = plan_calibration(c);
+  if (a.json) {
+    std::cout << json_text(memory_plan_to_json(plan)) << "\n";
+  } else {
+    std::printf("%s on %s: %s, the model %s as stored, %s as computed (float32)\n", c.label().c_str(),
+                plan.target.device.c_str(), c.model.c_str(), format_bytes(plan.target.model_file_bytes).c_str(),
+                format_bytes(plan.model_bytes).c_str());
+    std::fputs(plan_table(plan).c_str(), stdout);
+    std::printf("peak %s in %s, %s %s\n", format_bytes(plan.peak().device_bytes).c_str(), phase_name(plan.peak().phase),
+                plan.target.capacity_given ? "budget" : "available", format_bytes(plan.target.capacity_bytes).c_str());
+    if (method_learns(c.method))
+      std::printf("learning: %s%s%s\n",
+                  plan.micro_batch > 0 ? ("micro-batches of " + std::to_string(plan.micro_batch)).c_str()
+                                       : "the whole batch at once",
+                  plan.checkpoint_layers ? ", layers checkpointed" : "",
+                  plan.learning_chosen ? " (chosen to fit)" : "");
+  }
+  if (!plan.fits()) {
+    std::fprintf(stderr, "error: %s\n", plan_refusal(plan).c_str());
+    return 1;
+  }
+  return 0;
 }
 
 int run_calibrate(const CalibrateArgs& a) {

@@ -86,6 +86,13 @@ struct CalibrateArgs {
   bool no_store = false;  // do not record the run in the store
 };
 
+// `respin plan`: the memory plan of a calibration with these options.
+struct PlanArgs {
+  CalibConfig config;
+  bool gptq = false;
+  bool json = false;
+};
+
 // `respin sweep`: a group of calibrations stored as one sweep.
 struct SweepArgs {
   CalibrateArgs base;             // the calibrate options every run shares (base.out: the sweep's folder)
@@ -113,6 +120,7 @@ std::string store_path(const std::string& db_option);
 
 int run_info(const InfoArgs& a);
 int run_calibrate(const CalibrateArgs& a);
+int run_plan(const PlanArgs& a);
 int run_forge(const ForgeArgs& a);
 int run_corpus(const CorpusArgs& a);
 int run_generate(const GenerateArgs& a);

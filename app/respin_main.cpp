@@ -11,6 +11,7 @@
 
 #include "app/cli_commands.h"
 #include "app/cli_export.h"
+#include "core/calib/memory_plan.h"
 #include "core/util/error.h"
 #include "core/util/error_message.h"
 #include "core/util/threads.h"
@@ -48,6 +49,20 @@ CLI::Validator device_check() {
         }
       },
       "DEVICE");
+}
+
+// --device-memory: a size (respin::parse_byte_size's message when not).
+CLI::Validator byte_size_check() {
+  return CLI::Validator(
+      [](std::string& v) {
+        try {
+          respin::parse_byte_size(v);
+          return std::string();
+        } catch (const std::exception& e) {
+          return std::string(e.what());
+        }
+      },
+      "SIZE");
 }
 
 }  // namespace
@@ -120,65 +135,81 @@ int main(int argc, char** argv) {
   CalibrateArgs cal;
   auto* c_cal = app.add_subcommand(
       "calibrate", "Quantize a model with a method (rtn, quarot, spinquant, respin); writes a run directory");
-  // The options of one calibration, shared by calibrate and sweep.
-  auto add_calib_options = [&](CLI::App* c, CalibrateArgs& a) {
-    c->add_option("--model", a.config.model, "Hugging Face model folder")->required();
+  // The options of one calibration, shared by calibrate, sweep and plan.
+  auto add_config_options = [&](CLI::App* c, CalibConfig& config, bool& gptq) {
+    c->add_option("--model", config.model, "Hugging Face model folder")->required();
     static const std::map<std::string, respin::Method> methods = {{"rtn", respin::Method::Rtn},
                                                            {"quarot", respin::Method::QuaRot},
                                                            {"spinquant", respin::Method::SpinQuant},
                                                            {"respin", respin::Method::ReSpin}};
-    c->add_option("--method", a.config.method, "Quantization method (rtn, quarot, spinquant, respin)")
+    c->add_option("--method", config.method, "Quantization method (rtn, quarot, spinquant, respin)")
         ->transform(CLI::CheckedTransformer(methods))->default_str("respin");
-    c->add_option("--wbits", a.config.wbits, "Weight bits (16 = off)")->capture_default_str()->check(bits_check);
-    c->add_option("--abits", a.config.abits, "Activation bits (16 = off)")->capture_default_str()->check(bits_check);
-    c->add_option("--kvbits", a.config.kvbits, "KV-cache bits (16 = off)")->capture_default_str()->check(bits_check);
-    c->add_option("--rank", a.config.rank, "ReSpinQuant skip-path rank r (-1 = full)")
+    c->add_option("--wbits", config.wbits, "Weight bits (16 = off)")->capture_default_str()->check(bits_check);
+    c->add_option("--abits", config.abits, "Activation bits (16 = off)")->capture_default_str()->check(bits_check);
+    c->add_option("--kvbits", config.kvbits, "KV-cache bits (16 = off)")->capture_default_str()->check(bits_check);
+    c->add_option("--rank", config.rank, "ReSpinQuant skip-path rank r (-1 = full)")
         ->capture_default_str()->check(CLI::Range(-1LL, 1LL << 20));
-    c->add_flag("--gptq", a.gptq, "Quantize weights with GPTQ instead of RTN");
-    c->add_option("--samples", a.config.samples, "Calibration windows")->capture_default_str()->check(kPositiveCount);
-    c->add_option("--seq-len", a.config.seq_len, "Tokens per window (capped at the model's maximum)")
+    c->add_flag("--gptq", gptq, "Quantize weights with GPTQ instead of RTN");
+    c->add_option("--samples", config.samples, "Calibration windows")->capture_default_str()->check(kPositiveCount);
+    c->add_option("--seq-len", config.seq_len, "Tokens per window (capped at the model's maximum)")
         ->capture_default_str()->check(CLI::Range(2LL, 1LL << 20));
-    c->add_option("--iters", a.config.iters, "Rotation-learning steps (spinquant, respin)")
+    c->add_option("--iters", config.iters, "Rotation-learning steps (spinquant, respin)")
         ->capture_default_str()->check(kCount);
-    c->add_option("--lr", a.config.lr, "Cayley SGD learning rate")->capture_default_str()->check(CLI::Range(1e-9, 1e3));
-    c->add_option("--batch", a.config.batch, "Windows per rotation-learning step")
+    c->add_option("--lr", config.lr, "Cayley SGD learning rate")->capture_default_str()->check(CLI::Range(1e-9, 1e3));
+    c->add_option("--batch", config.batch, "Windows per rotation-learning step")
         ->capture_default_str()->check(kPositiveCount);
-    c->add_option("--micro-batch", a.config.micro_batch,
+    c->add_option("--micro-batch", config.micro_batch,
                   "Windows per forward/backward inside a learning step; gradients accumulate over the step "
                   "(0 = the whole batch at once; less memory, the same step)")
         ->capture_default_str()->check(kCount);
-    c->add_flag("--checkpoint-layers", a.config.checkpoint_layers,
+    c->add_flag("--checkpoint-layers", config.checkpoint_layers,
                 "Rotation learning keeps only each decoder layer's input and rebuilds one layer at a time in the "
                 "backward pass (activation checkpointing: far less memory, about one more forward per step)");
-    c->add_option("--seed", a.config.seed, "Seed of the random Hadamard rotations")->capture_default_str();
-    c->add_option("--calib-text", a.config.calib_text, "Calibration text file (default: the corpus training split)");
-    c->add_option("--eval-text", a.config.eval_text, "Evaluation text file (default: the corpus test split)");
-    c->add_option("--eval-windows", a.config.eval_windows, "Evaluate at most this many windows (0 = all)")
+    c->add_option("--seed", config.seed, "Seed of the random Hadamard rotations")->capture_default_str();
+    c->add_option("--calib-text", config.calib_text, "Calibration text file (default: the corpus training split)");
+    c->add_option("--eval-text", config.eval_text, "Evaluation text file (default: the corpus test split)");
+    c->add_option("--eval-windows", config.eval_windows, "Evaluate at most this many windows (0 = all)")
         ->capture_default_str()->check(kCount);
-    c->add_option("--stats-windows", a.config.stats_windows, "Windows for the activation statistics")
+    c->add_option("--stats-windows", config.stats_windows, "Windows for the activation statistics")
         ->capture_default_str()->check(kCount);
-    c->add_option("--w-group", a.config.w_group, "Weight group size (0 = per output channel)")->capture_default_str();
-    c->add_option("--a-group", a.config.a_group, "Activation group size (0 = per token, and on o_proj's input the method's default: per token, or per head for spinquant/respin)")->capture_default_str();
-    c->add_option("--a-clip", a.config.a_clip, "Activation clip ratio")->capture_default_str();
-    c->add_option("--kv-clip", a.config.kv_clip, "KV-cache clip ratio")->capture_default_str();
-    c->add_option("--kv-group", a.config.kv_group, "KV-cache group size within a head (0 = whole head)")
+    c->add_option("--w-group", config.w_group, "Weight group size (0 = per output channel)")->capture_default_str();
+    c->add_option("--a-group", config.a_group, "Activation group size (0 = per token, and on o_proj's input the method's default: per token, or per head for spinquant/respin)")->capture_default_str();
+    c->add_option("--a-clip", config.a_clip, "Activation clip ratio")->capture_default_str();
+    c->add_option("--kv-clip", config.kv_clip, "KV-cache clip ratio")->capture_default_str();
+    c->add_option("--kv-group", config.kv_group, "KV-cache group size within a head (0 = whole head)")
         ->capture_default_str();
-    c->add_flag("--a-sym", a.config.a_sym, "Symmetric activation quantizer (default asymmetric)");
-    c->add_flag("--kv-sym", a.config.kv_sym, "Symmetric KV-cache quantizer (default asymmetric)");
-    c->add_flag("--w-asym{false}", a.config.w_sym, "Asymmetric weight quantizer (default symmetric)");
+    c->add_flag("--a-sym", config.a_sym, "Symmetric activation quantizer (default asymmetric)");
+    c->add_flag("--kv-sym", config.kv_sym, "Symmetric KV-cache quantizer (default asymmetric)");
+    c->add_flag("--w-asym{false}", config.w_sym, "Asymmetric weight quantizer (default symmetric)");
     c->add_option_function<std::string>(
          "--device",
-         [&a](const std::string& v) { std::tie(a.config.device, a.config.cuda_device) = respin::parse_device(v); },
+         [&config](const std::string& v) { std::tie(config.device, config.cuda_device) = respin::parse_device(v); },
          "Compute device: auto (CUDA when available), cpu, cuda or cuda:N")
         ->check(device_check())->default_str("auto");
-    c->add_option("--threads", a.config.threads, "Compute threads (0 = all cores)")
+    c->add_option("--threads", config.threads, "Compute threads (0 = all cores)")
         ->capture_default_str()->check(thread_range());
+    c->add_option_function<std::string>(
+         "--device-memory",
+         [&config](const std::string& v) { config.device_memory = respin::parse_byte_size(v); },
+         "Memory the run must fit in (e.g. 2GiB, 24GB; default: the device's own): the plan refuses a run that "
+         "cannot fit and, when --micro-batch and --checkpoint-layers are not given, chooses them to fit")
+        ->check(byte_size_check());
+  };
+  auto add_calib_options = [&](CLI::App* c, CalibrateArgs& a) {
+    add_config_options(c, a.config, a.gptq);
     c->add_option("--db", a.db, "Run store to record into (default <data home>/runs.db)");
     c->add_flag("--no-store", a.no_store, "Do not record the run in the run store");
   };
   add_calib_options(c_cal, cal);
   c_cal->add_option("--out", cal.out, "Run directory to create (must not exist)")->required();
   c_cal->add_flag("--json", cal.json, "Print run.json instead of the summary");
+
+  PlanArgs pl;
+  auto* c_plan = app.add_subcommand(
+      "plan", "What a calibration with these options will hold in memory, phase by phase, and whether it fits "
+              "(reads config.json and the safetensors headers only; exit 1 when it does not fit)");
+  add_config_options(c_plan, pl.config, pl.gptq);
+  c_plan->add_flag("--json", pl.json, "Machine-readable output (figures in bytes)");
 
   SweepArgs sw;
   auto* c_sweep = app.add_subcommand(
@@ -360,6 +391,7 @@ int main(int argc, char** argv) {
     if (c_tok->parsed()) return run_tokenize(tok);
     if (c_eval->parsed()) return run_eval(ev);
     if (c_cal->parsed()) return run_calibrate(cal);
+    if (c_plan->parsed()) return run_plan(pl);
     if (c_sweep->parsed()) return run_sweep(sw);
     if (r_list->parsed()) return run_runs_list(rn);
     if (r_show->parsed()) return run_runs_show(rn);

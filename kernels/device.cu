@@ -45,4 +45,11 @@ int64_t cuda_memory_in_use_bytes(int device) {
   return static_cast<int64_t>(total_bytes - free_bytes);
 }
 
+int64_t cuda_memory_total_bytes(int device) {
+  if (!cuda_available()) return -1;
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, device) != cudaSuccess) return -1;
+  return static_cast<int64_t>(prop.totalGlobalMem);
+}
+
 }  // namespace respin::kernels

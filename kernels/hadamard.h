@@ -46,5 +46,7 @@ std::vector<std::string> cuda_device_names();
 // without a device. libtorch's caching allocator keeps what it has reserved, so read at the end of
 // a run this approximates the run's peak reservation plus the CUDA context.
 int64_t cuda_memory_in_use_bytes(int device = 0);
+// Total memory of CUDA device `device` as the driver reports it, or -1 without a device.
+int64_t cuda_memory_total_bytes(int device = 0);
 
 }  // namespace respin::kernels

@@ -13,5 +13,6 @@ bool cuda_available() { return false; }
 std::string cuda_device_description() { return "built without CUDA"; }
 std::vector<std::string> cuda_device_names() { return {}; }
 int64_t cuda_memory_in_use_bytes(int) { return -1; }
+int64_t cuda_memory_total_bytes(int) { return -1; }
 
 }  // namespace respin::kernels

@@ -48,6 +48,16 @@ RunRecord sample() {
   r.compute.libtorch = "1.13.1";
   r.peak_rss_bytes = 1 << 30;
   r.gpu_memory_in_use_bytes = 42;
+  r.memory.device = "cuda:0";
+  r.memory.capacity_bytes = 2147483648;
+  r.memory.capacity_given = true;
+  r.memory.micro_batch = 2;
+  r.memory.checkpoint_layers = true;
+  r.memory.learning_chosen = true;
+  r.memory.baseline_rss_bytes = 350000000;
+  r.memory.predicted_bytes = {{"load", 1.5e9}, {"rotate", 2e9}};
+  r.memory.predicted_device_bytes = {{"load", 1e9}, {"rotate", 1.9e9}};
+  r.memory.measured_bytes = {{"load", 1.4e9}, {"rotate", 1.8e9}};
   return r;
 }
 
@@ -120,6 +130,7 @@ TEST(CalibConfig, WritesTheGoldenBytesAndReadsThemBack) {
   c.batch = 2;
   c.micro_batch = 1;
   c.checkpoint_layers = true;
+  c.device_memory = 2147483648;
   c.w_group = 128;
   c.a_group = 64;
   c.kv_group = 32;

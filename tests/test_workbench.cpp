@@ -32,6 +32,7 @@
 #include <nlohmann/json.hpp>
 #include <qcustomplot.h>
 
+#include "core/calib/calibrate.h"
 #include "core/eval/perplexity.h"
 #include "core/export/export.h"
 #include "core/export/exported_model.h"
@@ -387,6 +388,44 @@ TEST_F(Workbench, InvalidSettingsAreExplainedBeforeStartAndRankSnapsToPowersOfTw
   EXPECT_FALSE(w->openModel(QString::fromStdString(dir_->file("calib.txt"))));
   EXPECT_FALSE(w->modelPanel()->errorText().isEmpty());
   EXPECT_FALSE(p->startButton()->isEnabled());
+}
+
+TEST_F(Workbench, TheRunPanelShowsTheMemoryPlanTheRunWillUseAndRefusesWhatCannotFit) {
+  auto w = window();
+  ASSERT_TRUE(w->openModel(QString::fromStdString(dir_->file("model"))));
+  configure(*w, "spinquant");
+  RunPanel* p = w->runPanel();
+  // The device and the file sizes are read off the GUI thread; then the plan follows the options.
+  pump_until([&] { return p->plan().has_value(); }, 10000);
+  ASSERT_TRUE(p->plan().has_value()) << p->planText().toStdString();
+  // The panel's plan is the one calibrate makes (core's plan_calibration for the same options).
+  const respin::MemoryPlan core_plan = respin::plan_calibration(p->config());
+  EXPECT_EQ(p->plan()->peak().device_bytes, core_plan.peak().device_bytes);
+  EXPECT_EQ(p->plan()->phases.size(), core_plan.phases.size());
+  EXPECT_TRUE(p->planText().startsWith("Peak ")) << p->planText().toStdString();
+  EXPECT_TRUE(p->planText().contains("learning the whole batch at once")) << p->planText().toStdString();
+  EXPECT_TRUE(p->startButton()->isEnabled());
+  // A budget too small: the refusal is the panel's problem, and Start waits.
+  p->memoryBudget()->setText("1kB");
+  EXPECT_FALSE(p->plan()->fits());
+  EXPECT_FALSE(p->startButton()->isEnabled());
+  EXPECT_TRUE(p->problemText().contains("more than the --device-memory budget of 1.0 kB")) << p->problemText().toStdString();
+  EXPECT_TRUE(p->planText().contains("budget")) << p->planText().toStdString();
+  p->memoryBudget()->setText("a lot");
+  EXPECT_TRUE(p->problemText().startsWith("Memory budget: 'a lot' is not a size")) << p->problemText().toStdString();
+  EXPECT_FALSE(p->startButton()->isEnabled());
+  // Learning's options reach the plan (the plan's own choice to fit is tested through the CLI,
+  // tests/test_cli_plan.cpp, on a model whose learning graph outweighs the fixed terms).
+  p->memoryBudget()->clear();
+  CalibConfig c = p->config();
+  c.checkpoint_layers = true;
+  c.micro_batch = 1;
+  p->setConfig(c);
+  EXPECT_TRUE(p->planText().contains("learning in micro-batches of 1, layers checkpointed")) << p->planText().toStdString();
+  EXPECT_EQ(p->plan()->peak().device_bytes, respin::plan_calibration(p->config()).peak().device_bytes);
+  p->memoryBudget()->clear();
+  EXPECT_TRUE(p->startButton()->isEnabled());
+  EXPECT_EQ(p->config().device_memory, 0);
 }
 
 TEST_F(Workbench, ANewModelStartsFromTheDefaultSettingsAndTheUsersOverrides) {

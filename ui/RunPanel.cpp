@@ -11,6 +11,7 @@
 #include <QHBoxLayout>
 #include <QLabel>
 #include <QLineEdit>
+#include <QProgressBar>
 #include <QPushButton>
 #include <QSettings>
 #include <nlohmann/json.hpp>
@@ -21,6 +22,7 @@
 
 #include <cmath>
 
+#include "core/calib/calibrate.h"
 #include "core/calib/run_record.h"
 #include "core/util/error.h"
 #include "kernels/hadamard.h"
@@ -175,6 +177,15 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
   pair("Iterations:", iters_, "Batch:", batch_);
   pair("Learning rate:", lr_, "Seed:", seed_);
   pair("Eval windows:", evalWindows_, "Threads:", threads_);
+  microBatch_ = spin(0, 4096, 0);
+  microBatch_->setSpecialValueText("whole");
+  microBatch_->setToolTip("Windows per forward/backward inside a learning step; the gradients accumulate over the "
+                          "step (less memory, the same step). Left at 'whole batch' with checkpointing off, the "
+                          "plan chooses both when the step would not fit the memory.");
+  checkpoint_ = new QCheckBox("checkpoint");
+  checkpoint_->setToolTip("Keep only each decoder layer's input and rebuild one layer at a time in the backward pass "
+                          "(far less memory, about one more forward per step)");
+  pair("Micro-batch:", microBatch_, "Layers:", checkpoint_);
   evalWindows_->setToolTip("Evaluation windows (all: the whole evaluation text)");
   device_ = new QComboBox;
   // Item data: -2 auto, -1 CPU, N >= 0 CUDA device N (each visible device, with its name).
@@ -186,6 +197,22 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
   if (gpus.empty()) device_->addItem("CUDA (no device visible here)", 0);
   dg->addWidget(rowLabel("Device:"), row, 0);
   dg->addWidget(device_, row++, 1, 1, 3);
+  budget_ = new QLineEdit;
+  budget_->setPlaceholderText("the device's own");
+  budget_->setToolTip("Memory the run must fit in (2GiB, 24GB, ...): a GPU shared with others, or a smaller one");
+  planBar_ = new QProgressBar;
+  planBar_->setRange(0, 1000);
+  planBar_->setTextVisible(false);
+  planBar_->setMaximumHeight(12);
+  planBar_->setObjectName("planBar");
+  dg->addWidget(rowLabel("Memory:"), row, 0);
+  dg->addWidget(budget_, row, 1);
+  dg->addWidget(planBar_, row++, 2, 1, 2);
+  plan_ = new QLabel;
+  plan_->setWordWrap(true);
+  plan_->setObjectName("plan");
+  plan_->setSizePolicy(QSizePolicy::Ignored, QSizePolicy::Preferred);
+  dg->addWidget(plan_, row++, 1, 1, 3);
   dg->setColumnStretch(1, 1);
   dg->setColumnStretch(3, 1);
   outer->addWidget(data);
@@ -230,7 +257,9 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
     connect(s, qOverload<double>(&QDoubleSpinBox::valueChanged), this, [this] { update(); });
   for (QCheckBox* c : {wSym_, aSym_, kvSym_, gptq_, wMse_, fullRank_})
     connect(c, &QCheckBox::toggled, this, [this] { update(); });
-  for (QLineEdit* e : {calibText_, evalText_}) connect(e, &QLineEdit::textChanged, this, [this] { update(); });
+  for (QLineEdit* e : {calibText_, evalText_, budget_}) connect(e, &QLineEdit::textChanged, this, [this] { update(); });
+  connect(microBatch_, qOverload<int>(&QSpinBox::valueChanged), this, [this] { update(); });
+  connect(checkpoint_, &QCheckBox::toggled, this, [this] { update(); });
   clearModel();
 }
 
@@ -343,6 +372,13 @@ CalibConfig RunPanel::config() const {
   c.iters = iters_->value();
   c.lr = lr_->value();
   c.batch = batch_->value();
+  c.micro_batch = microBatch_->value();
+  c.checkpoint_layers = checkpoint_->isChecked();
+  try {
+    c.device_memory = budget_->text().trimmed().isEmpty() ? 0 : respin::parse_byte_size(budget_->text().toStdString());
+  } catch (const std::exception&) {
+    c.device_memory = -1;  // problems() says why
+  }
   c.eval_windows = evalWindows_->value();
   c.seed = static_cast<uint64_t>(seed_->value());
   const int device = device_->currentData().toInt();
@@ -377,6 +413,9 @@ void RunPanel::setConfig(const CalibConfig& c) {
   iters_->setValue(static_cast<int>(c.iters));
   lr_->setValue(c.lr);
   batch_->setValue(static_cast<int>(c.batch));
+  microBatch_->setValue(static_cast<int>(c.micro_batch));
+  checkpoint_->setChecked(c.checkpoint_layers);
+  budget_->setText(c.device_memory > 0 ? QString::number(c.device_memory) : QString());
   evalWindows_->setValue(static_cast<int>(c.eval_windows));
   seed_->setValue(static_cast<int>(c.seed));
   {
@@ -400,11 +439,21 @@ QString RunPanel::problems() const {
   QStringList out;
   if (!model_) return noModelReason_.isEmpty() ? "Open a model folder first (File > Open model folder)." : noModelReason_;
   const CalibConfig c = config();
+  if (c.device_memory < 0) {
+    try {
+      respin::parse_byte_size(budget_->text().toStdString());
+    } catch (const std::exception& e) {
+      out << QString("Memory budget: %1").arg(e.what());
+    }
+    return out.join("\n");
+  }
   try {
     c.validate();
   } catch (const std::exception& e) {
     out << QString::fromStdString(e.what());
   }
+  if (const std::optional<respin::MemoryPlan> p = plan(); p && !p->fits())
+    out << QString::fromStdString(respin::plan_refusal(*p));
   const respin::ModelConfig& m = model_->config;
   auto divides = [&](int64_t g, int64_t width, const QString& what, const QString& where) {
     if (g > 0 && width % g != 0) out << QString("%1 group %2 does not divide %3 (%4)").arg(what).arg(g).arg(where).arg(width);
@@ -449,8 +498,106 @@ void RunPanel::update() {
   } else {
     cost_->setText(respinMethod ? "" : "no skip correction (ReSpinQuant only)");
   }
+  refreshPlanTarget();
+  showPlan();
   const QString p = problems();
   problems_->setText(p);
   problems_->setVisible(!p.isEmpty());
   start_->setEnabled(p.isEmpty());
+}
+
+RunPanel::~RunPanel() {
+  if (planThread_) {
+    planThread_->wait();
+    delete planThread_;
+  }
+}
+
+void RunPanel::refreshPlanTarget() {
+  if (!model_) return;
+  CalibConfig c = config();
+  c.device_memory = 0;  // applied on this thread: a budget needs no reading
+  const QString key = QString::fromStdString(c.model + "\n" + respin::device_choice_name(c.device) + ":" +
+                                             std::to_string(c.cuda_device) + "\n" + c.calib_text + "\n" + c.eval_text);
+  if (key == targetKey_) return;
+  if (planThread_) {  // one read at a time; the latest options are read when it ends
+    planPending_ = true;
+    return;
+  }
+  targetKey_ = key;
+  target_.reset();
+  targetError_.clear();
+  planThread_ = QThread::create([this, c, key] {
+    std::optional<respin::PlanTarget> t;
+    QString error;
+    try {
+      t = respin::plan_target(c);
+    } catch (const std::exception& e) {
+      error = QString::fromStdString(e.what());
+    }
+    QMetaObject::invokeMethod(
+        this,
+        [this, t, error, key] {
+          planThread_->wait();
+          delete planThread_;
+          planThread_ = nullptr;
+          if (key == targetKey_) {
+            target_ = t;
+            targetError_ = error;
+          }
+          if (planPending_) {
+            planPending_ = false;
+            targetKey_.clear();
+          }
+          update();
+        },
+        Qt::QueuedConnection);
+  });
+  planThread_->start();
+}
+
+std::optional<respin::MemoryPlan> RunPanel::plan() const {
+  if (!model_ || !target_) return std::nullopt;
+  const CalibConfig c = config();
+  if (c.device_memory < 0) return std::nullopt;
+  try {
+    c.validate();
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  respin::PlanTarget t = *target_;
+  if (c.device_memory > 0) {
+    t.capacity_bytes = c.device_memory;
+    t.capacity_given = true;
+  }
+  return respin::plan_memory(c, model_->config, t);
+}
+
+QString RunPanel::planText() const { return plan_->text(); }
+
+void RunPanel::showPlan() {
+  const std::optional<respin::MemoryPlan> p = plan();
+  planBar_->setVisible(p.has_value());
+  if (!p) {
+    plan_->setText(!model_ ? QString() : !targetError_.isEmpty() ? "No memory plan: " + targetError_
+                                       : target_ ? QString() : QString("Planning memory..."));
+    return;
+  }
+  const respin::PhaseMemory& peak = p->peak();
+  const double share = p->target.capacity_bytes > 0 ? double(peak.device_bytes) / double(p->target.capacity_bytes) : 1;
+  planBar_->setValue(static_cast<int>(std::min(1.0, share) * 1000));
+  planBar_->setStyleSheet(p->fits() ? "" : "QProgressBar::chunk { background: #b00020; }");
+  QString text = QString("Peak %1 in %2, %3% of the %4 %5")
+                     .arg(QString::fromStdString(respin::format_bytes(peak.device_bytes)))
+                     .arg(respin::phase_name(peak.phase))
+                     .arg(100.0 * share, 0, 'f', share < 0.1 ? 1 : 0)
+                     .arg(QString::fromStdString(respin::format_bytes(p->target.capacity_bytes)))
+                     .arg(p->target.capacity_given ? "budget" : (p->target.device == "cpu" ? "available" : "of the GPU"));
+  if (respin::method_learns(config().method))
+    text += QString("; learning %1%2%3")
+                .arg(p->micro_batch > 0 ? QString("in micro-batches of %1").arg(p->micro_batch) : "the whole batch at once")
+                .arg(p->checkpoint_layers ? ", layers checkpointed" : "")
+                .arg(p->learning_chosen ? " (chosen to fit)" : "");
+  plan_->setText(text);
+  plan_->setToolTip(QString::fromStdString(respin::plan_table(*p)));
 }

@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "core/calib/calib_config.h"
+#include "core/calib/memory_plan.h"
 #include "core/io/model_summary.h"
 
 class QCheckBox;
@@ -16,7 +17,9 @@ class QComboBox;
 class QDoubleSpinBox;
 class QLabel;
 class QLineEdit;
+class QProgressBar;
 class QPushButton;
+class QThread;
 class QSlider;
 class QSpinBox;
 
@@ -24,6 +27,7 @@ class RunPanel : public QWidget {
   Q_OBJECT
  public:
   explicit RunPanel(QWidget* parent = nullptr);
+  ~RunPanel() override;
 
   // The model the run is for (enables Start; restores the values last used with it).
   void setModel(const respin::ModelSummary& model);
@@ -45,6 +49,11 @@ class RunPanel : public QWidget {
   QString costText() const;
   QSlider* rankSlider() const { return rankSlider_; }
   QSpinBox* rankBox() const { return rank_; }
+  // The memory plan of the current options (core/calib/memory_plan.h), as `respin plan` prints it;
+  // empty until the device and file sizes it needs are read (off the GUI thread).
+  std::optional<respin::MemoryPlan> plan() const;
+  QString planText() const;
+  QLineEdit* memoryBudget() const { return budget_; }
 
  signals:
   void startRequested(respin::CalibConfig config);
@@ -52,14 +61,22 @@ class RunPanel : public QWidget {
  private:
   void update();
   void remember() const;
+  void refreshPlanTarget();  // reads the device and sizes in a thread when what they depend on changed
+  void showPlan();
   QComboBox *method_, *wbits_, *abits_, *kvbits_, *device_;
-  QSpinBox *wGroup_, *aGroup_, *kvGroup_, *rank_, *samples_, *seqLen_, *iters_, *batch_, *threads_, *evalWindows_;
+  QSpinBox *wGroup_, *aGroup_, *kvGroup_, *rank_, *samples_, *seqLen_, *iters_, *batch_, *threads_, *evalWindows_,
+      *microBatch_;
   QSpinBox* seed_;
   QDoubleSpinBox *aClip_, *kvClip_, *lr_;
-  QCheckBox *wSym_, *aSym_, *kvSym_, *gptq_, *wMse_, *fullRank_;
+  QCheckBox *wSym_, *aSym_, *kvSym_, *gptq_, *wMse_, *fullRank_, *checkpoint_;
   QSlider* rankSlider_;
-  QLineEdit *calibText_, *evalText_;
-  QLabel *cost_, *problems_;
+  QLineEdit *calibText_, *evalText_, *budget_;
+  QLabel *cost_, *problems_, *plan_;
+  QProgressBar* planBar_;
+  std::optional<respin::PlanTarget> target_;  // for model_ and the device/text options in targetKey_
+  QString targetKey_, targetError_;
+  QThread* planThread_ = nullptr;
+  bool planPending_ = false;
   QPushButton* start_;
   std::optional<respin::ModelSummary> model_;
   QString noModelReason_;

@@ -90,6 +90,7 @@ void CalibConfig::validate() const {
   if (!(lr > 0)) fail("lr must be > 0");
   if (batch < 1) fail("batch must be >= 1");
   if (micro_batch < 0) fail("micro_batch must be >= 0 (0 = the whole batch)");
+  if (device_memory < 0) fail("device_memory must be >= 0 (0 = the device's own memory)");
   if (eval_windows < 0) fail("eval_windows must be >= 0");
   if (stats_windows < 0) fail("stats_windows must be >= 0");
   if (threads < 0) fail("threads must be >= 0");
@@ -134,6 +135,7 @@ void for_each_field(Config& c, Visit&& visit) {
   visit("batch", c.batch);
   visit("micro_batch", c.micro_batch);
   visit("checkpoint_layers", c.checkpoint_layers);
+  visit("device_memory", c.device_memory);
   visit("eval_windows", c.eval_windows);
   visit("stats_windows", c.stats_windows);
   visit("seed", c.seed);

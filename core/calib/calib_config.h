@@ -47,6 +47,9 @@ struct CalibConfig {
   int64_t batch = 1;             // windows per rotation-learning step
   int64_t micro_batch = 0;       // windows per forward/backward in a step; 0 = the whole batch
   bool checkpoint_layers = false;  // rotation learning rebuilds one decoder layer at a time
+  // The memory the run's plan must fit (bytes; 0 = the device's own memory): with micro_batch 0
+  // and checkpoint_layers false the plan chooses them to fit it (core/calib/memory_plan.h).
+  int64_t device_memory = 0;
   int64_t eval_windows = 0;      // 0 = every window of the evaluation text
   int64_t stats_windows = 4;     // windows for the activation statistics
   uint64_t seed = 0;

@@ -19,6 +19,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 
@@ -42,6 +43,8 @@
 #include "core/util/version.h"
 #include "kernels/hadamard.h"
 #include "core/util/fs.h"
+#include "core/util/process_memory.h"
+#include "core/io/model_check.h"
 
 namespace fs = std::filesystem;
 
@@ -279,6 +282,7 @@ class Pipeline {
 
   CalibOutcome run(std::string& phase_name_out) {
     phase_out_ = &phase_name_out;
+    baseline_rss_ = resident_bytes();
     cfg_ = checked_inputs(requested_, out_dir_);
     t_start_ = Clock::now();
     for (Phase p : phases_of(cfg_)) total_weight_ += phase_weight(p, cfg_);
@@ -296,7 +300,7 @@ class Pipeline {
   }
 
  private:
-  const ModelConfig& mc() const { return original_->config(); }
+  const ModelConfig& mc() const { return config_; }
 
   // ---- progress
   void begin(Phase p) {
@@ -306,6 +310,7 @@ class Pipeline {
     *phase_out_ = phase_name(p);
     phase_t0_ = Clock::now();
     phase_active_ = true;
+    hwm_resets_ = reset_peak_resident();
     CalibProgress ev = progress(0, 0);
     ev.phase_started = true;
     emit(ev, true);
@@ -314,6 +319,13 @@ class Pipeline {
     if (!phase_active_) return;
     const double s = std::chrono::duration<double>(Clock::now() - phase_t0_).count();
     timing_.phases_seconds.emplace_back(phase_name(phase_), s);
+    // The phase's own peak: the high-water mark was reset when it began. What the phase freed
+    // goes back to the system before the next one starts.
+    const int64_t hwm = peak_resident_bytes();
+    release_free_memory();
+    peak_seen_ = std::max(peak_seen_, hwm);
+    if (hwm_resets_ && hwm > 0)
+      rec_.memory.measured_bytes.emplace_back(phase_name(phase_), static_cast<double>(std::max<int64_t>(0, hwm - baseline_rss_)));
     done_weight_ += phase_weight(phase_, cfg_);
     phase_active_ = false;
   }
@@ -357,9 +369,11 @@ class Pipeline {
     begin(Phase::Load);
     device_ = resolve_device(cfg_.device, cfg_.cuda_device);
     folder_ = ModelFolder::open(cfg_.model);
+    plan_memory_use();
     tokenizer_path_ = folder_.require_tokenizer();
     Tokenizer tok = Tokenizer::from_file(tokenizer_path_);
     original_.emplace(load_model(folder_.dir, {at::kFloat, device_}));
+    config_ = original_->config();
     seq_len_ = std::min<int64_t>(cfg_.seq_len, mc().max_position_embeddings);
     std::optional<Corpus> corpus;
     auto corpus_text = [&](Split s) {
@@ -372,7 +386,9 @@ class Pipeline {
       return cfg_.calib_text.empty() ? corpus_text(Split::Train) : read_text_file(cfg_.calib_text);
     });
     calib_ = with_error_context(calib_src_, [&] {
-               return windows_of(tok.encode(calib_text, false), seq_len_, 0, "calibration text (" + calib_src_ + ")");
+               // Only the windows the run uses (learning and GPTQ, statistics) are kept.
+               return windows_of(tok.encode(calib_text, false), seq_len_, std::max<int64_t>(cfg_.samples, cfg_.stats_windows),
+                                 "calibration text (" + calib_src_ + ")");
              }).to(device_);
     if (calib_.size(0) < cfg_.samples)
       throw Error("calibration text (" + calib_src_ + ") has " + std::to_string(calib_.size(0)) + " windows of " +
@@ -407,6 +423,30 @@ class Pipeline {
     check_free_space();
     tmp_ = make_temp_dir(final_dir_);
     if (observer_) observer_->on_started(rec_, tmp_.string(), final_dir_.string());
+  }
+
+  // ---- the memory plan: refuse what cannot fit before any weight is read; learning's
+  // micro-batch and checkpointing chosen by the plan when the options leave them free
+  void plan_memory_use() {
+    const MemoryPlan plan = plan_calibration(cfg_);
+    if (!plan.fits()) throw Error(cfg_.model + ": " + plan_refusal(plan));
+    if (plan.learning_chosen) {
+      cfg_.micro_batch = plan.micro_batch;
+      cfg_.checkpoint_layers = plan.checkpoint_layers;
+    }
+    MemoryRecord& m = rec_.memory;
+    m.device = plan.target.device;
+    m.capacity_bytes = plan.target.capacity_bytes;
+    m.capacity_given = plan.target.capacity_given;
+    m.micro_batch = plan.micro_batch;
+    m.checkpoint_layers = plan.checkpoint_layers;
+    m.learning_chosen = plan.learning_chosen;
+    m.baseline_rss_bytes = baseline_rss_;
+    const bool cuda = plan.target.device != "cpu";
+    for (const PhaseMemory& p : plan.phases) {
+      m.predicted_bytes.emplace_back(phase_name(p.phase), static_cast<double>(cuda ? p.host_bytes : p.device_bytes));
+      if (cuda) m.predicted_device_bytes.emplace_back(phase_name(p.phase), static_cast<double>(p.device_bytes));
+    }
   }
 
   // ---- a run whose rotations come from another (sweeps)
@@ -503,7 +543,10 @@ class Pipeline {
   // ---- rotations: learn (spinquant, respin) or fix (quarot), fuse, skip corrections
   void rotations() {
     begin(Phase::Rotate);
-    LlamaModel fused = fuse_rms_norms(*original_);
+    // The original model is not needed after this (its perplexity and statistics are taken):
+    // it is fused, then rotated, in place (docs/methods.md 1.7).
+    LlamaModel fused = fuse_rms_norms(std::move(*original_));
+    original_.reset();
     ResidualRotations rot;
     if (const RunRecord* src = rotations_source()) {
       rot = load_rotations(cfg_.rotations_from, mc(), device_);
@@ -543,7 +586,8 @@ class Pipeline {
                                             tr.max_orthogonality_error, tr.loss};
     }
     const ResidualRotations r64 = rot.to(at::TensorOptions().device(device_).dtype(at::kDouble));
-    rotated_.emplace(mc(), rotate_weights(fused, r64, plan_.online, at::kFloat));
+    release_free_memory();  // the rotations' construction and the learning's graph
+    rotated_.emplace(mc(), rotate_weights(std::move(fused), r64, plan_.online, at::kFloat));
     if (!rot.is_global()) {
       std::vector<double> errors;
       skip_ = rank_r_transitions(r64, plan_.rank, &errors);
@@ -558,24 +602,29 @@ class Pipeline {
 
   // ---- weights
   void quantize_weights() {
-    qw_ = (rotated_ ? *rotated_ : *original_).weights();
-    if (!plan_.quant.weight.enabled()) return;
-    const LlamaModel& base = rotated_ ? *rotated_ : *original_;
-    if (cfg_.weight_quantizer == WeightQuantizer::Gptq) {
+    // The model the weights come from is consumed: quantized in place, never held twice
+    // (docs/methods.md 1.7).
+    std::optional<LlamaModel>& source = rotated_ ? rotated_ : original_;
+    if (!plan_.quant.weight.enabled()) {
+      qw_ = std::move(*source).take_weights();
+    } else if (cfg_.weight_quantizer == WeightQuantizer::Gptq) {
       begin(Phase::Gptq);
       GptqModelOptions go;
       go.weight = plan_.quant.weight;
       go.gptq.mse_clip = plan_.quant.weight_mse_clip;
       GptqModelReport rep;
       qw_ = gptq_quantize_model(
-          base, run_hook(mc(), device_, plan_.online, skip_, without_activation_quant(plan_.quant), plan_.o_proj_group),
+          std::move(*source),
+          run_hook(mc(), device_, plan_.online, skip_, without_activation_quant(plan_.quant), plan_.o_proj_group),
           calib_windows_, go, &steps_, &rep);
       grids_ = rep.grids;
       rec_.method.gptq = GptqRecord{rep.layer_loss, rep.dead_columns, rep.seconds};
     } else {
       begin(Phase::Quantize);
+      qw_ = std::move(*source).take_weights();
       quantize_weights_rtn(qw_, plan_.quant, &grids_);
     }
+    source.reset();
   }
 
   // ---- the record and the run directory
@@ -653,7 +702,9 @@ class Pipeline {
     end_phase();
     rec_.timing.calibration_seconds = seconds_of(Phase::Rotate) + seconds_of(Phase::Gptq) + seconds_of(Phase::Quantize);
     rec_.timing.total_seconds = std::chrono::duration<double>(Clock::now() - t_start_).count();
-    rec_.peak_rss_bytes = peak_rss_bytes();
+    // The high-water mark was reset at each phase: the run's peak is the largest seen.
+    rec_.peak_rss_bytes = std::max(peak_rss_bytes(), peak_seen_);
+    if (!hwm_resets_) rec_.memory.measured_bytes.clear();
     rec_.finished = now_iso8601();
     write_file_atomically((tmp_ / "run.json").string(), run_record_to_json(rec_).dump(2));
     if (outer_) outer_->check();
@@ -734,11 +785,14 @@ class Pipeline {
   Clock::time_point t_start_, phase_t0_, last_emit_{};
   Phase phase_ = Phase::Load;
   bool phase_active_ = false;
+  int64_t baseline_rss_ = 0, peak_seen_ = 0;
+  bool hwm_resets_ = false;
   double total_weight_ = 0, done_weight_ = 0;
 
   at::Device device_ = at::kCPU;
   ModelFolder folder_;
   std::string tokenizer_path_, calib_src_, eval_src_;
+  ModelConfig config_;
   std::optional<LlamaModel> original_;
   int64_t seq_len_ = 0;
   at::Tensor calib_, calib_windows_;
@@ -759,6 +813,68 @@ class Pipeline {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
+
+namespace {
+
+// Bytes of the texts a run reads: the given files, or the corpus folder's files.
+int64_t texts_bytes(const CalibConfig& c) {
+  std::error_code ec;
+  int64_t total = 0;
+  for (const std::string* f : {&c.calib_text, &c.eval_text})
+    if (!f->empty()) {
+      const uintmax_t n = fs::file_size(*f, ec);
+      if (!ec) total += static_cast<int64_t>(n);
+    }
+  // The corpus: its source folders' files (a missing or unreadable folder counts nothing).
+  std::function<void(const std::string&, int)> add_folder = [&](const std::string& dir, int depth) {
+    try {
+      for (const DirEntry& e : list_directory(dir)) {
+        if (e.is_regular_file) total += static_cast<int64_t>(e.size);
+        else if (e.is_directory && depth < 2) add_folder(dir + "/" + e.name, depth + 1);
+      }
+    } catch (const Error&) {
+    }
+  };
+  if (c.calib_text.empty() || c.eval_text.empty()) add_folder(c.data_dir.empty() ? default_corpus_dir() : c.data_dir, 0);
+  return total;
+}
+
+}  // namespace
+
+MemoryPlan plan_calibration(const CalibConfig& cfg) {
+  cfg.validate();
+  const ModelFolder folder = ModelFolder::open(cfg.model);
+  const ModelConfig mc = load_model_config(folder.config_path);
+  const ShardedSafetensors st = ShardedSafetensors::open_folder(folder.dir);
+  check_model_tensors(st, mc, folder.config_path, folder.dir);
+  return plan_memory(cfg, mc, plan_target(cfg));
+}
+
+PlanTarget plan_target(const CalibConfig& cfg) {
+  PlanTarget t;
+  std::optional<at::Device> device;
+  try {
+    device = resolve_device(cfg.device, cfg.cuda_device);
+  } catch (const Error&) {
+    // Planning for a GPU this machine does not have: only with a budget to plan for.
+    if (cfg.device != DeviceChoice::Cuda || cfg.device_memory <= 0) throw;
+  }
+  t.device = device ? (device->is_cuda() ? "cuda:" + std::to_string(std::max<int>(device->index(), 0)) : "cpu")
+                    : "cuda:" + std::to_string(cfg.cuda_device);
+  const ModelFolder folder = ModelFolder::open(cfg.model);
+  const ShardedSafetensors st = ShardedSafetensors::open_folder(folder.dir);
+  for (const std::string& name : st.names()) t.model_file_bytes += static_cast<int64_t>(st.find(name)->info->nbytes());
+  t.texts_bytes = texts_bytes(cfg);
+  if (cfg.device_memory > 0) {
+    t.capacity_bytes = cfg.device_memory;
+    t.capacity_given = true;
+  } else if (device && device->is_cuda()) {
+    t.capacity_bytes = kernels::cuda_memory_total_bytes(std::max<int>(device->index(), 0));
+  } else {
+    t.capacity_bytes = host_memory_for_runs();
+  }
+  return t;
+}
 
 at::Device resolve_device(DeviceChoice choice, int cuda_device) {
   if (choice == DeviceChoice::Cpu) return at::Device(at::kCPU);

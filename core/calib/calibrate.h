@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "core/calib/calibration.h"
+#include "core/calib/memory_plan.h"
 #include "core/methods/rotated_model.h"
 #include "core/methods/rtn.h"
 #include "core/model/llama.h"
@@ -77,6 +78,18 @@ LoadedRun load_run(const std::string& dir, int64_t rank = -1, at::Device device 
 ModelWeightGrids load_weight_grids(const std::string& dir, const ModelConfig& model);
 // The rotations of rotations.safetensors, float64 on `device` (respin::Error for rtn runs).
 ResidualRotations load_rotations(const std::string& dir, const ModelConfig& model, at::Device device);
+
+// The memory plan of a calibration, from config.json, the safetensors headers and the texts' sizes
+// (no weight is read: a folder whose weight file is sparse plans). The budget is
+// config.device_memory, else the device's memory (the host's available memory on the CPU). With
+// --device cuda and a budget, a machine without a GPU plans for one (`respin plan` for another
+// machine). Throws respin::Error for a folder that does not load.
+MemoryPlan plan_calibration(const CalibConfig& config);
+// What plan_calibration plans for, without the model's config.json check: the device as the run
+// resolves it, the budget, the weight files' data size (from their headers) and the texts' sizes.
+// Touches the disk (headers, file sizes): the workbench computes it off the GUI thread and plans
+// with plan_memory as the options change.
+PlanTarget plan_target(const CalibConfig& config);
 
 // auto | cpu | cuda -> a device. Throws respin::Error for cuda without a usable device.
 // `cuda_device`: which CUDA device (an error naming the devices present when it is not one).

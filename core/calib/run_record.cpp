@@ -64,12 +64,19 @@ template <class V> void visit(ComputeRecord& r, V&& v) {
   v("rotations", r.rotations); v("weight_fusion", r.weight_fusion); v("gptq_hessian", r.gptq_hessian);
   v("libtorch", r.libtorch);
 }
+template <class V> void visit(MemoryRecord& r, V&& v) {
+  v("device", r.device); v("capacity_bytes", r.capacity_bytes); v("capacity_given", r.capacity_given);
+  v("micro_batch", r.micro_batch); v("checkpoint_layers", r.checkpoint_layers);
+  v("learning_chosen", r.learning_chosen); v("baseline_rss_bytes", r.baseline_rss_bytes);
+  v("predicted_bytes", r.predicted_bytes); v("predicted_device_bytes", r.predicted_device_bytes);
+  v("measured_bytes", r.measured_bytes);
+}
 template <class V> void visit(RunRecord& r, V&& v) {
   v("format_version", r.format_version); v("respin_version", r.respin_version); v("created", r.created);
   v("finished", r.finished); v("config_sha256", r.config_sha256); v("model", r.model);
   v("quantizers", r.quantizers); v("online", r.online); v("method", r.method); v("calibration", r.calibration);
   v("results", r.results); v("timing", r.timing); v("compute", r.compute); v("peak_rss_bytes", r.peak_rss_bytes);
-  v("gpu_memory_in_use_bytes", r.gpu_memory_in_use_bytes);
+  v("gpu_memory_in_use_bytes", r.gpu_memory_in_use_bytes); v("memory", r.memory);
 }
 
 template <class T> struct IsRecord : std::false_type {};
@@ -85,6 +92,7 @@ template <> struct IsRecord<CalibrationDataRecord> : std::true_type {};
 template <> struct IsRecord<ResultsRecord> : std::true_type {};
 template <> struct IsRecord<TimingRecord> : std::true_type {};
 template <> struct IsRecord<ComputeRecord> : std::true_type {};
+template <> struct IsRecord<MemoryRecord> : std::true_type {};
 
 template <class T> struct IsOptional : std::false_type {};
 template <class T> struct IsOptional<std::optional<T>> : std::true_type {};

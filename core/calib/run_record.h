@@ -134,6 +134,24 @@ struct ComputeRecord {
   std::string libtorch;
 };
 
+// The memory plan the run was made with beside what it measured (docs/methods.md 1.8). Bytes above
+// the process's resident size before the run (baseline_rss_bytes); per phase, in run order.
+struct MemoryRecord {
+  std::string device;               // the plan's device, "cpu" or "cuda:N"
+  int64_t capacity_bytes = 0;       // the budget the plan had to fit
+  bool capacity_given = false;      // from --device-memory (else the device's memory)
+  int64_t micro_batch = 0;          // as the learning ran
+  bool checkpoint_layers = false;
+  bool learning_chosen = false;     // chosen by the plan to fit the budget
+  int64_t baseline_rss_bytes = 0;
+  // The plan's resident-memory peak of each phase (the host's on CUDA), comparable with measured_bytes.
+  std::vector<std::pair<std::string, double>> predicted_bytes;
+  std::vector<std::pair<std::string, double>> predicted_device_bytes;  // CUDA only: the device's
+  // Peak resident memory of each phase above the baseline (the kernel's high-water mark, reset at
+  // each phase start); empty where the kernel cannot reset it. On CUDA the host's, not the device's.
+  std::vector<std::pair<std::string, double>> measured_bytes;
+};
+
 struct RunRecord {
   int format_version = kRunFormatVersion;
   std::string respin_version;
@@ -151,6 +169,7 @@ struct RunRecord {
   ComputeRecord compute;
   int64_t peak_rss_bytes = 0;
   std::optional<int64_t> gpu_memory_in_use_bytes;
+  MemoryRecord memory;
 };
 
 // ReSpinQuant's online cost at skip rank r (docs/methods.md): per decoder layer two residual adds,

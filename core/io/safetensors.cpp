@@ -211,6 +211,17 @@ const void* SafetensorsFile::data(const TensorInfo& info) const {
   return data_section_ + info.begin;
 }
 
+void SafetensorsFile::release(const TensorInfo& info) const {
+  // Only the pages wholly inside the tensor: a neighbour sharing a page keeps it.
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data_section_ + info.begin);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(data_section_ + info.end);
+  const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
+  // A private read-only mapping: MADV_DONTNEED only forgets clean pages. Advice, so a failure
+  // changes nothing but the resident size.
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 ShardedSafetensors ShardedSafetensors::open_file(const std::string& path) {
   ShardedSafetensors s;
   s.files_.push_back(std::make_unique<SafetensorsFile>(SafetensorsFile::open(path)));

@@ -47,6 +47,10 @@ class SafetensorsFile {
   const TensorInfo* find(const std::string& name) const;               // nullptr if absent
   const TensorInfo& at(const std::string& name) const;                 // throws if absent
   const void* data(const TensorInfo& info) const;  // pointer into the mapping
+  // Drops the mapping's resident pages of a tensor whose data the caller has copied, so that a
+  // model converted tensor by tensor does not also keep the file in its resident memory; the
+  // data stays readable (read again from the file if touched).
+  void release(const TensorInfo& info) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:

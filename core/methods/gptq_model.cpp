@@ -10,26 +10,21 @@
 
 #include "core/util/error.h"
 #include "core/util/error_message.h"
+#include "core/util/process_memory.h"
 
 namespace respin {
 
-ModelWeights gptq_quantize_model(const LlamaModel& model, const ActivationHook& online, const at::Tensor& windows,
-                                 const GptqModelOptions& o, RunControl* control, GptqModelReport* report) {
-  c10::NoGradGuard no_grad;
-  if (windows.dim() != 2 || windows.size(0) < 1) throw Error("GPTQ needs calibration windows [N, T]");
-  if (o.batch < 1) throw Error("GPTQ: batch must be >= 1");
-  validate_quant_spec(o.weight, "weight quantizer");
-  const auto t0 = std::chrono::steady_clock::now();
-  const ModelConfig& c = model.config();
-  const int L = static_cast<int>(c.num_hidden_layers);
-  ModelWeights w = model.weights();
-  GptqModelReport rep;
-  if (!o.weight.enabled()) return w;
+namespace {
 
-  const ForwardContext ctx = model.make_context(windows.size(1));
-  std::vector<at::Tensor> hidden;
-  for (int64_t b = 0; b < windows.size(0); b += o.batch)
-    hidden.push_back(model.embed(windows.narrow(0, b, std::min(o.batch, windows.size(0) - b))));
+// `w` shares its tensors with the caller's model (the result is a new copy) or owns them
+// (quantized in place: each weight is freed as its quantized successor replaces it). `hidden`
+// holds the embedded windows, the working set carried from layer to layer.
+ModelWeights gptq_weight_set(const ModelConfig& c, ModelWeights w, std::vector<at::Tensor> hidden,
+                             const ForwardContext& ctx, at::Device device, const ActivationHook& online,
+                             const GptqModelOptions& o, RunControl* control, GptqModelReport* report) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int L = static_cast<int>(c.num_hidden_layers);
+  GptqModelReport rep;
 
   struct Group {
     HookSite site;
@@ -51,7 +46,7 @@ ModelWeights gptq_quantize_model(const LlamaModel& model, const ActivationHook& 
       HessianAccumulator acc(g.site == HookSite::OProjInput   ? c.num_attention_heads * c.head_dim
                              : g.site == HookSite::DownProjInput ? c.intermediate_size
                                                                  : c.hidden_size,
-                             model.device());
+                             device);
       cur.set_hook([&](HookSite site, int layer, at::Tensor& x) {
         if (online) online(site, layer, x);
         if (layer == i && site == g.site) acc.add(x);
@@ -69,6 +64,7 @@ ModelWeights gptq_quantize_model(const LlamaModel& model, const ActivationHook& 
     LlamaModel cur(c, w);
     if (online) cur.set_hook(online);
     for (at::Tensor& h : hidden) h = cur.layer_forward(i, h, ctx);
+    release_free_memory();  // the layer's Hessians and float64 weights, before the next layer's
     rep.layer_loss.push_back(layer_loss);
     rep.grids.push_back(std::move(layer_grids));
     if (control) {
@@ -88,6 +84,42 @@ ModelWeights gptq_quantize_model(const LlamaModel& model, const ActivationHook& 
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (report) *report = rep;
   return w;
+}
+
+void check_gptq_inputs(const at::Tensor& windows, const GptqModelOptions& o) {
+  if (windows.dim() != 2 || windows.size(0) < 1) throw Error("GPTQ needs calibration windows [N, T]");
+  if (o.batch < 1) throw Error("GPTQ: batch must be >= 1");
+  validate_quant_spec(o.weight, "weight quantizer");
+}
+
+std::vector<at::Tensor> embedded_windows(const LlamaModel& model, const at::Tensor& windows, int64_t batch) {
+  std::vector<at::Tensor> hidden;
+  for (int64_t b = 0; b < windows.size(0); b += batch)
+    hidden.push_back(model.embed(windows.narrow(0, b, std::min(batch, windows.size(0) - b))));
+  return hidden;
+}
+
+}  // namespace
+
+ModelWeights gptq_quantize_model(const LlamaModel& model, const ActivationHook& online, const at::Tensor& windows,
+                                 const GptqModelOptions& o, RunControl* control, GptqModelReport* report) {
+  c10::NoGradGuard no_grad;
+  check_gptq_inputs(windows, o);
+  if (!o.weight.enabled()) return model.weights();
+  return gptq_weight_set(model.config(), model.weights(), embedded_windows(model, windows, o.batch),
+                         model.make_context(windows.size(1)), model.device(), online, o, control, report);
+}
+
+ModelWeights gptq_quantize_model(LlamaModel&& model, const ActivationHook& online, const at::Tensor& windows,
+                                 const GptqModelOptions& o, RunControl* control, GptqModelReport* report) {
+  c10::NoGradGuard no_grad;
+  check_gptq_inputs(windows, o);
+  if (!o.weight.enabled()) return std::move(model).take_weights();
+  std::vector<at::Tensor> hidden = embedded_windows(model, windows, o.batch);
+  const ForwardContext ctx = model.make_context(windows.size(1));
+  const ModelConfig c = model.config();
+  const at::Device device = model.device();
+  return gptq_weight_set(c, std::move(model).take_weights(), std::move(hidden), ctx, device, online, o, control, report);
 }
 
 }  // namespace respin

@@ -38,5 +38,10 @@ struct GptqModelReport {
 ModelWeights gptq_quantize_model(const LlamaModel& model, const ActivationHook& online, const at::Tensor& windows,
                                  const GptqModelOptions& options, RunControl* control = nullptr,
                                  GptqModelReport* report = nullptr);
+// The same, consuming `model`: each weight is replaced by its quantized one as GPTQ reaches it,
+// so the model is never held twice (docs/methods.md 1.7); `model` is left without weights.
+ModelWeights gptq_quantize_model(LlamaModel&& model, const ActivationHook& online, const at::Tensor& windows,
+                                 const GptqModelOptions& options, RunControl* control = nullptr,
+                                 GptqModelReport* report = nullptr);
 
 }  // namespace respin

@@ -12,6 +12,7 @@
 #include "core/quant/quantizer.h"
 #include "core/rotation/hadamard_transform.h"
 #include "core/util/error.h"
+#include "core/util/process_memory.h"
 
 namespace respin {
 
@@ -122,6 +123,20 @@ Folded folded_transforms(const ModelConfig& c, const OnlineTransforms& online, a
   return f;
 }
 
+// h.apply(x) on each row of x. Without autograd a block of rows at a time into one result, so the
+// Hadamard's butterfly stages hold one block's temporaries instead of the whole matrix's (the
+// same values: the transform acts on each row alone).
+at::Tensor hadamard_by_rows(const HadamardTransform& h, const at::Tensor& x) {
+  constexpr int64_t kRows = 128;
+  if ((at::GradMode::is_enabled() && x.requires_grad()) || x.size(0) <= kRows) return h.apply(x);
+  at::Tensor out = at::empty_like(x);
+  for (int64_t r = 0; r < x.size(0); r += kRows) {
+    const int64_t n = std::min(kRows, x.size(0) - r);
+    out.narrow(0, r, n).copy_(h.apply(x.narrow(0, r, n)));
+  }
+  return out;
+}
+
 // Layer i of the fused model, rotated (docs/methods.md 1.3): products in ct, stored as out_dtype.
 LayerWeights rotate_layer(const ModelConfig& c, LayerWeights l, const ResidualRotations& rot, int i,
                           const OnlineTransforms& online, const Folded& f, at::ScalarType ct, at::ScalarType out_dtype) {
@@ -146,32 +161,49 @@ LayerWeights rotate_layer(const ModelConfig& c, LayerWeights l, const ResidualRo
   l.gate_proj = out(at::matmul(in(l.gate_proj), B));
   l.up_proj = out(at::matmul(in(l.up_proj), B));
   at::Tensor d = in(l.down_proj);  // [D, F]
-  if (f.down_h) d = f.down_h->apply(d);
+  if (f.down_h) d = hadamard_by_rows(*f.down_h, d);
   l.down_proj = out(at::matmul(C.t(), d));
   if (l.down_bias.defined()) l.down_bias = out(at::matmul(in(l.down_bias).unsqueeze(0), C).squeeze(0));
   return l;
+}
+
+// `w` shares its tensors with the caller's fused model (the rotated weights are a new copy) or
+// owns them (rotated in place: each fused tensor is freed as its rotated successor replaces it).
+ModelWeights rotate_weight_set(const ModelConfig& c, at::Device device, ModelWeights w, const ResidualRotations& rot,
+                               const OnlineTransforms& online, at::ScalarType out_dtype) {
+  const at::ScalarType ct = rot.final_basis.scalar_type();
+  auto in = [&](const at::Tensor& t) { return t.to(ct); };
+  auto out = [&](const at::Tensor& t) { return t.to(out_dtype); };
+  const Folded f = folded_transforms(c, online, device, ct);
+  w.embed_tokens = out(at::matmul(in(w.embed_tokens), rot.attn_in[0]));
+  release_free_memory();
+  w.lm_head = out(at::matmul(in(w.lm_head), rot.final_basis));
+  release_free_memory();
+  for (int i = 0; i < static_cast<int>(c.num_hidden_layers); ++i) {
+    w.layers[i] = rotate_layer(c, std::move(w.layers[i]), rot, i, online, f, ct, out_dtype);
+    release_free_memory();  // the layer's float64 products, before the next layer's
+  }
+  return w;
 }
 
 }  // namespace
 
 ModelWeights rotate_weights(const LlamaModel& fused, const ResidualRotations& rot,
                             const OnlineTransforms& online, at::ScalarType out_dtype, bool check_norms) {
-  const ModelConfig& c = fused.config();
-  check_rotations(c, rot);
+  check_rotations(fused.config(), rot);
   if (check_norms) check_norms_fused(fused);
-  ModelWeights w = fused.weights();
-  const at::ScalarType ct = rot.final_basis.scalar_type();
-  auto in = [&](const at::Tensor& t) { return t.to(ct); };
-  auto out = [&](const at::Tensor& t) { return t.to(out_dtype); };
+  rot.check_device(fused.device(), "rotate_weights");
+  return rotate_weight_set(fused.config(), fused.device(), fused.weights(), rot, online, out_dtype);
+}
 
+ModelWeights rotate_weights(LlamaModel&& fused, const ResidualRotations& rot, const OnlineTransforms& online,
+                            at::ScalarType out_dtype) {
+  check_rotations(fused.config(), rot);
+  check_norms_fused(fused);
+  rot.check_device(fused.device(), "rotate_weights");
+  const ModelConfig c = fused.config();
   const at::Device device = fused.device();
-  rot.check_device(device, "rotate_weights");
-  const Folded f = folded_transforms(c, online, device, ct);
-  w.embed_tokens = out(at::matmul(in(w.embed_tokens), rot.attn_in[0]));
-  w.lm_head = out(at::matmul(in(w.lm_head), rot.final_basis));
-  for (int i = 0; i < static_cast<int>(c.num_hidden_layers); ++i)
-    w.layers[i] = rotate_layer(c, w.layers[i], rot, i, online, f, ct, out_dtype);
-  return w;
+  return rotate_weight_set(c, device, std::move(fused).take_weights(), rot, online, out_dtype);
 }
 
 LayerRotator::LayerRotator(const LlamaModel& fused, const ResidualRotations& rotations, const OnlineTransforms& online,

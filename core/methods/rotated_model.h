@@ -74,6 +74,10 @@ struct OnlineTransforms {
 // check_norms_fused, as rotation learning does before its steps.
 ModelWeights rotate_weights(const LlamaModel& fused, const ResidualRotations& rotations,
                             const OnlineTransforms& online, at::ScalarType out_dtype, bool check_norms = true);
+// The same, consuming `fused`: each weight is rotated in place of its fused one, so the model is
+// never held twice (docs/methods.md 1.7); `fused` is left without weights.
+ModelWeights rotate_weights(LlamaModel&& fused, const ResidualRotations& rotations, const OnlineTransforms& online,
+                            at::ScalarType out_dtype);
 
 // rotate_weights one piece at a time, for learning that holds one rotated layer at a time
 // (docs/methods.md 1.6, checkpointed steps): the same products as rotate_weights, with autograd

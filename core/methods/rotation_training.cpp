@@ -31,7 +31,7 @@ at::Tensor checkpointed_micro_batch(const LlamaModel& fused, const ResidualRotat
                                     const RotationTrainingOptions& o, double share, const ActivationHook& observer) {
   const ModelConfig& c = fused.config();
   const int L = static_cast<int>(c.num_hidden_layers);
-  const int64_t n = mb.size(0), T = mb.size(1), D = c.hidden_size;
+  const int64_t n = mb.size(0), T = mb.size(1);
   const bool layerwise = !rot.is_global();
   const LayerRotator rotator(fused, rot, o.online, at::kFloat);
   LlamaModel model(c, fused.weights());  // fused layers as placeholders, one rotated layer at a time

@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
+#include "core/util/process_memory.h"
+
 namespace respin {
 
 void QuantConfig::validate() const {
@@ -43,6 +45,7 @@ void quantize_weights_rtn(ModelWeights& weights, const QuantConfig& config,
       *t = fake_quantize_weight_with(*t, p, config.weight);
       if (grids) grids->back().push_back(std::move(p));
     }
+    release_free_memory();  // the layer's grid searches, before the next layer's
   }
 }
 

@@ -67,6 +67,10 @@ class LlamaModel {
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
+  // Moves the weights out (the model keeps only its config): how a phase that replaces every
+  // tensor (fusion, rotation, quantization) works in place, each old tensor freed as its
+  // successor is made, instead of holding a second copy of the model (docs/methods.md 1.7).
+  ModelWeights take_weights() && { return std::move(weights_); }
   at::ScalarType dtype() const { return weights_.embed_tokens.scalar_type(); }
   // Where every weight lives (the constructor checks that they agree): the device that the
   // model's activations, rotations and quantizer state follow.

@@ -56,6 +56,7 @@ class TensorReader {
     at::Tensor view = at::from_blob(const_cast<void*>(e->file->data(*e->info)), e->info->shape,
                                     at::TensorOptions().dtype(src));
     at::Tensor out = view.to(dtype_, /*non_blocking=*/false, /*copy=*/true);
+    e->file->release(*e->info);
     if (!at::isfinite(out).all().item<bool>())
       throw Error(what + ": contains NaN or infinite values");
     return out;

@@ -5,6 +5,7 @@
 #include <c10/core/GradMode.h>
 
 #include "core/util/error.h"
+#include "core/util/process_memory.h"
 
 namespace respin {
 
@@ -23,11 +24,14 @@ bool all_ones(const at::Tensor& t) { return at::equal(t, at::ones_like(t)); }
 
 }  // namespace
 
-LlamaModel fuse_rms_norms(const LlamaModel& model, const FusionOptions& options) {
+namespace {
+
+// `w` shares tensors with the caller's model (a copy is made) or owns them (fused in place: each
+// old tensor is freed when its fused successor replaces it).
+LlamaModel fuse_weights(ModelConfig c, ModelWeights w, const FusionOptions& options) {
   c10::NoGradGuard no_grad;
-  ModelConfig c = model.config();
-  ModelWeights w = model.weights();
-  w.lm_head = w.lm_head.clone();  // untie: lm_head gets the final norm folded in, embeddings do not
+  // Untie: lm_head gets the final norm folded in, embeddings do not (scale_columns below makes
+  // lm_head a tensor of its own).
   c.tie_word_embeddings = false;
   if (options.center_embeddings) {
     at::Tensor e = w.embed_tokens.to(at::kDouble);
@@ -38,10 +42,23 @@ LlamaModel fuse_rms_norms(const LlamaModel& model, const FusionOptions& options)
     for (at::Tensor* t : {&L.gate_proj, &L.up_proj}) *t = scale_columns(*t, L.post_attention_norm);
     L.input_norm = at::ones_like(L.input_norm);
     L.post_attention_norm = at::ones_like(L.post_attention_norm);
+    release_free_memory();  // the layer's float64 products, before the next layer's
   }
   w.lm_head = scale_columns(w.lm_head, w.final_norm);
   w.final_norm = at::ones_like(w.final_norm);
+  release_free_memory();
   return LlamaModel(c, std::move(w));
+}
+
+}  // namespace
+
+LlamaModel fuse_rms_norms(const LlamaModel& model, const FusionOptions& options) {
+  return fuse_weights(model.config(), model.weights(), options);
+}
+
+LlamaModel fuse_rms_norms(LlamaModel&& model, const FusionOptions& options) {
+  ModelConfig c = model.config();
+  return fuse_weights(std::move(c), std::move(model).take_weights(), options);
 }
 
 LlamaModel rotate_residual(const LlamaModel& fused, const at::Tensor& r) {

@@ -22,6 +22,9 @@ struct FusionOptions {
 };
 
 LlamaModel fuse_rms_norms(const LlamaModel& model, const FusionOptions& options = {});
+// The same, consuming `model`: each weight is replaced as it is fused, so the model is never held
+// twice (the caller's model is left without weights).
+LlamaModel fuse_rms_norms(LlamaModel&& model, const FusionOptions& options = {});
 
 // `r`: [hidden, hidden] orthogonal (any float dtype). Throws respin::Error unless the norms are
 // fused (all norm weights 1) and r has the right shape.

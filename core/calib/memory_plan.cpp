@@ -1,0 +1,333 @@
+// Memory plan of a calibration (see memory_plan.h; the terms are explained in docs/methods.md 1.8).
+#include "core/calib/memory_plan.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "core/util/error.h"
+
+namespace respin {
+
+namespace {
+
+constexpr int64_t kF32 = 4, kF64 = 8;
+constexpr int64_t kAttentionBlock = 256;  // query rows per attention block (core/model/llama.cpp)
+constexpr int64_t kLossChunk = 1024;      // tokens per loss piece of a checkpointed step
+// Resident memory a run adds that does not scale with the model: the libraries' code and data
+// paged in as the run first uses them, and the allocator's slack. Measured on the CPU path
+// (docs/results.md, memory rows): 30-35 MB at hidden 512 and 1024.
+constexpr int64_t kLibraries = 32'000'000;
+
+// The shapes the terms are made of.
+struct Shape {
+  int64_t D, I, V, L, H, KV, hd, QD, KVD, T, P;
+  bool tied;
+  explicit Shape(const ModelConfig& c, int64_t seq_len)
+      : D(c.hidden_size),
+        I(c.intermediate_size),
+        V(c.vocab_size),
+        L(c.num_hidden_layers),
+        H(c.num_attention_heads),
+        KV(c.num_key_value_heads),
+        hd(c.head_dim),
+        QD(c.num_attention_heads * c.head_dim),
+        KVD(c.num_key_value_heads * c.head_dim),
+        T(std::min<int64_t>(seq_len, c.max_position_embeddings)),
+        P(c.parameter_count()),
+        tied(c.tie_word_embeddings) {}
+  int64_t layer_params() const { return 2 * QD * D + 2 * KVD * D + 3 * I * D + 2 * D; }
+  int64_t largest_matrix() const { return std::max({V * D, I * D, QD * D}); }
+  int64_t widest() const { return std::max({D, I, QD}); }
+};
+
+// The transient of one forward of `windows` windows without autograd: the largest of the
+// attention (q/k/v, RoPE, the scores of one block of query rows), the MLP and the head (logits and
+// their log-softmax), plus the fake quantizers' copies when they are on.
+int64_t forward_transient(const Shape& s, int64_t windows, bool quantizers, bool head) {
+  const int64_t tok = windows * s.T;
+  const int64_t attn = kF32 * tok * (8 * s.D + 3 * s.KVD) + 3 * kF32 * windows * s.H * std::min(kAttentionBlock, s.T) * s.T;
+  const int64_t mlp = kF32 * tok * (3 * s.D + 4 * s.I);
+  const int64_t logits = head ? kF32 * tok * (2 * s.D + 2 * s.V) : 0;
+  return std::max({attn, mlp, logits}) + (quantizers ? 2 * kF32 * tok * s.widest() : 0);
+}
+
+// Bytes autograd keeps per token and decoder layer in a learning step (float32): the norms'
+// inputs and outputs, q/k/v and their RoPE'd copies, the repeated K/V, the attention
+// probabilities (a query sees T/2 keys on average, plus half a block), the MLP's gate, up, SiLU,
+// product and Hadamard'd input, and one saved tensor per fake-quantized activation; times 1.57,
+// the ratio of the measured graph to this count (263 kB per token and layer at hidden 1024,
+// intermediate 2816, 16 heads, 512 tokens: docs/results.md).
+int64_t saved_per_token_layer(const Shape& s, bool activation_quant) {
+  int64_t floats = 13 * s.D + 3 * s.KVD + 5 * s.I + s.H * (s.T + kAttentionBlock) / 2;
+  if (activation_quant) floats += 2 * s.D + s.QD + s.I + 2 * s.KVD;
+  return kF32 * floats * 157 / 100;
+}
+
+// Rotation parameters with their gradients, momentum and the Cayley step's temporaries.
+int64_t rotation_state(const Shape& s, Method m) {
+  const int64_t residual = m == Method::ReSpin ? 2 * s.L + 1 : 1;
+  return 5 * kF32 * (residual * s.D * s.D + s.L * s.hd * s.hd);
+}
+
+struct Learning {
+  int64_t bytes = 0;
+  std::string detail;
+};
+
+Learning learning_bytes(const CalibConfig& c, const Shape& s, int64_t model, int64_t micro_batch, bool checkpoint) {
+  const int64_t batch = std::max<int64_t>(c.batch, 1);
+  const int64_t n = micro_batch > 0 ? std::min(micro_batch, batch) : batch;
+  const int64_t tok = n * s.T;
+  const bool wq = c.wbits < 16 && c.weight_quantizer == WeightQuantizer::Rtn;
+  const int64_t linear = kF32 * (s.P - s.V * s.D * (s.tied ? 1 : 2));
+  const int64_t per_tl = saved_per_token_layer(s, c.abits < 16);
+  const int64_t dense_skips = c.method == Method::ReSpin ? 2 * s.L * kF32 * s.D * s.D : 0;
+  const int64_t state = rotation_state(s, c.method);
+  Learning r;
+  char buf[256];
+  if (!checkpoint) {
+    const int64_t rotated = model + (wq ? linear : 0) + dense_skips;
+    const int64_t acts = s.L * tok * per_tl;
+    const int64_t logits = 3 * kF32 * tok * s.V;
+    r.bytes = model + state + rotated + acts + logits;
+    std::snprintf(buf, sizeof buf, "rotated weights %s, activations of %lld tokens x %lld layers %s, logits %s",
+                  format_bytes(rotated).c_str(), static_cast<long long>(tok), static_cast<long long>(s.L),
+                  format_bytes(acts).c_str(), format_bytes(logits).c_str());
+  } else {
+    // The layer rebuilt with autograd in the backward pass: its rotated weights, their gradients
+    // and (with RTN weights) the fake-quantized copies and theirs, beside the forward's copy.
+    const int64_t layer = kF32 * s.layer_params() * (wq ? 5 : 3) + (dense_skips > 0 ? 2 * kF32 * s.D * s.D : 0);
+    const int64_t kept = (s.L + 1) * kF32 * tok * s.D;
+    const int64_t acts = tok * per_tl;
+    const int64_t loss = 3 * kF32 * std::min(kLossChunk, tok) * s.V + 2 * kF32 * s.V * s.D;
+    r.bytes = model + state + layer + kept + acts + loss;
+    std::snprintf(buf, sizeof buf, "kept layer inputs %s, one layer %s and its activations %s, loss piece %s",
+                  format_bytes(kept).c_str(), format_bytes(layer).c_str(), format_bytes(acts).c_str(),
+                  format_bytes(loss).c_str());
+  }
+  r.detail = buf;
+  return r;
+}
+
+}  // namespace
+
+const PhaseMemory& MemoryPlan::peak() const {
+  if (phases.empty()) throw Error("empty memory plan");
+  return *std::max_element(phases.begin(), phases.end(),
+                           [](const PhaseMemory& a, const PhaseMemory& b) { return a.device_bytes < b.device_bytes; });
+}
+
+int64_t MemoryPlan::peak_host_bytes() const {
+  int64_t m = 0;
+  for (const PhaseMemory& p : phases) m = std::max(m, target.device == "cpu" ? p.device_bytes : p.host_bytes);
+  return m;
+}
+
+MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTarget& target) {
+  const Shape s(mc, c.seq_len);
+  const bool cuda = target.device != "cpu";
+  MemoryPlan plan;
+  plan.target = target;
+  plan.model_bytes = kF32 * s.P;
+  plan.micro_batch = c.micro_batch;
+  plan.checkpoint_layers = c.checkpoint_layers;
+  const int64_t model = plan.model_bytes;
+  // Fusion unties a tied lm_head: the fused model has one more vocabulary x hidden matrix.
+  const int64_t fused = model + (s.tied ? kF32 * s.V * s.D : 0);
+  // The evaluation text's token ids and the calibration windows the run keeps; while loading, the
+  // corpus, its splits' texts and their tokenization (about 8 bytes per byte of text, measured).
+  const int64_t texts_kept = target.texts_bytes / 8 + kF32 * 2 * std::max<int64_t>(c.samples, c.stats_windows) * s.T;
+  const int64_t texts_load = 8 * target.texts_bytes;
+  const bool rotates = method_rotates(c.method);
+  const int64_t rotations = rotates ? kF64 * ((c.method == Method::ReSpin ? 2 * s.L + 1 : 1) * s.D * s.D + s.L * s.hd * s.hd) : 0;
+  const int64_t rank = c.method == Method::ReSpin ? (c.rank < 0 ? s.D : std::min<int64_t>(c.rank, s.D)) : 0;
+  const int64_t corrections = 2 * s.L * kF32 * (s.D * rank + rank * rank);
+  const bool quant_acts = c.abits < 16 || c.kvbits < 16;
+  // What the phases after the rotations hold: the fused and rotated model, or without rotation
+  // the original one.
+  const int64_t held = rotates ? fused : model;
+
+  auto add = [&](Phase p, int64_t device, int64_t host, std::string detail) {
+    plan.phases.push_back({p, device, cuda ? host : 0, std::move(detail)});
+  };
+  auto fwd = [&](int64_t windows, bool quantizers) { return forward_transient(s, windows, quantizers, true); };
+  // A forward with the online transforms and quantizers: their copies of the
+  // activations about double the transient, plus their own state (measured).
+  auto hooked = [&](int64_t windows, bool quantizers) { return 2 * fwd(windows, quantizers) + 10'000'000; };
+  const std::string model_words = "model " + format_bytes(model);
+  for (Phase p : phases_of(c)) {
+    switch (p) {
+      case Phase::Load:
+        // Converted tensor by tensor from the mapped file: the float32 model (on the host first
+        // when it goes to a GPU), the texts and their token ids, one tensor's finite check.
+        add(p, model + (cuda ? 0 : texts_load + s.largest_matrix() + kLibraries),
+            model + texts_load + s.largest_matrix() + kLibraries, model_words + ", texts and their tokenization");
+        break;
+      case Phase::EvalFp:
+      case Phase::StatsBefore:
+        add(p, model + fwd(1, false) + (cuda ? 0 : texts_kept + kLibraries), texts_kept + kLibraries,
+            model_words + ", one window's forward " + format_bytes(fwd(1, false)));
+        break;
+      case Phase::Rotate: {
+        // Fusion and rotation in place: the transient is one matrix in float64. Measured: the embeddings' product (input, product and result: 24 bytes per entry) or
+        // down_proj's (input, Hadamard'd rows, product, result: about 6.4 float64 copies).
+        const int64_t rotate_transient = std::max(24 * s.V * s.D, 64 * s.I * s.D / 10) +
+                                         (c.method == Method::ReSpin ? 4 * kF64 * s.D * s.D : 0);
+        int64_t bytes = fused + rotations + corrections + rotate_transient;
+        std::string detail = "fused model " + format_bytes(fused) + ", rotations " + format_bytes(rotations);
+        if (method_learns(c.method)) {
+          const bool free_choice = c.micro_batch == 0 && !c.checkpoint_layers && target.capacity_bytes > 0;
+          Learning l = learning_bytes(c, s, fused, plan.micro_batch, plan.checkpoint_layers);
+          if (free_choice && l.bytes + (cuda ? 0 : texts_kept + kLibraries) > target.capacity_bytes) {
+            // The first of: checkpointed, then micro-batches of batch/2, batch/4, ..., 1.
+            std::vector<int64_t> tries = {0};
+            for (int64_t m = std::max<int64_t>(c.batch, 1) / 2; m >= 1; m /= 2) tries.push_back(m);
+            for (int64_t m : tries) {
+              l = learning_bytes(c, s, fused, m, true);
+              plan.micro_batch = m;
+              plan.checkpoint_layers = true;
+              plan.learning_chosen = true;
+              if (l.bytes + (cuda ? 0 : texts_kept + kLibraries) <= target.capacity_bytes) break;
+            }
+          }
+          bytes = std::max(bytes, l.bytes);
+          detail += "; learning: " + l.detail;
+        }
+        add(p, bytes + (cuda ? 0 : texts_kept + kLibraries), texts_kept + kLibraries, detail);
+        break;
+      }
+      case Phase::StatsAfter:
+        add(p, fused + rotations + corrections + hooked(1, false) + (cuda ? 0 : texts_kept + kLibraries), texts_kept + kLibraries,
+            "fused model " + format_bytes(fused) + ", one window's forward with the online transforms");
+        break;
+      case Phase::Quantize:
+        // RTN in place: one weight's grid search (the rows, their candidates' errors).
+        add(p, held + rotations + corrections + 4 * kF32 * s.largest_matrix() + (cuda ? 0 : texts_kept + kLibraries), texts_kept + kLibraries,
+            "model " + format_bytes(held) + ", one weight's grid search");
+        break;
+      case Phase::Gptq: {
+        const int64_t windows = std::max<int64_t>(c.samples, 1);
+        const int64_t hidden = kF32 * windows * s.T * s.D;
+        const int64_t hessian = 3 * kF64 * s.widest() * s.widest() + 2 * kF64 * s.largest_matrix();
+        add(p, held + rotations + corrections + hidden + hessian + forward_transient(s, std::min<int64_t>(4, windows), false, false) +
+                   (cuda ? 0 : texts_kept + kLibraries),
+            texts_kept + kLibraries,
+            "model " + format_bytes(held) + ", hidden states of " + std::to_string(windows) + " windows " +
+                format_bytes(hidden) + ", Hessian and one weight in float64 " + format_bytes(hessian));
+        break;
+      }
+      case Phase::EvalQuant:
+        add(p, held + rotations + corrections + hooked(1, quant_acts) + (cuda ? 0 : texts_kept + kLibraries), texts_kept + kLibraries,
+            "quantized model " + format_bytes(held) + ", one window's forward with quantizers");
+        break;
+      case Phase::Write:
+        // Float32 on the CPU is written as it is; from a GPU it is copied to the host first.
+        add(p, held + rotations + corrections + (cuda ? 0 : texts_kept + kLibraries), held + texts_kept + kLibraries, "the run directory, streamed from the model");
+        break;
+    }
+  }
+  return plan;
+}
+
+std::string plan_refusal(const MemoryPlan& plan) {
+  const PhaseMemory& p = plan.peak();
+  std::string what = plan.target.capacity_given ? "the --device-memory budget of " + format_bytes(plan.target.capacity_bytes)
+                                                : plan.target.device + " has " + format_bytes(plan.target.capacity_bytes);
+  std::string change;
+  if (p.phase == Phase::Rotate && plan.checkpoint_layers && plan.micro_batch == 1)
+    change = "fewer --samples or a shorter --seq-len, or a larger device";
+  else if (p.phase == Phase::Rotate)
+    change = "--checkpoint-layers and --micro-batch 1 (or leave both unset and the plan chooses), or a shorter --seq-len";
+  else if (p.phase == Phase::Gptq)
+    change = "fewer --samples or a shorter --seq-len";
+  else
+    change = "a larger device, or a smaller model";
+  return std::string("the run needs about ") + format_bytes(p.device_bytes) + " in its " + phase_name(p.phase) +
+         " phase, more than " + what + " (try " + change + "; `respin plan` shows every phase)";
+}
+
+std::string plan_table(const MemoryPlan& plan) {
+  const bool cuda = plan.target.device != "cpu";
+  std::string out;
+  char line[512];
+  std::snprintf(line, sizeof line, "%-13s %12s%s  %s\n", "phase", cuda ? "device" : "memory", cuda ? "         host" : "",
+                "what it holds");
+  out += line;
+  for (const PhaseMemory& p : plan.phases) {
+    if (cuda)
+      std::snprintf(line, sizeof line, "%-13s %12s %12s  %s\n", phase_name(p.phase), format_bytes(p.device_bytes).c_str(),
+                    format_bytes(p.host_bytes).c_str(), p.detail.c_str());
+    else
+      std::snprintf(line, sizeof line, "%-13s %12s  %s\n", phase_name(p.phase), format_bytes(p.device_bytes).c_str(),
+                    p.detail.c_str());
+    out += line;
+  }
+  return out;
+}
+
+nlohmann::json memory_plan_to_json(const MemoryPlan& plan) {
+  nlohmann::json phases = nlohmann::json::array();
+  for (const PhaseMemory& p : plan.phases) {
+    nlohmann::json j = {{"phase", phase_name(p.phase)}, {"device_bytes", p.device_bytes}, {"detail", p.detail}};
+    if (plan.target.device != "cpu") j["host_bytes"] = p.host_bytes;
+    phases.push_back(j);
+  }
+  return {{"device", plan.target.device},
+          {"capacity_bytes", plan.target.capacity_bytes},
+          {"capacity_given", plan.target.capacity_given},
+          {"model_file_bytes", plan.target.model_file_bytes},
+          {"model_bytes", plan.model_bytes},
+          {"micro_batch", plan.micro_batch},
+          {"checkpoint_layers", plan.checkpoint_layers},
+          {"learning_chosen", plan.learning_chosen},
+          {"peak_phase", phase_name(plan.peak().phase)},
+          {"peak_bytes", plan.peak().device_bytes},
+          {"peak_host_bytes", plan.peak_host_bytes()},
+          {"fits", plan.fits()},
+          {"phases", phases}};
+}
+
+int64_t parse_byte_size(const std::string& text) {
+  size_t i = 0;
+  while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
+  size_t j = i;
+  while (j < text.size() && (std::isdigit(static_cast<unsigned char>(text[j])) || text[j] == '.')) ++j;
+  const std::string number = text.substr(i, j - i);
+  std::string unit;
+  for (size_t k = j; k < text.size(); ++k)
+    if (!std::isspace(static_cast<unsigned char>(text[k]))) unit += static_cast<char>(std::tolower(static_cast<unsigned char>(text[k])));
+  auto bad = [&] {
+    return Error("'" + text + "' is not a size (bytes, or a number with B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)");
+  };
+  if (number.empty() || std::count(number.begin(), number.end(), '.') > 1) throw bad();
+  double scale = 0;
+  if (unit.empty() || unit == "b") scale = 1;
+  else if (unit == "k" || unit == "kb") scale = 1e3;
+  else if (unit == "m" || unit == "mb") scale = 1e6;
+  else if (unit == "g" || unit == "gb") scale = 1e9;
+  else if (unit == "t" || unit == "tb") scale = 1e12;
+  else if (unit == "kib") scale = 1024.0;
+  else if (unit == "mib") scale = 1024.0 * 1024;
+  else if (unit == "gib") scale = 1024.0 * 1024 * 1024;
+  else if (unit == "tib") scale = 1024.0 * 1024 * 1024 * 1024;
+  else throw bad();
+  const double v = std::stod(number) * scale;
+  if (!(v >= 1) || v > 9.0e18) throw Error("'" + text + "' is not a size between 1 byte and 9 EB");
+  return static_cast<int64_t>(std::llround(v));
+}
+
+std::string format_bytes(int64_t bytes) {
+  char buf[32];
+  const double b = static_cast<double>(bytes);
+  if (b >= 1e12) std::snprintf(buf, sizeof buf, "%.2f TB", b / 1e12);
+  else if (b >= 1e9) std::snprintf(buf, sizeof buf, "%.2f GB", b / 1e9);
+  else if (b >= 1e6) std::snprintf(buf, sizeof buf, "%.1f MB", b / 1e6);
+  else if (b >= 1e3) std::snprintf(buf, sizeof buf, "%.1f kB", b / 1e3);
+  else std::snprintf(buf, sizeof buf, "%lld B", static_cast<long long>(bytes));
+  return buf;
+}
+
+}  // namespace respin

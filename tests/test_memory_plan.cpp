@@ -1,0 +1,239 @@
+// core/calib/memory_plan: a calibration's memory planned from config.json and the safetensors
+// headers alone, so that 8B and 70B folders whose weight file is sparse (a valid header, no data)
+// plan on this machine; the plan refuses what cannot fit with one line, and chooses learning's
+// checkpointing and micro-batches to fit a budget.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/calib/calibrate.h"
+#include "core/calib/memory_plan.h"
+#include "core/io/model_config.h"
+#include "core/util/error.h"
+#include "tests/test_util.h"
+
+using namespace respin;
+using namespace respin::test;
+
+namespace {
+
+// A model folder with a real config.json and a model.safetensors whose header names every tensor
+// (bf16) and whose data is a hole: the file has the full size and occupies almost no disk.
+std::string sparse_folder(const TempDir& dir, const ModelConfig& c) {
+  const std::string folder = dir.file("model");
+  ::mkdir(folder.c_str(), 0755);
+  write_bytes(folder + "/config.json", model_config_to_json(c));
+  nlohmann::json header = nlohmann::json::object();
+  uint64_t offset = 0;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
+    uint64_t n = 2;
+    for (int64_t d : shape) n *= static_cast<uint64_t>(d);
+    header[name] = {{"dtype", "BF16"}, {"shape", shape}, {"data_offsets", {offset, offset + n}}};
+    offset += n;
+  };
+  const int64_t D = c.hidden_size, I = c.intermediate_size, q = c.num_attention_heads * c.head_dim,
+                kv = c.num_key_value_heads * c.head_dim;
+  add("model.embed_tokens.weight", {c.vocab_size, D});
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    add(p + "input_layernorm.weight", {D});
+    add(p + "self_attn.q_proj.weight", {q, D});
+    add(p + "self_attn.k_proj.weight", {kv, D});
+    add(p + "self_attn.v_proj.weight", {kv, D});
+    add(p + "self_attn.o_proj.weight", {D, q});
+    add(p + "post_attention_layernorm.weight", {D});
+    add(p + "mlp.gate_proj.weight", {I, D});
+    add(p + "mlp.up_proj.weight", {I, D});
+    add(p + "mlp.down_proj.weight", {D, I});
+  }
+  add("model.norm.weight", {D});
+  add("lm_head.weight", {c.vocab_size, D});
+  std::string h = header.dump();
+  while ((8 + h.size()) % 8 != 0) h.push_back(' ');
+  std::string bytes(8, '\0');
+  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((uint64_t(h.size()) >> (8 * i)) & 0xff);
+  bytes += h;
+  const std::string path = folder + "/model.safetensors";
+  write_bytes(path, bytes);
+  EXPECT_EQ(::truncate(path.c_str(), static_cast<off_t>(bytes.size() + offset)), 0);
+  return folder;
+}
+
+ModelConfig llama3_8b() {
+  ModelConfig c = make_model_config("llama", 4096, 14336, 32, 32, 8, 128256, 8192);
+  c.torch_dtype = "bfloat16";
+  return c;
+}
+
+ModelConfig llama_70b() {
+  ModelConfig c = make_model_config("llama", 8192, 28672, 80, 64, 8, 128256, 8192);
+  c.torch_dtype = "bfloat16";
+  return c;
+}
+
+CalibConfig config_for(const std::string& model, Method m, const std::string& budget) {
+  CalibConfig c;
+  c.model = model;
+  c.method = m;
+  c.samples = 128;
+  c.seq_len = 2048;
+  c.batch = 8;
+  c.device = DeviceChoice::Cpu;
+  c.device_memory = parse_byte_size(budget);
+  return c;
+}
+
+const PhaseMemory& phase(const MemoryPlan& p, Phase which) {
+  for (const PhaseMemory& m : p.phases)
+    if (m.phase == which) return m;
+  throw Error(std::string("no phase ") + phase_name(which));
+}
+
+}  // namespace
+
+TEST(MemoryPlan, PlansEightAndSeventyBillionFoldersFromTheirHeadersAlone) {
+  TempDir dir;
+  const ModelConfig c8 = llama3_8b();
+  const std::string folder = sparse_folder(dir, c8);
+  struct stat st {};
+  ASSERT_EQ(::stat((folder + "/model.safetensors").c_str(), &st), 0);
+  EXPECT_GT(st.st_size, int64_t(16'000'000'000));
+  EXPECT_LT(st.st_blocks * 512, int64_t(16) << 20) << "the weight file must be sparse for this test";
+
+  const MemoryPlan q = plan_calibration(config_for(folder, Method::QuaRot, "80GB"));
+  EXPECT_EQ(q.target.model_file_bytes, 2 * c8.parameter_count());  // bf16, as stored
+  EXPECT_EQ(q.model_bytes, 4 * c8.parameter_count());             // float32, as computed
+  EXPECT_TRUE(q.target.capacity_given);
+  EXPECT_EQ(q.target.capacity_bytes, int64_t(80'000'000'000));
+  // Every phase holds the model once (never twice: docs/methods.md 1.7); GPTQ is not in this run.
+  std::vector<std::string> names;
+  for (const PhaseMemory& p : q.phases) {
+    names.push_back(phase_name(p.phase));
+    EXPECT_GE(p.device_bytes, q.model_bytes) << phase_name(p.phase);
+    EXPECT_LT(p.device_bytes, q.model_bytes + q.model_bytes / 2) << phase_name(p.phase);
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"load", "eval-fp", "stats-before", "rotate", "stats-after", "quantize",
+                                             "eval", "write"}));
+  EXPECT_TRUE(q.fits());
+  // Reading the plan did not fill the hole.
+  ASSERT_EQ(::stat((folder + "/model.safetensors").c_str(), &st), 0);
+  EXPECT_LT(st.st_blocks * 512, int64_t(16) << 20);
+
+  // SpinQuant at the papers' protocol (8 windows of 2048 per step) cannot keep the whole graph in
+  // 80 GB: the plan checkpoints the layers and, if needed, splits the batch.
+  const MemoryPlan s = plan_calibration(config_for(folder, Method::SpinQuant, "80GB"));
+  EXPECT_TRUE(s.learning_chosen);
+  EXPECT_TRUE(s.checkpoint_layers);
+  EXPECT_TRUE(s.fits()) << plan_table(s);
+  // With room for the whole graph, it runs as asked.
+  const MemoryPlan roomy = plan_calibration(config_for(folder, Method::SpinQuant, "4TB"));
+  EXPECT_FALSE(roomy.learning_chosen);
+  EXPECT_FALSE(roomy.checkpoint_layers);
+  EXPECT_GT(phase(roomy, Phase::Rotate).device_bytes, phase(s, Phase::Rotate).device_bytes);
+
+  // GPTQ over 128 windows holds their hidden states (128 x 2048 x 4096 floats).
+  CalibConfig g = config_for(folder, Method::QuaRot, "80GB");
+  g.weight_quantizer = WeightQuantizer::Gptq;
+  const MemoryPlan gp = plan_calibration(g);
+  EXPECT_GE(phase(gp, Phase::Gptq).device_bytes, gp.model_bytes + int64_t(4) * 128 * 2048 * 4096);
+
+  // 70B: the float32 model alone (282 GB) is more than an 80 GB device; the refusal names it.
+  TempDir dir70;
+  const std::string f70 = sparse_folder(dir70, llama_70b());
+  const MemoryPlan big = plan_calibration(config_for(f70, Method::QuaRot, "80GB"));
+  EXPECT_FALSE(big.fits());
+  EXPECT_GT(big.model_bytes, int64_t(280'000'000'000));
+  const std::string why = plan_refusal(big);
+  EXPECT_EQ(why.find('\n'), std::string::npos);
+  EXPECT_NE(why.find("80.00 GB"), std::string::npos) << why;
+  EXPECT_NE(why.find("respin plan"), std::string::npos) << why;
+}
+
+TEST(MemoryPlan, ChoosesTheFirstLearningSplitThatFits) {
+  const ModelConfig mc = make_model_config("llama", 1024, 2816, 8, 16, 8, 4096, 2048);
+  CalibConfig c;
+  c.model = "m";
+  c.method = Method::ReSpin;
+  c.samples = 8;
+  c.batch = 8;
+  c.seq_len = 512;
+  PlanTarget t;
+  t.capacity_bytes = int64_t(1) << 50;
+  auto rotate_of = [&](const MemoryPlan& p) { return phase(p, Phase::Rotate).device_bytes; };
+  const MemoryPlan plain = plan_memory(c, mc, t);
+  EXPECT_FALSE(plain.learning_chosen);
+  CalibConfig k = c;
+  k.checkpoint_layers = true;
+  const int64_t checkpointed = rotate_of(plan_memory(k, mc, t));
+  k.micro_batch = 2;
+  const int64_t two = rotate_of(plan_memory(k, mc, t));
+  k.micro_batch = 1;
+  const int64_t one = rotate_of(plan_memory(k, mc, t));
+  EXPECT_GT(rotate_of(plain), checkpointed);
+  EXPECT_GT(checkpointed, two);
+  EXPECT_GT(two, one);
+
+  // A budget between the checkpointed whole batch and the plain step: checkpointing alone.
+  t.capacity_bytes = (rotate_of(plain) + checkpointed) / 2;
+  MemoryPlan p = plan_memory(c, mc, t);
+  EXPECT_TRUE(p.learning_chosen && p.checkpoint_layers);
+  EXPECT_EQ(p.micro_batch, 0);
+  EXPECT_TRUE(p.fits());
+  // Between micro-batches of one and two windows: one.
+  t.capacity_bytes = (two + one) / 2;
+  p = plan_memory(c, mc, t);
+  EXPECT_TRUE(p.checkpoint_layers);
+  EXPECT_EQ(p.micro_batch, 1);
+  EXPECT_TRUE(p.fits());
+  // Below the smallest split: no fit, and the refusal says what would still help.
+  t.capacity_bytes = one / 2;
+  p = plan_memory(c, mc, t);
+  EXPECT_FALSE(p.fits());
+  EXPECT_NE(plan_refusal(p).find("--seq-len"), std::string::npos) << plan_refusal(p);
+  // Options the user gave are kept: no choice is made for them.
+  k = c;
+  k.micro_batch = 4;
+  p = plan_memory(k, mc, t);
+  EXPECT_FALSE(p.learning_chosen);
+  EXPECT_EQ(p.micro_batch, 4);
+  EXPECT_FALSE(p.fits());
+  EXPECT_NE(plan_refusal(p).find("--checkpoint-layers"), std::string::npos) << plan_refusal(p);
+}
+
+TEST(MemoryPlan, JsonNamesItsFiguresInBytes) {
+  const ModelConfig mc = make_model_config("llama", 64, 96, 2, 4, 2, 80, 64);
+  CalibConfig c;
+  c.model = "m";
+  c.method = Method::QuaRot;
+  c.weight_quantizer = WeightQuantizer::Gptq;
+  c.samples = 4;
+  c.seq_len = 32;
+  PlanTarget t;
+  t.capacity_bytes = 123456789;
+  t.capacity_given = true;
+  const nlohmann::json j = memory_plan_to_json(plan_memory(c, mc, t));
+  EXPECT_EQ(j.at("capacity_bytes"), 123456789);
+  EXPECT_EQ(j.at("model_bytes"), 4 * mc.parameter_count());
+  EXPECT_EQ(j.at("phases").size(), 8u);
+  EXPECT_EQ(j.at("phases")[5].at("phase"), "gptq");
+  int64_t peak = 0;
+  for (const auto& p : j.at("phases")) peak = std::max<int64_t>(peak, p.at("device_bytes").get<int64_t>());
+  EXPECT_EQ(j.at("peak_bytes"), peak);
+  EXPECT_EQ(j.at("fits"), peak <= 123456789);
+}
+
+TEST(ByteSize, ParsesUnitsAndRefusesWhatIsNotASize) {
+  EXPECT_EQ(parse_byte_size("123456"), 123456);
+  EXPECT_EQ(parse_byte_size("2GiB"), int64_t(2) << 30);
+  EXPECT_EQ(parse_byte_size("1.5 GB"), 1'500'000'000);
+  EXPECT_EQ(parse_byte_size("512mib"), int64_t(512) << 20);
+  EXPECT_EQ(parse_byte_size("80G"), 80'000'000'000);
+  EXPECT_EQ(parse_byte_size("1kB"), 1000);
+  for (const char* bad : {"", "GB", "-1GB", "2 GiBs", "1.2.3", "0", "0.1"})
+    EXPECT_NE(expect_error([&] { parse_byte_size(bad); }).find("size"), std::string::npos) << bad;
+  EXPECT_EQ(format_bytes(1'620'000'000), "1.62 GB");
+  EXPECT_EQ(format_bytes(999), "999 B");
+}
