@@ -25,6 +25,7 @@
 #include "core/methods/rtn.h"
 #include "core/train/forge.h"
 #include "core/io/atomic_file.h"
+#include "core/io/model_check.h"
 #include "core/io/model_config.h"
 #include "core/io/model_folder.h"
 #include "core/io/model_summary.h"
@@ -565,6 +566,12 @@ int run_init_model(const InitModelArgs& a) {
   if (c.vocab_size == 0) c.vocab_size = 4096;
   // Round-trip through the parser so the same validation as for loaded configs applies.
   c = parse_model_config(model_config_to_json(c), "init-model options");
+  if (a.placeholder) {
+    write_placeholder_model(a.out, c, a.dtype == "f32" ? DType::F32 : DType::BF16, a.tokenizer);
+    std::printf("wrote %s: %s, %s parameters, a placeholder (weights not written: the file is a hole of their size)\n",
+                a.out.c_str(), c.architecture.c_str(), human_count(c.parameter_count()).c_str());
+    return 0;
+  }
   RandomInitOptions ro;
   ro.seed = a.seed;
   ModelWeights w = random_weights(c, ro);

@@ -45,6 +45,7 @@ struct InitModelArgs {
   bool tied = false;
   unsigned long long seed = 0;
   std::string dtype = "bf16";
+  bool placeholder = false;  // header + sparse data only (core/io/model_check.h)
 };
 
 struct ForgeArgs {

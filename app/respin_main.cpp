@@ -282,6 +282,9 @@ int main(int argc, char** argv) {
   c_init->add_option("--seed", im.seed, "Random seed")->capture_default_str();
   c_init->add_option("--dtype", im.dtype, "Storage dtype")
       ->capture_default_str()->check(CLI::IsMember({"f32", "bf16"}));
+  c_init->add_flag("--placeholder", im.placeholder,
+                   "Write the weight file's header and a hole of its size instead of weights: a folder that "
+                   "`respin plan` and `info` read (an 8B or 70B shape in no disk space) but that does not run");
 
   ForgeArgs fg;
   auto* c_forge = app.add_subcommand(

@@ -6,11 +6,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "core/calib/calibrate.h"
 #include "core/calib/memory_plan.h"
+#include "core/io/model_check.h"
 #include "core/io/model_config.h"
 #include "core/util/error.h"
 #include "tests/test_util.h"
@@ -20,45 +20,11 @@ using namespace respin::test;
 
 namespace {
 
-// A model folder with a real config.json and a model.safetensors whose header names every tensor
-// (bf16) and whose data is a hole: the file has the full size and occupies almost no disk.
+// A placeholder folder (core/io/model_check.h): a real config.json and a model.safetensors whose
+// header names every tensor (bf16) and whose data is a hole: the full size, almost no disk.
 std::string sparse_folder(const TempDir& dir, const ModelConfig& c) {
   const std::string folder = dir.file("model");
-  ::mkdir(folder.c_str(), 0755);
-  write_bytes(folder + "/config.json", model_config_to_json(c));
-  nlohmann::json header = nlohmann::json::object();
-  uint64_t offset = 0;
-  auto add = [&](const std::string& name, std::vector<int64_t> shape) {
-    uint64_t n = 2;
-    for (int64_t d : shape) n *= static_cast<uint64_t>(d);
-    header[name] = {{"dtype", "BF16"}, {"shape", shape}, {"data_offsets", {offset, offset + n}}};
-    offset += n;
-  };
-  const int64_t D = c.hidden_size, I = c.intermediate_size, q = c.num_attention_heads * c.head_dim,
-                kv = c.num_key_value_heads * c.head_dim;
-  add("model.embed_tokens.weight", {c.vocab_size, D});
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    add(p + "input_layernorm.weight", {D});
-    add(p + "self_attn.q_proj.weight", {q, D});
-    add(p + "self_attn.k_proj.weight", {kv, D});
-    add(p + "self_attn.v_proj.weight", {kv, D});
-    add(p + "self_attn.o_proj.weight", {D, q});
-    add(p + "post_attention_layernorm.weight", {D});
-    add(p + "mlp.gate_proj.weight", {I, D});
-    add(p + "mlp.up_proj.weight", {I, D});
-    add(p + "mlp.down_proj.weight", {D, I});
-  }
-  add("model.norm.weight", {D});
-  add("lm_head.weight", {c.vocab_size, D});
-  std::string h = header.dump();
-  while ((8 + h.size()) % 8 != 0) h.push_back(' ');
-  std::string bytes(8, '\0');
-  for (int i = 0; i < 8; ++i) bytes[i] = static_cast<char>((uint64_t(h.size()) >> (8 * i)) & 0xff);
-  bytes += h;
-  const std::string path = folder + "/model.safetensors";
-  write_bytes(path, bytes);
-  EXPECT_EQ(::truncate(path.c_str(), static_cast<off_t>(bytes.size() + offset)), 0);
+  write_placeholder_model(folder, c, DType::BF16);
   return folder;
 }
 

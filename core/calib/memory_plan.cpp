@@ -98,8 +98,9 @@ Learning learning_bytes(const CalibConfig& c, const Shape& s, int64_t model, int
                   format_bytes(acts).c_str(), format_bytes(logits).c_str());
   } else {
     // The layer rebuilt with autograd in the backward pass: its rotated weights, their gradients
-    // and (with RTN weights) the fake-quantized copies and theirs, beside the forward's copy.
-    const int64_t layer = kF32 * s.layer_params() * (wq ? 5 : 3) + (dense_skips > 0 ? 2 * kF32 * s.D * s.D : 0);
+    // and (with RTN weights) the fake-quantized copies (2.5 float32 copies with RTN weights, 1.5
+    // without: measured).
+    const int64_t layer = kF32 * s.layer_params() * (wq ? 5 : 3) / 2 + (dense_skips > 0 ? 2 * kF32 * s.D * s.D : 0);
     const int64_t kept = (s.L + 1) * kF32 * tok * s.D;
     const int64_t acts = tok * per_tl;
     const int64_t loss = 3 * kF32 * std::min(kLossChunk, tok) * s.V + 2 * kF32 * s.V * s.D;
@@ -211,12 +212,16 @@ MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTa
       case Phase::Gptq: {
         const int64_t windows = std::max<int64_t>(c.samples, 1);
         const int64_t hidden = kF32 * windows * s.T * s.D;
+        // Measured (docs/results.md, "Memory"): about one more model's worth is alive in this
+        // phase than these terms count; its cause is not found yet, so the plan counts it.
         const int64_t hessian = 3 * kF64 * s.widest() * s.widest() + 2 * kF64 * s.largest_matrix();
-        add(p, held + rotations + corrections + hidden + hessian + forward_transient(s, std::min<int64_t>(4, windows), false, false) +
+        const int64_t unexplained = held;
+        add(p, held + unexplained + rotations + corrections + hidden + hessian + forward_transient(s, std::min<int64_t>(4, windows), false, false) +
                    (cuda ? 0 : texts_kept + kLibraries),
             texts_kept + kLibraries,
             "model " + format_bytes(held) + ", hidden states of " + std::to_string(windows) + " windows " +
-                format_bytes(hidden) + ", Hessian and one weight in float64 " + format_bytes(hessian));
+                format_bytes(hidden) + ", Hessian and one weight in float64 " + format_bytes(hessian) +
+                ", and a model's worth more, measured, not yet explained");
         break;
       }
       case Phase::EvalQuant:

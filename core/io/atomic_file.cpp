@@ -46,6 +46,10 @@ void AtomicFileWriter::write(const void* data, size_t bytes) {
   }
 }
 
+void AtomicFileWriter::extend_to(uint64_t bytes) {
+  if (::ftruncate(fd_, static_cast<off_t>(bytes)) != 0) throw Error(path_ + ": cannot extend the file: " + errno_text());
+}
+
 void AtomicFileWriter::commit() {
   if (::fsync(fd_) != 0) throw Error(path_ + ": flush to disk failed: " + errno_text());
   if (::fchmod(fd_, 0644) != 0) throw Error(path_ + ": chmod failed: " + errno_text());

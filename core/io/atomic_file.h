@@ -16,6 +16,9 @@ class AtomicFileWriter {
   AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
 
   void write(const void* data, size_t bytes);  // throws respin::Error naming the path
+  // Makes the file `bytes` long (ftruncate): what was not written reads as zeros and, on file
+  // systems with holes, takes no space. Throws respin::Error naming the path.
+  void extend_to(uint64_t bytes);
   void commit();                               // fsync + rename; throws respin::Error
   const std::string& path() const { return path_; }
 

@@ -3,6 +3,12 @@
 #include "core/io/model_check.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
 
 #include <nlohmann/json.hpp>
 #include <set>
@@ -12,6 +18,7 @@
 #include "core/io/atomic_file.h"
 #include "core/io/model_folder.h"
 #include "core/util/error.h"
+#include "core/util/fs.h"
 
 namespace respin {
 
@@ -31,16 +38,7 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 }  // namespace
 
-void check_model_tensors(const ShardedSafetensors& st, const ModelConfig& c, const std::string& config_path,
-                         const std::string& source) {
-  if (const ShardedSafetensors::Entry* q = st.find("model.layers.0.self_attn.q_proj.weight")) {
-    const std::vector<int64_t>& shape = q->info->shape;
-    if (shape.size() == 2 && shape[0] != c.q_dim())
-      throw Error(config_path + ": field 'head_dim' (" + std::to_string(c.head_dim) + ") x " +
-                  std::to_string(c.num_attention_heads) + " heads = " + std::to_string(c.q_dim()) +
-                  " contradicts tensor 'model.layers.0.self_attn.q_proj.weight' of shape " + shape_string(shape) +
-                  " in " + q->file->path());
-  }
+std::vector<std::pair<std::string, std::vector<int64_t>>> expected_model_tensors(const ModelConfig& c) {
   const int64_t d = c.hidden_size, f = c.intermediate_size, q = c.q_dim(), kv = c.kv_dim();
   std::vector<std::pair<std::string, std::vector<int64_t>>> expect;
   expect.push_back({"model.embed_tokens.weight", {c.vocab_size, d}});
@@ -69,11 +67,23 @@ void check_model_tensors(const ShardedSafetensors& st, const ModelConfig& c, con
       expect.push_back({p + "mlp.down_proj.bias", {d}});
     }
   }
-  if (!c.tie_word_embeddings) {
-    if (!st.find("lm_head.weight"))
-      throw Error(source + ": tensor 'lm_head.weight' is missing (config says tie_word_embeddings: false)");
-    expect.push_back({"lm_head.weight", {c.vocab_size, d}});
+  if (!c.tie_word_embeddings) expect.push_back({"lm_head.weight", {c.vocab_size, d}});
+  return expect;
+}
+
+void check_model_tensors(const ShardedSafetensors& st, const ModelConfig& c, const std::string& config_path,
+                         const std::string& source) {
+  if (const ShardedSafetensors::Entry* q = st.find("model.layers.0.self_attn.q_proj.weight")) {
+    const std::vector<int64_t>& shape = q->info->shape;
+    if (shape.size() == 2 && shape[0] != c.q_dim())
+      throw Error(config_path + ": field 'head_dim' (" + std::to_string(c.head_dim) + ") x " +
+                  std::to_string(c.num_attention_heads) + " heads = " + std::to_string(c.q_dim()) +
+                  " contradicts tensor 'model.layers.0.self_attn.q_proj.weight' of shape " + shape_string(shape) +
+                  " in " + q->file->path());
   }
+  if (!c.tie_word_embeddings && !st.find("lm_head.weight"))
+    throw Error(source + ": tensor 'lm_head.weight' is missing (config says tie_word_embeddings: false)");
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> expect = expected_model_tensors(c);
   std::set<std::string> used;
   for (const auto& [name, shape] : expect) {
     const ShardedSafetensors::Entry* e = st.find(name);
@@ -116,6 +126,30 @@ void check_model_loadable(const std::string& dir) {
   refuse_exported_model(folder.dir, folder.config_path);
   const ShardedSafetensors st = ShardedSafetensors::open_folder(folder.dir);
   check_model_tensors(st, config, folder.config_path, folder.dir);
+}
+
+void write_placeholder_model(const std::string& dir, const ModelConfig& config, DType dtype,
+                             const std::string& tokenizer_json) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::symlink_status(dir, ec).type() != fs::file_type::not_found)
+    throw Error(dir + ": already exists; a placeholder model is written as a new folder");
+  const fs::path final_dir = fs::absolute(dir);
+  std::string tmpl = (final_dir.parent_path() / (final_dir.filename().string() + ".partial-XXXXXX")).string();
+  if (!::mkdtemp(tmpl.data())) throw Error(final_dir.parent_path().string() + ": cannot create a folder here: " + std::strerror(errno));
+  try {
+    std::vector<TensorView> views;
+    for (const auto& [name, shape] : expected_model_tensors(config)) views.push_back(TensorView{name, dtype, shape, nullptr});
+    write_safetensors_placeholder(tmpl + "/model.safetensors", views);
+    ModelConfig saved = config;
+    saved.torch_dtype = dtype == DType::F32 ? "float32" : dtype == DType::F16 ? "float16" : "bfloat16";
+    write_file_atomically(tmpl + "/config.json", model_config_to_json(saved));
+    if (!tokenizer_json.empty()) write_file_atomically(tmpl + "/tokenizer.json", read_text_file(tokenizer_json));
+    if (::rename(tmpl.c_str(), final_dir.c_str()) != 0) throw Error(dir + ": cannot move the folder into place: " + std::strerror(errno));
+  } catch (...) {
+    remove_tree(tmpl);  // our own temporary folder (mkdtemp)
+    throw;
+  }
 }
 
 }  // namespace respin

@@ -279,8 +279,12 @@ std::vector<std::string> ShardedSafetensors::names() const {
   return out;
 }
 
-void write_safetensors(const std::string& path, const std::vector<TensorView>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+namespace {
+
+// The 8-byte length and the JSON header (padded with spaces to 8 bytes) of `tensors` laid out in
+// order; `data_bytes` gets the data section's size.
+std::string safetensors_prefix(const std::string& path, const std::vector<TensorView>& tensors,
+                               const std::map<std::string, std::string>& metadata, uint64_t& data_bytes) {
   nlohmann::json header = nlohmann::json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
@@ -300,16 +304,34 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
   }
   std::string h = header.dump();
   while ((8 + h.size()) % 8 != 0) h.push_back(' ');
-  uint8_t len[8];
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>((uint64_t(h.size()) >> (8 * i)) & 0xff);
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((uint64_t(h.size()) >> (8 * i)) & 0xff);
+  data_bytes = offset;
+  return out + h;
+}
+
+}  // namespace
+
+void write_safetensors(const std::string& path, const std::vector<TensorView>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  uint64_t data_bytes = 0;
+  const std::string prefix = safetensors_prefix(path, tensors, metadata, data_bytes);
   AtomicFileWriter w(path);
-  w.write(len, 8);
-  w.write(h.data(), h.size());
+  w.write(prefix.data(), prefix.size());
   for (const auto& t : tensors) {
     uint64_t n = 1;
     for (auto d : t.shape) n *= static_cast<uint64_t>(d);
     if (n > 0) w.write(t.data, n * dtype_size(t.dtype));
   }
+  w.commit();
+}
+
+void write_safetensors_placeholder(const std::string& path, const std::vector<TensorView>& tensors) {
+  uint64_t data_bytes = 0;
+  const std::string prefix = safetensors_prefix(path, tensors, {{"format", "pt"}}, data_bytes);
+  AtomicFileWriter w(path);
+  w.write(prefix.data(), prefix.size());
+  w.extend_to(prefix.size() + data_bytes);
   w.commit();
 }
 

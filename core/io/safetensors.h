@@ -91,6 +91,10 @@ struct TensorView {
   const void* data = nullptr;  // numel(shape) * dtype_size(dtype) bytes, little-endian
 };
 
+// A safetensors file whose header names `tensors` (their data pointers unused) and whose data
+// section is a hole of the full size: the layout of a real file, almost no disk. Atomic.
+void write_safetensors_placeholder(const std::string& path, const std::vector<TensorView>& tensors);
+
 // Writes one safetensors file atomically. Tensors are laid out in the given order, 8-byte aligned
 // header (padded with spaces, as the reference implementation does). Throws respin::Error.
 void write_safetensors(const std::string& path, const std::vector<TensorView>& tensors,

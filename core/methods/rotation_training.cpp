@@ -15,6 +15,7 @@
 #include "core/stats/activation_stats.h"
 #include "core/rotation/cayley_sgd.h"
 #include "core/util/error.h"
+#include "core/util/process_memory.h"
 
 namespace respin {
 
@@ -68,6 +69,7 @@ at::Tensor checkpointed_micro_batch(const LlamaModel& fused, const ResidualRotat
       model.set_hook(hook_of_layer(i, observer));
       h = model.layer_forward(i, h, ctx);
       model.set_layer(i, fused.weights().layers[i]);
+      release_free_memory();  // the layer's rotated weights and activations (docs/methods.md 1.7)
     }
     inputs.push_back(h);
   }
@@ -94,6 +96,7 @@ at::Tensor checkpointed_micro_batch(const LlamaModel& fused, const ResidualRotat
   }
   head_w.backward(head_leaf.grad());
   at::Tensor g = x.grad();
+  release_free_memory();
 
   for (int i = L - 1; i >= 0; --i) {
     const at::Tensor h_in = inputs[i].requires_grad_(true);
@@ -103,6 +106,7 @@ at::Tensor checkpointed_micro_batch(const LlamaModel& fused, const ResidualRotat
     model.layer_forward(i, h_in, ctx).backward(g);
     model.set_layer(i, fused.weights().layers[i]);
     g = h_in.grad();
+    release_free_memory();
   }
   rotator.embed(mb).backward(g);
   return loss_total;
