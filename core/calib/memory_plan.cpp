@@ -151,8 +151,13 @@ MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTa
   // the original one.
   const int64_t held = rotates ? fused : model;
 
-  auto add = [&](Phase p, int64_t device, int64_t host, std::string detail) {
-    plan.phases.push_back({p, device, cuda ? host : 0, std::move(detail)});
+  // What stays in host memory whatever the device: the texts' token ids, the libraries.
+  const int64_t host_resident = texts_kept + kLibraries;
+  // A phase holding `on_device` on the compute device and `host` in host memory (plus, on CUDA,
+  // `host_copy`: a host copy of the model while loading or writing). On the CPU both are one memory.
+  auto add = [&](Phase p, int64_t on_device, std::string detail, int64_t host = -1, int64_t host_copy = 0) {
+    if (host < 0) host = host_resident;
+    plan.phases.push_back({p, on_device + (cuda ? 0 : host), cuda ? host + host_copy : 0, std::move(detail)});
   };
   auto fwd = [&](int64_t windows, bool quantizers) { return forward_transient(s, windows, quantizers, true); };
   // A forward with the online transforms and quantizers: their copies of the
@@ -164,12 +169,11 @@ MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTa
       case Phase::Load:
         // Converted tensor by tensor from the mapped file: the float32 model (on the host first
         // when it goes to a GPU), the texts and their token ids, one tensor's finite check.
-        add(p, model + (cuda ? 0 : texts_load + s.largest_matrix() + kLibraries),
-            model + texts_load + s.largest_matrix() + kLibraries, model_words + ", texts and their tokenization");
+        add(p, model, model_words + ", texts and their tokenization", texts_load + s.largest_matrix() + kLibraries, model);
         break;
       case Phase::EvalFp:
       case Phase::StatsBefore:
-        add(p, model + fwd(1, false) + (cuda ? 0 : texts_kept + kLibraries), texts_kept + kLibraries,
+        add(p, model + fwd(1, false),
             model_words + ", one window's forward " + format_bytes(fwd(1, false)));
         break;
       case Phase::Rotate: {
@@ -182,7 +186,7 @@ MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTa
         if (method_learns(c.method)) {
           const bool free_choice = c.micro_batch == 0 && !c.checkpoint_layers && target.capacity_bytes > 0;
           Learning l = learning_bytes(c, s, fused, plan.micro_batch, plan.checkpoint_layers);
-          if (free_choice && l.bytes + (cuda ? 0 : texts_kept + kLibraries) > target.capacity_bytes) {
+          if (free_choice && l.bytes + (cuda ? 0 : host_resident) > target.capacity_bytes) {
             // The first of: checkpointed, then micro-batches of batch/2, batch/4, ..., 1.
             std::vector<int64_t> tries = {0};
             for (int64_t m = std::max<int64_t>(c.batch, 1) / 2; m >= 1; m /= 2) tries.push_back(m);
@@ -191,22 +195,22 @@ MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTa
               plan.micro_batch = m;
               plan.checkpoint_layers = true;
               plan.learning_chosen = true;
-              if (l.bytes + (cuda ? 0 : texts_kept + kLibraries) <= target.capacity_bytes) break;
+              if (l.bytes + (cuda ? 0 : host_resident) <= target.capacity_bytes) break;
             }
           }
           bytes = std::max(bytes, l.bytes);
           detail += "; learning: " + l.detail;
         }
-        add(p, bytes + (cuda ? 0 : texts_kept + kLibraries), texts_kept + kLibraries, detail);
+        add(p, bytes, detail);
         break;
       }
       case Phase::StatsAfter:
-        add(p, fused + rotations + corrections + hooked(1, false) + (cuda ? 0 : texts_kept + kLibraries), texts_kept + kLibraries,
+        add(p, fused + rotations + corrections + hooked(1, false),
             "fused model " + format_bytes(fused) + ", one window's forward with the online transforms");
         break;
       case Phase::Quantize:
         // RTN in place: one weight's grid search (the rows, their candidates' errors).
-        add(p, held + rotations + corrections + 4 * kF32 * s.largest_matrix() + (cuda ? 0 : texts_kept + kLibraries), texts_kept + kLibraries,
+        add(p, held + rotations + corrections + 4 * kF32 * s.largest_matrix(),
             "model " + format_bytes(held) + ", one weight's grid search");
         break;
       case Phase::Gptq: {
@@ -216,21 +220,20 @@ MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTa
         // phase than these terms count; its cause is not found yet, so the plan counts it.
         const int64_t hessian = 3 * kF64 * s.widest() * s.widest() + 2 * kF64 * s.largest_matrix();
         const int64_t unexplained = held;
-        add(p, held + unexplained + rotations + corrections + hidden + hessian + forward_transient(s, std::min<int64_t>(4, windows), false, false) +
-                   (cuda ? 0 : texts_kept + kLibraries),
-            texts_kept + kLibraries,
+        add(p, held + unexplained + rotations + corrections + hidden + hessian +
+                   forward_transient(s, std::min<int64_t>(4, windows), false, false),
             "model " + format_bytes(held) + ", hidden states of " + std::to_string(windows) + " windows " +
                 format_bytes(hidden) + ", Hessian and one weight in float64 " + format_bytes(hessian) +
                 ", and a model's worth more, measured, not yet explained");
         break;
       }
       case Phase::EvalQuant:
-        add(p, held + rotations + corrections + hooked(1, quant_acts) + (cuda ? 0 : texts_kept + kLibraries), texts_kept + kLibraries,
+        add(p, held + rotations + corrections + hooked(1, quant_acts),
             "quantized model " + format_bytes(held) + ", one window's forward with quantizers");
         break;
       case Phase::Write:
         // Float32 on the CPU is written as it is; from a GPU it is copied to the host first.
-        add(p, held + rotations + corrections + (cuda ? 0 : texts_kept + kLibraries), held + texts_kept + kLibraries, "the run directory, streamed from the model");
+        add(p, held + rotations + corrections, "the run directory, streamed from the model", -1, held);
         break;
     }
   }
