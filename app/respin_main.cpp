@@ -51,6 +51,20 @@ CLI::Validator device_check() {
       "DEVICE");
 }
 
+// --precision: a name of respin::Precision (precision_from_name's message when not).
+CLI::Validator precision_check() {
+  return CLI::Validator(
+      [](std::string& v) {
+        try {
+          respin::precision_from_name(v);
+          return std::string();
+        } catch (const std::exception& e) {
+          return std::string(e.what());
+        }
+      },
+      "PRECISION");
+}
+
 // --device-memory: a size (respin::parse_byte_size's message when not).
 CLI::Validator byte_size_check() {
   return CLI::Validator(
@@ -186,6 +200,11 @@ int main(int argc, char** argv) {
          [&config](const std::string& v) { std::tie(config.device, config.cuda_device) = respin::parse_device(v); },
          "Compute device: auto (CUDA when available), cpu, cuda or cuda:N")
         ->check(device_check())->default_str("auto");
+    c->add_option_function<std::string>(
+         "--precision", [&config](const std::string& v) { config.precision = respin::precision_from_name(v); },
+         "Weights and forward in: auto (bfloat16 on CUDA for a bfloat16 model, else float32), float32 or "
+         "bfloat16; rotations, Hessians and fusion stay float32/float64")
+        ->check(precision_check())->default_str("auto");
     c->add_option("--threads", config.threads, "Compute threads (0 = all cores)")
         ->capture_default_str()->check(thread_range());
     c->add_option_function<std::string>(

@@ -64,6 +64,21 @@ DeviceChoice device_choice_from_name(const std::string& name) {
   throw Error("device '" + name + "' is not supported (auto, cpu or cuda)");
 }
 
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::Auto: return "auto";
+    case Precision::Float32: return "float32";
+    case Precision::BFloat16: return "bfloat16";
+  }
+  return "?";
+}
+
+Precision precision_from_name(const std::string& name) {
+  for (Precision p : {Precision::Auto, Precision::Float32, Precision::BFloat16})
+    if (name == precision_name(p)) return p;
+  throw Error("unknown precision '" + name + "' (expected auto, float32 or bfloat16)");
+}
+
 namespace {
 
 void check_bits(int b, const char* field) {
@@ -140,6 +155,7 @@ void for_each_field(Config& c, Visit&& visit) {
   visit("stats_windows", c.stats_windows);
   visit("seed", c.seed);
   visit("device", c.device);
+  visit("precision", c.precision);
   visit("cuda_device", c.cuda_device);
   visit("threads", c.threads);
   visit("data_dir", c.data_dir);
@@ -159,6 +175,11 @@ template <> struct EnumNames<WeightQuantizer> {
 template <> struct EnumNames<DeviceChoice> {
   static const char* name(DeviceChoice d) { return device_choice_name(d); }
   static DeviceChoice parse(const std::string& s) { return device_choice_from_name(s); }
+};
+
+template <> struct EnumNames<Precision> {
+  static const char* name(Precision p) { return precision_name(p); }
+  static Precision parse(const std::string& s) { return precision_from_name(s); }
 };
 
 }  // namespace

@@ -28,6 +28,12 @@ DeviceChoice device_choice_from_name(const std::string& name);
 // naming the text otherwise.
 std::pair<DeviceChoice, int> parse_device(const std::string& text);
 
+// The dtype the model is held and run in (docs/methods.md 1.9): `auto` is bfloat16 on CUDA for a
+// model stored in bfloat16 and float32 otherwise (the CPU path is the float32 reference).
+enum class Precision { Auto, Float32, BFloat16 };
+const char* precision_name(Precision p);  // "auto", "float32", "bfloat16"
+Precision precision_from_name(const std::string& name);
+
 struct CalibConfig {
   std::string model;             // Hugging Face model folder
   Method method = Method::ReSpin;
@@ -54,6 +60,7 @@ struct CalibConfig {
   int64_t stats_windows = 4;     // windows for the activation statistics
   uint64_t seed = 0;
   DeviceChoice device = DeviceChoice::Auto;
+  Precision precision = Precision::Auto;  // weights and forward; rotations stay float32/float64
   int cuda_device = 0;           // which CUDA device `cuda` (and `auto` on a GPU machine) uses
   int threads = 0;               // 0 = all cores (applied by the entry point, not the pipeline)
   std::string data_dir;          // corpus folder for the default texts; empty = default_corpus_dir()

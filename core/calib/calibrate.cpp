@@ -45,6 +45,7 @@
 #include "core/util/fs.h"
 #include "core/util/process_memory.h"
 #include "core/io/model_check.h"
+#include "core/calib/precision.h"
 
 namespace fs = std::filesystem;
 
@@ -372,7 +373,7 @@ class Pipeline {
     plan_memory_use();
     tokenizer_path_ = folder_.require_tokenizer();
     Tokenizer tok = Tokenizer::from_file(tokenizer_path_);
-    original_.emplace(load_model(folder_.dir, {at::kFloat, device_}));
+    original_.emplace(load_model(folder_.dir, {dtype_, device_}));
     config_ = original_->config();
     seq_len_ = std::min<int64_t>(cfg_.seq_len, mc().max_position_embeddings);
     std::optional<Corpus> corpus;
@@ -430,6 +431,9 @@ class Pipeline {
   void plan_memory_use() {
     const MemoryPlan plan = plan_calibration(cfg_);
     if (!plan.fits()) throw Error(cfg_.model + ": " + plan_refusal(plan));
+    // The precision the plan was made for is the one the run computes in (docs/methods.md 1.9).
+    precision_ = plan.target.precision;
+    dtype_ = precision_ == Precision::BFloat16 ? at::kBFloat16 : at::kFloat;
     if (plan.learning_chosen) {
       cfg_.micro_batch = plan.micro_batch;
       cfg_.checkpoint_layers = plan.checkpoint_layers;
@@ -578,7 +582,7 @@ class Pipeline {
       }
       RotationTrainingResult tr;
       {
-        Tf32Scope tf32(plan_.tf32_learning);
+        Tf32Scope tf32(plan_.tf32_learning && dtype_ == at::kFloat);
         tr = train_rotations(fused, rot, calib_windows_, to, &steps_);
       }
       rec_.method.training = TrainingRecord{cfg_.iters,  cfg_.lr,     cfg_.batch,
@@ -587,7 +591,7 @@ class Pipeline {
     }
     const ResidualRotations r64 = rot.to(at::TensorOptions().device(device_).dtype(at::kDouble));
     release_free_memory();  // the rotations' construction and the learning's graph
-    rotated_.emplace(mc(), rotate_weights(std::move(fused), r64, plan_.online, at::kFloat));
+    rotated_.emplace(mc(), rotate_weights(std::move(fused), r64, plan_.online, dtype_));
     if (!rot.is_global()) {
       std::vector<double> errors;
       skip_ = rank_r_transitions(r64, plan_.rank, &errors);
@@ -645,7 +649,21 @@ class Pipeline {
     rec_.results.fp_perplexity = fp_.perplexity;
     rec_.results.quantized_perplexity = q_.perplexity;
     rec_.results.eval_tokens_per_s = q_.tokens_per_s;
-    rec_.compute.rotation_learning = !method_learns(cfg_.method) ? "none" : plan_.tf32_learning ? "tf32" : "float32";
+    const std::string dt = precision_name(precision_);
+    rec_.compute.weights_and_activations = dt;
+    rec_.compute.rotation_learning = !method_learns(cfg_.method)                   ? "none"
+                                     : precision_ == Precision::BFloat16          ? dt
+                                     : plan_.tf32_learning                         ? "tf32"
+                                                                                   : "float32";
+    // Each phase's forward (or, for the rotations of a method that learns none, the fusion's)
+    // dtype, in run order.
+    rec_.compute.phases.clear();
+    for (Phase p : phases_of(cfg_)) {
+      std::string d = dt;
+      if (p == Phase::Rotate && !method_learns(cfg_.method)) d = rec_.compute.weight_fusion;
+      if (p == Phase::Rotate && method_learns(cfg_.method)) d = rec_.compute.rotation_learning;
+      rec_.compute.phases.emplace_back(phase_name(p), d);
+    }
     rec_.compute.libtorch = TORCH_VERSION;
     rec_.gpu_memory_in_use_bytes.reset();
     if (device_.is_cuda()) rec_.gpu_memory_in_use_bytes = kernels::cuda_memory_in_use_bytes(cfg_.cuda_device);
@@ -656,7 +674,8 @@ class Pipeline {
   void write_directory() {
     fs::create_directories(tmp_ / "model");
     SaveOptions so;
-    so.file_dtype = DType::F32;
+    // The model as it was evaluated: float32, or bfloat16 for a bfloat16 run.
+    so.file_dtype = precision_ == Precision::BFloat16 ? DType::BF16 : DType::F32;
     so.tokenizer_json = tokenizer_path_;
     save_model((tmp_ / "model").string(), mc(), move_weights(qw_, at::Device(at::kCPU)), so);
     if (!grids_.empty()) {
@@ -721,7 +740,7 @@ class Pipeline {
   void check_free_space() const {
     const ModelConfig& c = mc();
     const uint64_t params = static_cast<uint64_t>(c.parameter_count()), h = c.hidden_size, layers = c.num_hidden_layers;
-    uint64_t bytes = params * 4 + (256 << 10);
+    uint64_t bytes = params * (precision_ == Precision::BFloat16 ? 2 : 4) + (256 << 10);
     std::error_code ec;
     if (!tokenizer_path_.empty()) bytes += fs::file_size(tokenizer_path_, ec);
     if (cfg_.wbits < 16) bytes += params * 8 / static_cast<uint64_t>(cfg_.w_group > 0 ? cfg_.w_group : 64);
@@ -790,6 +809,8 @@ class Pipeline {
   double total_weight_ = 0, done_weight_ = 0;
 
   at::Device device_ = at::kCPU;
+  Precision precision_ = Precision::Float32;  // resolved by the plan
+  at::ScalarType dtype_ = at::kFloat;         // the weights' and the forward's
   ModelFolder folder_;
   std::string tokenizer_path_, calib_src_, eval_src_;
   ModelConfig config_;
@@ -841,16 +862,10 @@ int64_t texts_bytes(const CalibConfig& c) {
 
 }  // namespace
 
-MemoryPlan plan_calibration(const CalibConfig& cfg) {
-  cfg.validate();
-  const ModelFolder folder = ModelFolder::open(cfg.model);
-  const ModelConfig mc = load_model_config(folder.config_path);
-  const ShardedSafetensors st = ShardedSafetensors::open_folder(folder.dir);
-  check_model_tensors(st, mc, folder.config_path, folder.dir);
-  return plan_memory(cfg, mc, plan_target(cfg));
-}
+namespace {
 
-PlanTarget plan_target(const CalibConfig& cfg) {
+// The target of `cfg` with the model's safetensors headers already open.
+PlanTarget plan_target_of(const CalibConfig& cfg, const ShardedSafetensors& st) {
   PlanTarget t;
   std::optional<at::Device> device;
   try {
@@ -861,9 +876,11 @@ PlanTarget plan_target(const CalibConfig& cfg) {
   }
   t.device = device ? (device->is_cuda() ? "cuda:" + std::to_string(std::max<int>(device->index(), 0)) : "cpu")
                     : "cuda:" + std::to_string(cfg.cuda_device);
-  const ModelFolder folder = ModelFolder::open(cfg.model);
-  const ShardedSafetensors st = ShardedSafetensors::open_folder(folder.dir);
   for (const std::string& name : st.names()) t.model_file_bytes += static_cast<int64_t>(st.find(name)->info->nbytes());
+  // The dtype the model is stored in: its embeddings' (a checkpoint may keep its norms in float32
+  // beside bfloat16 matrices; the matrices are what the precision is about).
+  const ShardedSafetensors::Entry* embed = st.find("model.embed_tokens.weight");
+  t.precision = resolve_precision(cfg.precision, t.device != "cpu", embed ? embed->info->dtype : DType::F32);
   t.texts_bytes = texts_bytes(cfg);
   if (cfg.device_memory > 0) {
     t.capacity_bytes = cfg.device_memory;
@@ -874,6 +891,22 @@ PlanTarget plan_target(const CalibConfig& cfg) {
     t.capacity_bytes = host_memory_for_runs();
   }
   return t;
+}
+
+}  // namespace
+
+MemoryPlan plan_calibration(const CalibConfig& cfg) {
+  cfg.validate();
+  const ModelFolder folder = ModelFolder::open(cfg.model);
+  const ModelConfig mc = load_model_config(folder.config_path);
+  const ShardedSafetensors st = ShardedSafetensors::open_folder(folder.dir);
+  check_model_tensors(st, mc, folder.config_path, folder.dir);
+  return plan_memory(cfg, mc, plan_target_of(cfg, st));
+}
+
+PlanTarget plan_target(const CalibConfig& cfg) {
+  const ModelFolder folder = ModelFolder::open(cfg.model);
+  return plan_target_of(cfg, ShardedSafetensors::open_folder(folder.dir));
 }
 
 at::Device resolve_device(DeviceChoice choice, int cuda_device) {
@@ -1041,7 +1074,10 @@ LoadedRun load_run_checked(const std::string& dir, int64_t rank, at::Device devi
   CalibConfig cfg = rec.config;
   OnlineTransforms online{rec.online.qk_hadamard, rec.online.down_hadamard, rec.online.heads_hadamard};
   const int64_t o_group = rec.quantizers.o_proj_activation_group;
-  LlamaModel model = load_model((fs::path(dir) / "model").string(), {at::kFloat, device});
+  // In the precision the run computed in, so that its numbers are reproduced (docs/methods.md 1.9).
+  const at::ScalarType dtype =
+      rec.compute.weights_and_activations == precision_name(Precision::BFloat16) ? at::kBFloat16 : at::kFloat;
+  LlamaModel model = load_model((fs::path(dir) / "model").string(), {dtype, device});
   const ModelConfig& mc = model.config();
   SkipTransitions skip;
   if (rank >= 0) {

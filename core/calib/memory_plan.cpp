@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "core/calib/precision.h"
 #include "core/util/error.h"
 
 namespace respin {
@@ -25,7 +26,8 @@ constexpr int64_t kLibraries = 32'000'000;
 struct Shape {
   int64_t D, I, V, L, H, KV, hd, QD, KVD, T, P;
   bool tied;
-  explicit Shape(const ModelConfig& c, int64_t seq_len)
+  int64_t E;  // bytes per weight and activation element (the run's precision)
+  explicit Shape(const ModelConfig& c, int64_t seq_len, Precision precision)
       : D(c.hidden_size),
         I(c.intermediate_size),
         V(c.vocab_size),
@@ -37,7 +39,8 @@ struct Shape {
         KVD(c.num_key_value_heads * c.head_dim),
         T(std::min<int64_t>(seq_len, c.max_position_embeddings)),
         P(c.parameter_count()),
-        tied(c.tie_word_embeddings) {}
+        tied(c.tie_word_embeddings),
+        E(element_bytes(precision)) {}
   int64_t layer_params() const { return 2 * QD * D + 2 * KVD * D + 3 * I * D + 2 * D; }
   int64_t largest_matrix() const { return std::max({V * D, I * D, QD * D}); }
   int64_t widest() const { return std::max({D, I, QD}); }
@@ -48,10 +51,11 @@ struct Shape {
 // their log-softmax), plus the fake quantizers' copies when they are on.
 int64_t forward_transient(const Shape& s, int64_t windows, bool quantizers, bool head) {
   const int64_t tok = windows * s.T;
-  const int64_t attn = kF32 * tok * (8 * s.D + 3 * s.KVD) + 3 * kF32 * windows * s.H * std::min(kAttentionBlock, s.T) * s.T;
-  const int64_t mlp = kF32 * tok * (3 * s.D + 4 * s.I);
-  const int64_t logits = head ? kF32 * tok * (2 * s.D + 2 * s.V) : 0;
-  return std::max({attn, mlp, logits}) + (quantizers ? 2 * kF32 * tok * s.widest() : 0);
+  const int64_t attn = s.E * tok * (8 * s.D + 3 * s.KVD) + 3 * kF32 * windows * s.H * std::min(kAttentionBlock, s.T) * s.T;
+  const int64_t mlp = s.E * tok * (3 * s.D + 4 * s.I);
+  // The logits in the model's precision, then their float32 log-softmax.
+  const int64_t logits = head ? tok * (2 * s.E * s.D + (s.E + kF32) * s.V) : 0;
+  return std::max({attn, mlp, logits}) + (quantizers ? 2 * s.E * tok * s.widest() : 0);
 }
 
 // Bytes autograd keeps per token and decoder layer in a learning step (float32): the norms'
@@ -63,7 +67,7 @@ int64_t forward_transient(const Shape& s, int64_t windows, bool quantizers, bool
 int64_t saved_per_token_layer(const Shape& s, bool activation_quant) {
   int64_t floats = 13 * s.D + 3 * s.KVD + 5 * s.I + s.H * (s.T + kAttentionBlock) / 2;
   if (activation_quant) floats += 2 * s.D + s.QD + s.I + 2 * s.KVD;
-  return kF32 * floats * 157 / 100;
+  return s.E * floats * 157 / 100;
 }
 
 // Rotation parameters with their gradients, momentum and the Cayley step's temporaries.
@@ -82,7 +86,7 @@ Learning learning_bytes(const CalibConfig& c, const Shape& s, int64_t model, int
   const int64_t n = micro_batch > 0 ? std::min(micro_batch, batch) : batch;
   const int64_t tok = n * s.T;
   const bool wq = c.wbits < 16 && c.weight_quantizer == WeightQuantizer::Rtn;
-  const int64_t linear = kF32 * (s.P - s.V * s.D * (s.tied ? 1 : 2));
+  const int64_t linear = s.E * (s.P - s.V * s.D * (s.tied ? 1 : 2));
   const int64_t per_tl = saved_per_token_layer(s, c.abits < 16);
   const int64_t dense_skips = c.method == Method::ReSpin ? 2 * s.L * kF32 * s.D * s.D : 0;
   const int64_t state = rotation_state(s, c.method);
@@ -100,10 +104,10 @@ Learning learning_bytes(const CalibConfig& c, const Shape& s, int64_t model, int
     // The layer rebuilt with autograd in the backward pass: its rotated weights, their gradients
     // and (with RTN weights) the fake-quantized copies (2.5 float32 copies with RTN weights, 1.5
     // without: measured).
-    const int64_t layer = kF32 * s.layer_params() * (wq ? 5 : 3) / 2 + (dense_skips > 0 ? 2 * kF32 * s.D * s.D : 0);
-    const int64_t kept = (s.L + 1) * kF32 * tok * s.D;
+    const int64_t layer = s.E * s.layer_params() * (wq ? 5 : 3) / 2 + (dense_skips > 0 ? 2 * kF32 * s.D * s.D : 0);
+    const int64_t kept = (s.L + 1) * s.E * tok * s.D;
     const int64_t acts = tok * per_tl;
-    const int64_t loss = 3 * kF32 * std::min(kLossChunk, tok) * s.V + 2 * kF32 * s.V * s.D;
+    const int64_t loss = 3 * kF32 * std::min(kLossChunk, tok) * s.V + 2 * s.E * s.V * s.D;
     r.bytes = model + state + layer + kept + acts + loss;
     std::snprintf(buf, sizeof buf, "kept layer inputs %s, one layer %s and its activations %s, loss piece %s",
                   format_bytes(kept).c_str(), format_bytes(layer).c_str(), format_bytes(acts).c_str(),
@@ -128,16 +132,16 @@ int64_t MemoryPlan::peak_host_bytes() const {
 }
 
 MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTarget& target) {
-  const Shape s(mc, c.seq_len);
+  const Shape s(mc, c.seq_len, target.precision);
   const bool cuda = target.device != "cpu";
   MemoryPlan plan;
   plan.target = target;
-  plan.model_bytes = kF32 * s.P;
+  plan.model_bytes = s.E * s.P;
   plan.micro_batch = c.micro_batch;
   plan.checkpoint_layers = c.checkpoint_layers;
   const int64_t model = plan.model_bytes;
   // Fusion unties a tied lm_head: the fused model has one more vocabulary x hidden matrix.
-  const int64_t fused = model + (s.tied ? kF32 * s.V * s.D : 0);
+  const int64_t fused = model + (s.tied ? s.E * s.V * s.D : 0);
   // The evaluation text's token ids and the calibration windows the run keeps; while loading, the
   // corpus, its splits' texts and their tokenization (about 8 bytes per byte of text, measured).
   const int64_t texts_kept = target.texts_bytes / 8 + kF32 * 2 * std::max<int64_t>(c.samples, c.stats_windows) * s.T;
@@ -215,7 +219,7 @@ MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTa
         break;
       case Phase::Gptq: {
         const int64_t windows = std::max<int64_t>(c.samples, 1);
-        const int64_t hidden = kF32 * windows * s.T * s.D;
+        const int64_t hidden = s.E * windows * s.T * s.D;
         // Measured (docs/results.md, "Memory"): about one more model's worth is alive in this
         // phase than these terms count; its cause is not found yet, so the plan counts it.
         const int64_t hessian = 3 * kF64 * s.widest() * s.widest() + 2 * kF64 * s.largest_matrix();
@@ -261,6 +265,7 @@ std::string plan_table(const MemoryPlan& plan) {
   const bool cuda = plan.target.device != "cpu";
   std::string out;
   char line[512];
+  out += std::string("weights and activations in ") + precision_name(plan.target.precision) + "\n";
   std::snprintf(line, sizeof line, "%-13s %12s%s  %s\n", "phase", cuda ? "device" : "memory", cuda ? "         host" : "",
                 "what it holds");
   out += line;
@@ -284,6 +289,7 @@ nlohmann::json memory_plan_to_json(const MemoryPlan& plan) {
     phases.push_back(j);
   }
   return {{"device", plan.target.device},
+          {"precision", precision_name(plan.target.precision)},
           {"capacity_bytes", plan.target.capacity_bytes},
           {"capacity_given", plan.target.capacity_given},
           {"model_file_bytes", plan.target.model_file_bytes},

@@ -24,6 +24,9 @@ struct PlanTarget {
   bool capacity_given = false;     // --device-memory (else the device's own memory)
   int64_t model_file_bytes = 0;    // the safetensors data, as stored
   int64_t texts_bytes = 0;         // calibration and evaluation texts as read (0 = unknown)
+  // The run's precision, resolved (core/calib/precision.h): what the weights and the
+  // activations are held in.
+  Precision precision = Precision::Float32;
 };
 
 struct PhaseMemory {
@@ -37,7 +40,7 @@ struct PhaseMemory {
 
 struct MemoryPlan {
   PlanTarget target;
-  int64_t model_bytes = 0;         // the model as computed (float32)
+  int64_t model_bytes = 0;         // the model as computed (in target.precision)
   int64_t micro_batch = 0;         // the learning step's, as it will run (0 = the whole batch)
   bool checkpoint_layers = false;
   bool learning_chosen = false;    // the plan chose micro_batch / checkpoint_layers to fit the budget

@@ -62,7 +62,7 @@ template <class V> void visit(TimingRecord& r, V&& v) {
 template <class V> void visit(ComputeRecord& r, V&& v) {
   v("weights_and_activations", r.weights_and_activations); v("rotation_learning", r.rotation_learning);
   v("rotations", r.rotations); v("weight_fusion", r.weight_fusion); v("gptq_hessian", r.gptq_hessian);
-  v("libtorch", r.libtorch);
+  v("libtorch", r.libtorch); v("phases", r.phases);
 }
 template <class V> void visit(MemoryRecord& r, V&& v) {
   v("device", r.device); v("capacity_bytes", r.capacity_bytes); v("capacity_given", r.capacity_given);
@@ -135,6 +135,10 @@ template <class T> json write(const T& value) {
     json a = json::array();
     for (const auto& [k, s] : value) a.push_back({k, s});
     return a;
+  } else if constexpr (std::is_same_v<T, std::vector<std::pair<std::string, std::string>>>) {
+    json a = json::array();
+    for (const auto& [k, s] : value) a.push_back({k, s});
+    return a;
   } else if constexpr (std::is_same_v<T, double>) {
     return number(value);
   } else if constexpr (std::is_same_v<T, std::vector<double>>) {
@@ -175,6 +179,13 @@ template <class T> void read(const json& j, T& out, const std::string& path) {
       double v = 0;
       if (!e.is_array() || e.size() != 2 || !e[0].is_string() || !read_number(e[1], v)) wrong();
       out.emplace_back(e[0].get<std::string>(), v);
+    }
+  } else if constexpr (std::is_same_v<T, std::vector<std::pair<std::string, std::string>>>) {
+    if (!j.is_array()) wrong();
+    out.clear();
+    for (const json& e : j) {
+      if (!e.is_array() || e.size() != 2 || !e[0].is_string() || !e[1].is_string()) wrong();
+      out.emplace_back(e[0].get<std::string>(), e[1].get<std::string>());
     }
   } else if constexpr (std::is_same_v<T, std::vector<double>>) {
     if (!j.is_array()) wrong();

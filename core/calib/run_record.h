@@ -132,6 +132,9 @@ struct ComputeRecord {
   std::string weight_fusion = "float64";
   std::string gptq_hessian = "float64";
   std::string libtorch;
+  // Per phase, in run order: the dtype its forward ran in (for rotate: the learning's, or the
+  // fusion's when nothing is learned).
+  std::vector<std::pair<std::string, std::string>> phases;
 };
 
 // The memory plan the run was made with beside what it measured (docs/methods.md 1.8). Bytes above

@@ -157,11 +157,21 @@ struct LinearCodes {
   at::Tensor zero;   // int32 [out, G]: asymmetric zero points (all 0 when symmetric)
 };
 
-// q = round(w / scale) + zero, checked: w / scale + zero is within 1e-3 of q, q and zero lie in
-// the grid's range, and (q - zero) * scale gives w back bit for bit.
+// q = round(w / scale) + zero, checked: w / scale + zero is within 1e-3 of q (plus, for a weight
+// stored in 16 bits, that dtype's rounding of (q - zero) * scale: a bfloat16 run holds its
+// fake-quantized weights in bfloat16, docs/methods.md 1.9), q and zero lie in the grid's range,
+// and (q - zero) * scale, rounded to the stored dtype, gives w back bit for bit.
 LinearCodes recover_codes(const at::Tensor& w_in, const WeightQuantParams& grid, const QuantizerRecord& spec,
-                          const std::string& name, const std::string& source) {
+                          DType stored, const std::string& name, const std::string& source) {
   const at::Tensor w = w_in.detach().to(at::kCPU, at::kFloat).contiguous();
+  // Unit roundoff of the stored dtype: |stored - exact| <= u |exact|, and exact / scale = q - zero.
+  const double u = stored == DType::BF16 ? std::ldexp(1.0, -8) : stored == DType::F16 ? std::ldexp(1.0, -11) : 0.0;
+  const at::ScalarType stored_type = stored == DType::BF16 ? at::kBFloat16 : stored == DType::F16 ? at::kHalf : at::kFloat;
+  const double widest_code = std::ldexp(1.0, spec.bits) - 1;
+  if (u * widest_code >= 0.5 - 1e-3)
+    throw Error("weight '" + name + "' in " + source + ": " + std::to_string(spec.bits) + "-bit codes are not recoverable from a " +
+                dtype_name(stored) + " weight (its rounding can move w / scale by half a step); calibrate with " +
+                "--precision float32 to export them");
   const int64_t out = w.size(0), in = w.size(1);
   const at::Tensor scale = grid.scale.to(at::kCPU, at::kFloat).contiguous();
   const at::Tensor zero = grid.zero.to(at::kCPU, at::kFloat).contiguous();
@@ -188,15 +198,16 @@ LinearCodes recover_codes(const at::Tensor& w_in, const WeightQuantParams& grid,
     return "row " + std::to_string(flat / in) + ", column " + std::to_string(flat % in);
   };
   const at::Tensor off = (x - q).abs();
-  if (off.max().item<double>() > 1e-3)
+  const at::Tensor allowed = 1e-3 + u * (q - z3).abs();
+  if ((off > allowed).any().item<bool>())
     throw Error("weight '" + name + "' in " + source + " is not on its grid from weight_grids.safetensors: w / scale + zero is " +
-                number_text(off.max().item<double>()) + " away from an integer at " + where(off > 1e-3) +
+                number_text(off.max().item<double>()) + " away from an integer at " + where(off > allowed) +
                 " (model/ and the grids do not belong together)");
   const at::Tensor outside = (q < lo) | (q > hi);
   if (outside.any().item<bool>())
     throw Error("weight '" + name + "' in " + source + ": code outside the " + std::to_string(spec.bits) + "-bit range [" +
                 number_text(lo) + ", " + number_text(hi) + "] at " + where(outside));
-  const at::Tensor back = ((q - z3) * s3).reshape({out, in});
+  const at::Tensor back = ((q - z3) * s3).reshape({out, in}).to(stored_type).to(at::kFloat);
   if (!at::equal(back, w))
     throw Error("weight '" + name + "' in " + source + ": (q - zero) * scale does not give the stored weight back bit for bit at " +
                 where(back != w));
@@ -497,6 +508,12 @@ ExportResult export_run(const std::string& run_dir, const std::string& out_dir, 
   const ModelConfig& mc = run.model.config();
   const ModelWeights& w = run.model.weights();
   const std::string model_file = (fs::path(run_dir) / "model" / "model.safetensors").string();
+  // What each weight is stored as (float32, or bfloat16 for a bfloat16 run).
+  std::map<std::string, DType> stored;
+  {
+    const SafetensorsFile file = SafetensorsFile::open(model_file);
+    for (const TensorInfo& info : file.tensors()) stored[info.name] = info.dtype;
+  }
 
   // The online part.
   OnlineSidecar side =
@@ -564,7 +581,8 @@ ExportResult export_run(const std::string& run_dir, const std::string& out_dir, 
     const QuantizerRecord& wq = rec.quantizers.weight;
     model_tensors(mc, w, o.dtype, model, [&](int layer, int index, const std::string& prefix, const at::Tensor& t) {
       const WeightQuantParams& g = grids[static_cast<size_t>(layer)][static_cast<size_t>(index)];
-      const LinearCodes c = recover_codes(t, g, wq, prefix + ".weight", model_file);
+      const auto st = stored.find(prefix + ".weight");
+      const LinearCodes c = recover_codes(t, g, wq, st == stored.end() ? DType::F32 : st->second, prefix + ".weight", model_file);
       const int64_t out = t.size(0), in = t.size(1), G = g.scale.size(1);
       const std::vector<int32_t> codes = to_vector(c.codes), zero = to_vector(c.zero);
       const at::Tensor scale = g.scale.to(at::kCPU, at::kFloat).to(scale_type).contiguous();

@@ -34,7 +34,7 @@ at::Tensor checkpointed_micro_batch(const LlamaModel& fused, const ResidualRotat
   const int L = static_cast<int>(c.num_hidden_layers);
   const int64_t n = mb.size(0), T = mb.size(1);
   const bool layerwise = !rot.is_global();
-  const LayerRotator rotator(fused, rot, o.online, at::kFloat);
+  const LayerRotator rotator(fused, rot, o.online, fused.dtype());
   LlamaModel model(c, fused.weights());  // fused layers as placeholders, one rotated layer at a time
   auto rotated_layer = [&](int i) {
     LayerWeights w = rotator.layer(i);
@@ -188,7 +188,7 @@ RotationTrainingResult train_rotations(const LlamaModel& fused, ResidualRotation
       lv = finite_checks.read(loss_sum);
       check_loss();
     } else {
-      ModelWeights w = rotate_weights(fused, rotations, o.online, at::kFloat, /*check_norms=*/false);
+      ModelWeights w = rotate_weights(fused, rotations, o.online, fused.dtype(), /*check_norms=*/false);
       if (o.quant.weight.enabled())
         for (LayerWeights& l : w.layers)
           for (at::Tensor* t : linear_weights(l))
