@@ -3,15 +3,17 @@
 # layers, bf16 files written by `respin init-model`): the measured peak resident memory above the
 # process's size at the run's start (run.json memory.measured_bytes, the kernel's high-water
 # mark reset at each phase) as a multiple of the bf16 model file, the plan's prediction of the
-# same peak, and their ratio. Prints a markdown table and writes it to OUT/memory.md.
+# same peak, and their ratio. Prints a markdown table and writes it to OUT/memory-PRECISION.md.
 #
-#   bench/memory_rows.sh [--sizes "512 1024 2048"] [--out DIR] [--respin BIN] [--threads N] [--dry-run]
+#   bench/memory_rows.sh [--sizes "512 1024 2048"] [--precision float32|bfloat16] [--rows "quarot,..."]
+#                        [--out DIR] [--respin BIN] [--threads N] [--dry-run]
 #
 # Rows per size: QuaRot (RTN weights), QuaRot + GPTQ over 8 windows, SpinQuant and ReSpinQuant
 # r=32 learning one step of 8 windows x 512 tokens checkpointed in micro-batches of 1, and (where
 # it fits this machine) SpinQuant keeping the whole step's graph. Every row is W4A4KV4 and
 # evaluates 1 window. --dry-run prints the plans only (`respin plan`), which is how rows that do
-# not fit here are sized.
+# not fit here are sized. --precision is calibrate's (default float32, the CPU's reference);
+# --rows keeps the rows whose names are listed (comma-separated).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -20,6 +22,8 @@ out=/tmp/respin-memory-rows
 respin=""
 threads=0
 dry=0
+precision=float32
+only=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --sizes) sizes="$2"; shift 2 ;;
@@ -27,6 +31,8 @@ while [[ $# -gt 0 ]]; do
     --respin) respin="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --dry-run) dry=1; shift ;;
+    --precision) precision="$2"; shift 2 ;;
+    --rows) only="$2"; shift 2 ;;
     *) echo "memory_rows: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -47,7 +53,7 @@ model_of() {  # size -> folder (written once)
   echo "$dir"
 }
 
-common=(--samples 8 --seq-len 512 --eval-windows 1 --stats-windows 1 --threads "$threads" --device cpu)
+common=(--samples 8 --seq-len 512 --eval-windows 1 --stats-windows 1 --threads "$threads" --device cpu --precision "$precision")
 rows=(
   "quarot|--method quarot"
   "quarot gptq|--method quarot --gptq"
@@ -56,8 +62,10 @@ rows=(
   "spinquant whole graph|--method spinquant --iters 1 --batch 8"
 )
 
-table="$out/memory.md"
+table="$out/memory-$precision.md"
 {
+  echo "Weights and activations in $precision."
+  echo
   echo "| model | row | bf16 file | measured peak above start | / bf16 | planned | planned / measured | peak phase | time |"
   echo "|---|---|---|---|---|---|---|---|---|"
 } >"$table"
@@ -66,6 +74,7 @@ for h in $sizes; do
   file_bytes=$(stat -c %s "$m/model.safetensors")
   for row in "${rows[@]}"; do
     name=${row%%|*}
+    if [[ -n $only && ",$only," != *",$name,"* ]]; then continue; fi
     read -r -a opts <<<"${row#*|}"
     plan_json=$("$respin" plan --json --model "$m" "${opts[@]}" "${common[@]}" 2>/dev/null || true)
     planned=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["peak_bytes"])' "$plan_json")

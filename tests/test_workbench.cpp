@@ -426,6 +426,19 @@ TEST_F(Workbench, TheRunPanelShowsTheMemoryPlanTheRunWillUseAndRefusesWhatCannot
   p->memoryBudget()->clear();
   EXPECT_TRUE(p->startButton()->isEnabled());
   EXPECT_EQ(p->config().device_memory, 0);
+  // The precision reaches the plan (read again off the GUI thread: it decides the plan's target).
+  const int64_t f32_model = p->plan()->model_bytes;
+  EXPECT_TRUE(p->planText().contains("(float32)")) << p->planText().toStdString();
+  c = p->config();
+  c.precision = respin::Precision::BFloat16;
+  p->setConfig(c);
+  EXPECT_EQ(p->config().precision, respin::Precision::BFloat16);
+  pump_until([&] { return p->plan() && p->plan()->target.precision == respin::Precision::BFloat16; }, 10000);
+  ASSERT_TRUE(p->plan().has_value());
+  EXPECT_EQ(p->plan()->target.precision, respin::Precision::BFloat16);
+  EXPECT_EQ(2 * p->plan()->model_bytes, f32_model);
+  EXPECT_EQ(p->plan()->peak().device_bytes, respin::plan_calibration(p->config()).peak().device_bytes);
+  EXPECT_TRUE(p->planText().contains("(bfloat16)")) << p->planText().toStdString();
 }
 
 TEST_F(Workbench, ANewModelStartsFromTheDefaultSettingsAndTheUsersOverrides) {

@@ -189,14 +189,26 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
   evalWindows_->setToolTip("Evaluation windows (all: the whole evaluation text)");
   device_ = new QComboBox;
   // Item data: -2 auto, -1 CPU, N >= 0 CUDA device N (each visible device, with its name).
-  device_->addItem("auto (CUDA when available)", -2);
+  device_->addItem("auto", -2);
+  device_->setToolTip("auto: CUDA when available");
   device_->addItem("CPU", -1);
   const std::vector<std::string> gpus = respin::kernels::cuda_device_names();
   for (size_t i = 0; i < gpus.size(); ++i)
     device_->addItem(QString("CUDA %1: %2").arg(i).arg(QString::fromStdString(gpus[i])), int(i));
   if (gpus.empty()) device_->addItem("CUDA (no device visible here)", 0);
-  dg->addWidget(rowLabel("Device:"), row, 0);
-  dg->addWidget(device_, row++, 1, 1, 3);
+  precision_ = new QComboBox;
+  // Item data: the respin::Precision value; the names are core's.
+  for (respin::Precision p : {respin::Precision::Auto, respin::Precision::Float32, respin::Precision::BFloat16})
+    precision_->addItem(QString(respin::precision_name(p)), static_cast<int>(p));
+  precision_->setToolTip("What the weights are held and the forward runs in (auto: bfloat16 on CUDA for a bfloat16 "
+                         "model, float32 otherwise); rotations, fusion and GPTQ's Hessian stay float32/float64, and "
+                         "bfloat16 halves the model's memory");
+  // Narrow enough for two to a row: the lists show the whole names when open.
+  for (QComboBox* c : {device_, precision_}) {
+    c->setSizeAdjustPolicy(QComboBox::AdjustToMinimumContentsLengthWithIcon);
+    c->setMinimumContentsLength(4);
+  }
+  pair("Device:", device_, "Precision:", precision_);
   budget_ = new QLineEdit;
   budget_->setPlaceholderText("the device's own");
   budget_->setToolTip("Memory the run must fit in (2GiB, 24GB, ...): a GPU shared with others, or a smaller one");
@@ -249,7 +261,7 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
     loading_ = false;
     update();
   });
-  for (QComboBox* c : {method_, wbits_, abits_, kvbits_, device_})
+  for (QComboBox* c : {method_, wbits_, abits_, kvbits_, device_, precision_})
     connect(c, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] { update(); });
   for (QSpinBox* s : {wGroup_, aGroup_, kvGroup_, samples_, seqLen_, iters_, batch_, threads_, evalWindows_, seed_})
     connect(s, qOverload<int>(&QSpinBox::valueChanged), this, [this] { update(); });
@@ -384,6 +396,7 @@ CalibConfig RunPanel::config() const {
   const int device = device_->currentData().toInt();
   c.device = device == -2 ? respin::DeviceChoice::Auto : device == -1 ? respin::DeviceChoice::Cpu : respin::DeviceChoice::Cuda;
   c.cuda_device = std::max(0, device);
+  c.precision = static_cast<respin::Precision>(precision_->currentData().toInt());
   c.threads = threads_->value();
   return c;
 }
@@ -427,6 +440,7 @@ void RunPanel::setConfig(const CalibConfig& c) {
     }
     device_->setCurrentIndex(i);
   }
+  precision_->setCurrentIndex(std::max(0, precision_->findData(static_cast<int>(c.precision))));
   threads_->setValue(c.threads);
   loading_ = false;
   update();
@@ -518,7 +532,8 @@ void RunPanel::refreshPlanTarget() {
   CalibConfig c = config();
   c.device_memory = 0;  // applied on this thread: a budget needs no reading
   const QString key = QString::fromStdString(c.model + "\n" + respin::device_choice_name(c.device) + ":" +
-                                             std::to_string(c.cuda_device) + "\n" + c.calib_text + "\n" + c.eval_text);
+                                             std::to_string(c.cuda_device) + "\n" + respin::precision_name(c.precision) +
+                                             "\n" + c.calib_text + "\n" + c.eval_text);
   if (key == targetKey_) return;
   if (planThread_) {  // one read at a time; the latest options are read when it ends
     planPending_ = true;
@@ -587,12 +602,13 @@ void RunPanel::showPlan() {
   const double share = p->target.capacity_bytes > 0 ? double(peak.device_bytes) / double(p->target.capacity_bytes) : 1;
   planBar_->setValue(static_cast<int>(std::min(1.0, share) * 1000));
   planBar_->setStyleSheet(p->fits() ? "" : "QProgressBar::chunk { background: #b00020; }");
-  QString text = QString("Peak %1 in %2, %3% of the %4 %5")
+  QString text = QString("Peak %1 in %2 (%6), %3% of the %4 %5")
                      .arg(QString::fromStdString(respin::format_bytes(peak.device_bytes)))
                      .arg(respin::phase_name(peak.phase))
                      .arg(100.0 * share, 0, 'f', share < 0.1 ? 1 : 0)
                      .arg(QString::fromStdString(respin::format_bytes(p->target.capacity_bytes)))
-                     .arg(p->target.capacity_given ? "budget" : (p->target.device == "cpu" ? "available" : "of the GPU"));
+                     .arg(p->target.capacity_given ? "budget" : (p->target.device == "cpu" ? "available" : "of the GPU"))
+                     .arg(respin::precision_name(p->target.precision));
   if (respin::method_learns(config().method))
     text += QString("; learning %1%2%3")
                 .arg(p->micro_batch > 0 ? QString("in micro-batches of %1").arg(p->micro_batch) : "the whole batch at once")

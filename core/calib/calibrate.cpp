@@ -137,12 +137,23 @@ at::Tensor windows_of(const std::vector<int>& ids, int64_t seq_len, int64_t max_
   return at::tensor(v, at::kLong).view({n, seq_len});
 }
 
+// Float32 copies of `tensors` written as one safetensors file. A tensor listed under several
+// names (one shared residual rotation under every layer's name) is converted once.
 void save_tensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
   std::vector<at::Tensor> keep;
   std::vector<TensorView> views;
+  std::vector<at::Tensor> sources;  // keep[i] is sources[i] converted
   for (const auto& [name, t] : tensors) {
-    keep.push_back(t.detach().to(at::kCPU, at::kFloat).contiguous());
-    views.push_back(TensorView{name, DType::F32, keep.back().sizes().vec(), keep.back().data_ptr()});
+    size_t i = 0;
+    while (i < sources.size() && !(sources[i].data_ptr() == t.data_ptr() && sources[i].sizes().equals(t.sizes()) &&
+                                   sources[i].strides().equals(t.strides()) && sources[i].scalar_type() == t.scalar_type()))
+      ++i;
+    if (i == sources.size()) {
+      sources.push_back(t);
+      keep.push_back(t.detach().to(at::kCPU, at::kFloat).contiguous());
+    }
+    const at::Tensor& k = keep[i];
+    views.push_back(TensorView{name, DType::F32, k.sizes().vec(), k.data_ptr()});
   }
   write_safetensors(path, views, {{"format", "pt"}});
 }
@@ -373,8 +384,9 @@ class Pipeline {
     plan_memory_use();
     tokenizer_path_ = folder_.require_tokenizer();
     Tokenizer tok = Tokenizer::from_file(tokenizer_path_);
-    original_.emplace(load_model(folder_.dir, {dtype_, device_}));
-    config_ = original_->config();
+    // The texts first and the model after them: the corpus and its tokenization are gone before
+    // the weights arrive, so the phase's peak is the larger of the two, not their sum.
+    config_ = load_model_config(folder_.config_path);
     seq_len_ = std::min<int64_t>(cfg_.seq_len, mc().max_position_embeddings);
     std::optional<Corpus> corpus;
     auto corpus_text = [&](Split s) {
@@ -383,7 +395,7 @@ class Pipeline {
     };
     calib_src_ = cfg_.calib_text.empty() ? "corpus training split" : cfg_.calib_text;
     eval_src_ = cfg_.eval_text.empty() ? "corpus test split" : cfg_.eval_text;
-    const std::string calib_text = with_error_context(calib_src_, [&] {
+    std::string calib_text = with_error_context(calib_src_, [&] {
       return cfg_.calib_text.empty() ? corpus_text(Split::Train) : read_text_file(cfg_.calib_text);
     });
     calib_ = with_error_context(calib_src_, [&] {
@@ -395,7 +407,7 @@ class Pipeline {
       throw Error("calibration text (" + calib_src_ + ") has " + std::to_string(calib_.size(0)) + " windows of " +
                   std::to_string(seq_len_) + " tokens, fewer than --samples " + std::to_string(cfg_.samples));
     calib_windows_ = calib_.narrow(0, 0, cfg_.samples);
-    const std::string eval_text = with_error_context(eval_src_, [&] {
+    std::string eval_text = with_error_context(eval_src_, [&] {
       return cfg_.eval_text.empty() ? corpus_text(Split::Test) : read_text_file(cfg_.eval_text);
     });
     eval_ids_ = with_error_context(eval_src_, [&] { return tok.encode(eval_text, false); });
@@ -404,6 +416,14 @@ class Pipeline {
                   " is outside the model's vocab_size " + std::to_string(mc().vocab_size) + " (" + folder_.config_path + ")");
     po_.seq_len = seq_len_;
     po_.max_windows = cfg_.eval_windows;
+    rec_.calibration.data = data_identity(calib_src_, calib_text);
+    rec_.results.eval_data = data_identity(eval_src_, eval_text);
+    corpus.reset();
+    std::string().swap(calib_text);
+    std::string().swap(eval_text);
+    release_free_memory();
+    original_.emplace(load_model(folder_.dir, {dtype_, device_}));
+    config_ = original_->config();
 
     // What the run is, as soon as it is known.
     rec_.respin_version = RESPIN_VERSION_STRING;
@@ -414,10 +434,8 @@ class Pipeline {
     rec_.model = {fs::absolute(folder_.dir).lexically_normal().string(), c.architecture, c.parameter_count(), c.hidden_size,
                   c.intermediate_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim,
                   c.vocab_size, folder_.identity_sha256()};
-    rec_.calibration.data = data_identity(calib_src_, calib_text);
     rec_.calibration.windows = calib_windows_.size(0);
     rec_.calibration.seq_len = seq_len_;
-    rec_.results.eval_data = data_identity(eval_src_, eval_text);
     rec_.timing.device = device_.str();
     rec_.timing.threads = compute_threads();
     final_dir_ = fs::absolute(out_dir_);

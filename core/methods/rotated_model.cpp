@@ -123,18 +123,37 @@ Folded folded_transforms(const ModelConfig& c, const OnlineTransforms& online, a
   return f;
 }
 
-// h.apply(x) on each row of x. Without autograd a block of rows at a time into one result, so the
-// Hadamard's butterfly stages hold one block's temporaries instead of the whole matrix's (the
-// same values: the transform acts on each row alone).
-at::Tensor hadamard_by_rows(const HadamardTransform& h, const at::Tensor& x) {
+bool recording(const at::Tensor& a, const at::Tensor& b = at::Tensor()) {
+  return at::GradMode::is_enabled() && (a.requires_grad() || (b.defined() && b.requires_grad()));
+}
+
+// h.apply(x) on each row of x. Without autograd a block of rows at a time, written over x (which
+// the caller owns), so the Hadamard's butterfly stages hold one block's temporaries and no second
+// matrix (the same values: the transform acts on each row alone).
+at::Tensor hadamard_by_rows(const HadamardTransform& h, at::Tensor x) {
   constexpr int64_t kRows = 128;
-  if ((at::GradMode::is_enabled() && x.requires_grad()) || x.size(0) <= kRows) return h.apply(x);
-  at::Tensor out = at::empty_like(x);
+  if (recording(x) || x.size(0) <= kRows) return h.apply(x);
   for (int64_t r = 0; r < x.size(0); r += kRows) {
     const int64_t n = std::min(kRows, x.size(0) - r);
-    out.narrow(0, r, n).copy_(h.apply(x.narrow(0, r, n)));
+    x.narrow(0, r, n).copy_(h.apply(x.narrow(0, r, n)));
   }
-  return out;
+  return x;
+}
+
+// a @ b computed in `ct` and stored as `out_dtype`. Without autograd, kRows rows of the result at
+// a time: a's rows are converted a block at a time and only one block's product is alive beside
+// the result, instead of a's converted copy, the whole product and its cast (docs/methods.md 1.9:
+// a bfloat16 model's rotation would otherwise hold 12 bytes per weight entry at once).
+at::Tensor product(const at::Tensor& a, const at::Tensor& b, at::ScalarType ct, at::ScalarType out_dtype) {
+  constexpr int64_t kRows = 512;
+  if (recording(a, b) || a.dim() != 2 || a.size(0) <= kRows) return at::matmul(a.to(ct), b.to(ct)).to(out_dtype);
+  const at::Tensor bc = b.to(ct);
+  at::Tensor result = at::empty({a.size(0), b.size(1)}, a.options().dtype(out_dtype));
+  for (int64_t r = 0; r < a.size(0); r += kRows) {
+    const int64_t n = std::min(kRows, a.size(0) - r);
+    result.narrow(0, r, n).copy_(at::matmul(a.narrow(0, r, n).to(ct), bc));
+  }
+  return result;
 }
 
 // Layer i of the fused model, rotated (docs/methods.md 1.3): products in ct, stored as out_dtype.
@@ -144,25 +163,47 @@ LayerWeights rotate_layer(const ModelConfig& c, LayerWeights l, const ResidualRo
   auto in = [&](const at::Tensor& t) { return t.to(ct); };
   auto out = [&](const at::Tensor& t) { return t.to(out_dtype); };
   const at::Tensor &A = rot.attn_in[i], &B = rot.mlp_in[i], &C = mlp_out_basis(rot, i), &Rh = rot.head[i];
-  l.q_proj = out(at::matmul(in(l.q_proj), A));
-  l.k_proj = out(at::matmul(in(l.k_proj), A));
+  l.q_proj = product(l.q_proj, A, ct, out_dtype);
+  l.k_proj = product(l.k_proj, A, ct, out_dtype);
   at::Tensor v = at::matmul(in(l.v_proj), A);
   if (Rh.defined()) {
     v = at::matmul(Rh.t(), v.view({nkv, hd, D})).reshape({nkv * hd, D});
     if (l.v_bias.defined()) l.v_bias = out(at::matmul(in(l.v_bias).view({nkv, hd}), Rh).reshape({nkv * hd}));
   }
   l.v_proj = out(v);
-  at::Tensor o = in(l.o_proj);  // [D, nh * hd]
-  if (Rh.defined()) o = at::matmul(o.view({D, nh, hd}), Rh).reshape({D, nh * hd});
-  if (online.heads_hadamard)
-    o = at::matmul(o.view({D, nh, hd}).transpose(1, 2), f.heads_dense).transpose(1, 2).reshape({D, nh * hd});
-  l.o_proj = out(at::matmul(B.t(), o));
+  // o_proj's columns: each head's value rotation, then the Hadamard across heads. Each row on its
+  // own, so without autograd a block of rows at a time over a copy of its own.
+  auto heads_of = [&](const at::Tensor& rows) {  // [n, nh * hd]
+    const int64_t n = rows.size(0);
+    at::Tensor x = rows;
+    if (Rh.defined()) x = at::matmul(x.view({n, nh, hd}), Rh).reshape({n, nh * hd});
+    if (online.heads_hadamard)
+      x = at::matmul(x.view({n, nh, hd}).transpose(1, 2), f.heads_dense).transpose(1, 2).reshape({n, nh * hd});
+    return x;
+  };
+  at::Tensor o;  // [D, nh * hd]
+  if (recording(l.o_proj, Rh)) {
+    o = heads_of(in(l.o_proj));
+  } else {
+    o = l.o_proj.to(ct, /*non_blocking=*/false, /*copy=*/true);
+    constexpr int64_t kRows = 512;
+    for (int64_t r = 0; r < D; r += kRows) {
+      const int64_t n = std::min(kRows, D - r);
+      o.narrow(0, r, n).copy_(heads_of(o.narrow(0, r, n)));
+    }
+  }
+  l.o_proj = at::Tensor();
+  l.o_proj = product(B.t(), o, ct, out_dtype);
+  o = at::Tensor();
   if (l.o_bias.defined()) l.o_bias = out(at::matmul(in(l.o_bias).unsqueeze(0), B).squeeze(0));
-  l.gate_proj = out(at::matmul(in(l.gate_proj), B));
-  l.up_proj = out(at::matmul(in(l.up_proj), B));
-  at::Tensor d = in(l.down_proj);  // [D, F]
-  if (f.down_h) d = hadamard_by_rows(*f.down_h, d);
-  l.down_proj = out(at::matmul(C.t(), d));
+  l.gate_proj = product(l.gate_proj, B, ct, out_dtype);
+  l.up_proj = product(l.up_proj, B, ct, out_dtype);
+  // [D, F], a copy of its own: the Hadamard is applied over it.
+  at::Tensor d = recording(l.down_proj) ? in(l.down_proj) : l.down_proj.to(ct, /*non_blocking=*/false, /*copy=*/true);
+  if (f.down_h) d = hadamard_by_rows(*f.down_h, std::move(d));
+
+  l.down_proj = at::Tensor();
+  l.down_proj = product(C.t(), d, ct, out_dtype);
   if (l.down_bias.defined()) l.down_bias = out(at::matmul(in(l.down_bias).unsqueeze(0), C).squeeze(0));
   return l;
 }
@@ -172,12 +213,10 @@ LayerWeights rotate_layer(const ModelConfig& c, LayerWeights l, const ResidualRo
 ModelWeights rotate_weight_set(const ModelConfig& c, at::Device device, ModelWeights w, const ResidualRotations& rot,
                                const OnlineTransforms& online, at::ScalarType out_dtype) {
   const at::ScalarType ct = rot.final_basis.scalar_type();
-  auto in = [&](const at::Tensor& t) { return t.to(ct); };
-  auto out = [&](const at::Tensor& t) { return t.to(out_dtype); };
   const Folded f = folded_transforms(c, online, device, ct);
-  w.embed_tokens = out(at::matmul(in(w.embed_tokens), rot.attn_in[0]));
+  w.embed_tokens = product(w.embed_tokens, rot.attn_in[0], ct, out_dtype);
   release_free_memory();
-  w.lm_head = out(at::matmul(in(w.lm_head), rot.final_basis));
+  w.lm_head = product(w.lm_head, rot.final_basis, ct, out_dtype);
   release_free_memory();
   for (int i = 0; i < static_cast<int>(c.num_hidden_layers); ++i) {
     w.layers[i] = rotate_layer(c, std::move(w.layers[i]), rot, i, online, f, ct, out_dtype);

@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
+#include <algorithm>
+
 #include "core/util/error.h"
 #include "core/util/process_memory.h"
 
@@ -11,9 +13,17 @@ namespace respin {
 
 namespace {
 
-// W * diag(gamma): scales input columns, in float64, back to W's dtype.
+// W * diag(gamma): scales input columns, in float64, back to W's dtype; 512 rows at a time, so
+// that no float64 copy of a whole matrix is alive (elementwise: the same values as at once).
 at::Tensor scale_columns(const at::Tensor& w, const at::Tensor& gamma) {
-  return (w.to(at::kDouble) * gamma.to(at::kDouble).unsqueeze(0)).to(w.scalar_type());
+  constexpr int64_t kRows = 512;
+  const at::Tensor g = gamma.to(at::kDouble).unsqueeze(0);
+  at::Tensor out = at::empty_like(w);
+  for (int64_t r = 0; r < w.size(0); r += kRows) {
+    const int64_t n = std::min(kRows, w.size(0) - r);
+    out.narrow(0, r, n).copy_(w.narrow(0, r, n).to(at::kDouble) * g);
+  }
+  return out;
 }
 
 at::Tensor times(const at::Tensor& a, const at::Tensor& b, at::ScalarType out) {
