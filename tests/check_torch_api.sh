@@ -13,6 +13,18 @@ rules=(
   'filesystem::is_empty|respin::directory_is_empty (core/util/fs.h): std::filesystem::is_empty iterates the folder'
 )
 status=0
+# The fused attention exists from 2.1 only: one guarded use, in core/model/llama.cpp.
+sdpa=$(grep -rnF --include='*.cpp' --include='*.h' --include='*.cu' "scaled_dot_product_attention(" \
+         "$root/core" "$root/app" "$root/ui" "$root/kernels" "$root/tests" "$root/bench" | grep -v '^[^:]*core/model/llama.cpp:' || true)
+if [[ -n $sdpa ]]; then
+  echo "uses scaled_dot_product_attention outside core/model/llama.cpp's RESPIN_HAS_SDPA guard (absent from libtorch 1.13):" >&2
+  echo "$sdpa" >&2
+  status=1
+fi
+if ! grep -q '^#ifdef RESPIN_HAS_SDPA' "$root/core/model/llama.cpp"; then
+  echo "core/model/llama.cpp: the fused attention must stay under #ifdef RESPIN_HAS_SDPA" >&2
+  status=1
+fi
 for rule in "${rules[@]}"; do
   pattern=${rule%%|*}
   hits=$(grep -rnF --include='*.cpp' --include='*.h' --include='*.cu' --exclude=fs.h --exclude=fs.cpp "$pattern" \

@@ -5,11 +5,14 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <c10/core/GradMode.h>
+
 #include <cmath>
 
 #include "core/calib/calibrate.h"
 #include "core/eval/perplexity.h"
 #include "core/io/atomic_file.h"
+#include "core/model/weights.h"
 #include "core/tokenizer/tokenizer.h"
 #include "tests/calib_fixture.h"
 
@@ -63,4 +66,36 @@ TEST_F(CudaCalibration, QuaRotOnCudaMatchesQuaRotOnCpu) {
   // Round-to-nearest may flip a few weights between devices (different summation orders); their
   // effect on the perplexity stays far below 1e-3.
   EXPECT_NEAR(gpu.record.results.quantized_perplexity / cpu.record.results.quantized_perplexity, 1.0, 1e-3);
+}
+
+// A bfloat16 run on CUDA (docs/methods.md 1.9) beside the float32 one: recorded as such, attention
+// through the fused kernel where libtorch has it, and the numbers close.
+TEST_F(CudaCalibration, Bf16OnCudaIsRecordedAndCloseToFloat32) {
+  CalibConfig c = test::small_calib_config(dir_, "quarot", 4);
+  c.device = DeviceChoice::Cuda;
+  c.precision = Precision::Float32;
+  CalibOutcome f = run_calibration(c, runs_.file("f32"));
+  c.precision = Precision::BFloat16;
+  CalibOutcome b = run_calibration(c, runs_.file("bf16"));
+  EXPECT_EQ(b.record.compute.weights_and_activations, "bfloat16");
+  EXPECT_EQ(b.record.compute.attention, attention_kernel(at::Device(at::kCUDA)));
+  EXPECT_NEAR(b.record.results.fp_perplexity / f.record.results.fp_perplexity, 1.0, 1e-2);
+  EXPECT_NEAR(b.record.results.quantized_perplexity / f.record.results.quantized_perplexity, 1.0, 3e-2);
+  EXPECT_NEAR(reload_perplexity(runs_.file("bf16"), at::Device(at::kCUDA)) / b.record.results.quantized_perplexity, 1.0, 1e-5);
+}
+
+// The fused attention on CUDA against the CPU's blocked eager attention, float32 logits of a
+// random model, causal and with a sliding window shorter than the sequence.
+TEST_F(CudaCalibration, FusedAttentionOnCudaMatchesTheCpuForward) {
+  for (bool sliding : {false, true}) {
+    LlamaModel cpu = load_model(dir_.file("model"), {at::kFloat, at::Device(at::kCPU)});
+    ModelConfig mc = cpu.config();
+    if (sliding) mc.sliding_window = 7;
+    LlamaModel a(mc, cpu.weights());
+    LlamaModel g(mc, move_weights(cpu.weights(), at::Device(at::kCUDA)));
+    const at::Tensor ids = at::randint(mc.vocab_size, {2, 40}, at::TensorOptions().dtype(at::kLong));
+    c10::NoGradGuard no_grad;
+    const at::Tensor la = a.forward(ids), lg = g.forward(ids).to(at::kCPU);
+    EXPECT_LT((la - lg).abs().max().item<double>(), 1e-3 * (1 + la.abs().max().item<double>())) << "sliding " << sliding;
+  }
 }

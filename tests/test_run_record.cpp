@@ -46,6 +46,7 @@ RunRecord sample() {
   r.results = {{"/e.txt", 500, std::string(64, 'd')}, 8, 32, 256, 264.5, std::numeric_limits<double>::infinity(), 777.0};
   r.timing = {{{"load", 0.5}, {"stats-before", 0.1}, {"eval", 1.0}, {"stats-after", 0.2}, {"eval", 0.3}}, 2.0, 3.0, 2, "cpu"};
   r.compute.libtorch = "1.13.1";
+  r.compute.attention = "eager, blocks of 256 query rows";
   r.compute.weights_and_activations = "bfloat16";
   r.compute.phases = {{"load", "bfloat16"}, {"rotate", "float64"}};
   r.peak_rss_bytes = 1 << 30;

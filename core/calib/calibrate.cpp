@@ -683,6 +683,7 @@ class Pipeline {
       rec_.compute.phases.emplace_back(phase_name(p), d);
     }
     rec_.compute.libtorch = TORCH_VERSION;
+    rec_.compute.attention = attention_kernel(device_);
     rec_.gpu_memory_in_use_bytes.reset();
     if (device_.is_cuda()) rec_.gpu_memory_in_use_bytes = kernels::cuda_memory_in_use_bytes(cfg_.cuda_device);
     write_directory();

@@ -62,7 +62,7 @@ template <class V> void visit(TimingRecord& r, V&& v) {
 template <class V> void visit(ComputeRecord& r, V&& v) {
   v("weights_and_activations", r.weights_and_activations); v("rotation_learning", r.rotation_learning);
   v("rotations", r.rotations); v("weight_fusion", r.weight_fusion); v("gptq_hessian", r.gptq_hessian);
-  v("libtorch", r.libtorch); v("phases", r.phases);
+  v("libtorch", r.libtorch); v("attention", r.attention); v("phases", r.phases);
 }
 template <class V> void visit(MemoryRecord& r, V&& v) {
   v("device", r.device); v("capacity_bytes", r.capacity_bytes); v("capacity_given", r.capacity_given);

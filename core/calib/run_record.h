@@ -132,6 +132,7 @@ struct ComputeRecord {
   std::string weight_fusion = "float64";
   std::string gptq_hessian = "float64";
   std::string libtorch;
+  std::string attention;  // attention_kernel() of the run's device
   // Per phase, in run order: the dtype its forward ran in (for rotate: the learning's, or the
   // fusion's when nothing is learned).
   std::vector<std::pair<std::string, std::string>> phases;

@@ -2,12 +2,19 @@
 #include "core/model/llama.h"
 
 #include <ATen/ATen.h>
+#include <torch/version.h>
 
 #include <cmath>
 #include <limits>
 
 #include "core/util/error.h"
 #include "core/util/tensor_text.h"
+
+// libtorch's fused attention (flash / memory-efficient kernels) with an explicit scale: 2.1 and
+// later. Debian's 1.13 has none; there the blocked eager attention below runs everywhere.
+#if defined(TORCH_VERSION_MAJOR) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1))
+#define RESPIN_HAS_SDPA 1
+#endif
 
 namespace respin {
 
@@ -180,6 +187,14 @@ LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights)
 
 at::Device LlamaModel::device() const { return weights_.embed_tokens.device(); }
 
+const char* attention_kernel(at::Device device) {
+#ifdef RESPIN_HAS_SDPA
+  if (device.is_cuda()) return "scaled_dot_product_attention";
+#endif
+  (void)device;
+  return "eager, blocks of 256 query rows";
+}
+
 ForwardContext LlamaModel::make_context(int64_t seq_len) const {
   ForwardContext ctx;
   ctx.seq_len = seq_len;
@@ -225,9 +240,22 @@ at::Tensor LlamaModel::attention(int layer, const at::Tensor& x_in, const Forwar
   // (8x faster than one [T, T] score matrix at T = 2048 on CPU). Scores are formed in the model
   // dtype and normalized in float32, as Hugging Face's eager attention does.
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  const at::Tensor k_t = k.transpose(2, 3).contiguous();  // [B, H, hd, T]
   const std::optional<int64_t> window = config_.window_of_layer(layer);
   const at::Tensor& blocked = ctx.blocked_for(config_, layer);
+#ifdef RESPIN_HAS_SDPA
+  // On CUDA the fused kernels: no score matrix is formed, forward or backward (docs/methods.md
+  // 1.9). The CPU keeps the blocked form below, the reference every pipeline test compares with.
+  if (q.is_cuda()) {
+    at::Tensor fused = window ? at::scaled_dot_product_attention(q, k, v, blocked.logical_not(), 0.0, false,
+                                                                 c10::optional<double>(scale))
+                              : at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true,
+                                                                 c10::optional<double>(scale));
+    at::Tensor out = fused.transpose(1, 2).reshape({B, T, H * hd});
+    run_hook(HookSite::OProjInput, layer, out);
+    return linear(out, L.o_proj, L.o_bias);
+  }
+#endif
+  const at::Tensor k_t = k.transpose(2, 3).contiguous();  // [B, H, hd, T]
   std::vector<at::Tensor> blocks;
   for (int64_t i0 = 0; i0 < T; i0 += kAttentionBlock) {
     const int64_t i1 = std::min(T, i0 + kAttentionBlock);

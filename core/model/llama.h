@@ -105,6 +105,10 @@ ModelWeights cast_weights(const ModelWeights& weights, at::ScalarType dtype);
 // A copy of `weights` on `device`, likewise keeping a tied lm_head tied.
 ModelWeights move_weights(const ModelWeights& weights, at::Device device);
 
+// How attention runs on `device`: libtorch's fused scaled_dot_product_attention on CUDA where
+// libtorch has it (2.1 and later), else the eager form in blocks of query rows.
+const char* attention_kernel(at::Device device);
+
 // RoPE inverse frequencies [head_dim/2] (float32) including rope_scaling (linear, llama3).
 at::Tensor rope_inv_freq(const ModelConfig& config);
 
