@@ -8,11 +8,13 @@
 #include <c10/core/GradMode.h>
 
 #include <cmath>
+#include <cstdio>
 
 #include "core/calib/calibrate.h"
 #include "core/eval/perplexity.h"
 #include "core/io/atomic_file.h"
 #include "core/model/weights.h"
+#include "core/util/device_memory.h"
 #include "core/tokenizer/tokenizer.h"
 #include "tests/calib_fixture.h"
 
@@ -82,6 +84,17 @@ TEST_F(CudaCalibration, Bf16OnCudaIsRecordedAndCloseToFloat32) {
   EXPECT_NEAR(b.record.results.fp_perplexity / f.record.results.fp_perplexity, 1.0, 1e-2);
   EXPECT_NEAR(b.record.results.quantized_perplexity / f.record.results.quantized_perplexity, 1.0, 3e-2);
   EXPECT_NEAR(reload_perplexity(runs_.file("bf16"), at::Device(at::kCUDA)) / b.record.results.quantized_perplexity, 1.0, 1e-5);
+  // The device's measured side, phase by phase beside the plan's, where the build reads the allocator.
+  if (device_peak_available()) {
+    const MemoryRecord& m = b.record.memory;
+    ASSERT_EQ(m.measured_device_bytes.size(), m.predicted_device_bytes.size());
+    for (size_t i = 0; i < m.measured_device_bytes.size(); ++i) {
+      EXPECT_EQ(m.measured_device_bytes[i].first, m.predicted_device_bytes[i].first);
+      std::printf("  %-13s device predicted %.1f MB, measured %.1f MB\n", m.measured_device_bytes[i].first.c_str(),
+                  m.predicted_device_bytes[i].second / 1e6, m.measured_device_bytes[i].second / 1e6);
+    }
+    EXPECT_GT(m.measured_device_bytes.front().second, 0);
+  }
 }
 
 // The fused attention on CUDA against the CPU's blocked eager attention, float32 logits of a

@@ -161,6 +161,9 @@ TEST_F(PrecisionRun, Bf16CalibrationIsRecordedStoredAndCloseToFloat32) {
     EXPECT_EQ(2 * pb.model_bytes, pf.model_bytes);
     EXPECT_LT(pb.peak().device_bytes, pf.peak().device_bytes);
     EXPECT_EQ(memory_plan_to_json(pb).at("precision"), "bfloat16");
+    // On the CPU there is no device side to measure.
+    EXPECT_TRUE(b.record.memory.measured_device_bytes.empty());
+    EXPECT_EQ(b.record.compute.attention, "eager, blocks of 256 query rows");
   }
 }
 

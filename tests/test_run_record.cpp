@@ -60,6 +60,7 @@ RunRecord sample() {
   r.memory.baseline_rss_bytes = 350000000;
   r.memory.predicted_bytes = {{"load", 1.5e9}, {"rotate", 2e9}};
   r.memory.predicted_device_bytes = {{"load", 1e9}, {"rotate", 1.9e9}};
+  r.memory.measured_device_bytes = {{"load", 0.9e9}, {"rotate", 2.1e9}};
   r.memory.measured_bytes = {{"load", 1.4e9}, {"rotate", 1.8e9}};
   return r;
 }

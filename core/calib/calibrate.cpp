@@ -44,6 +44,7 @@
 #include "kernels/hadamard.h"
 #include "core/util/fs.h"
 #include "core/util/process_memory.h"
+#include "core/util/device_memory.h"
 #include "core/io/model_check.h"
 #include "core/calib/precision.h"
 
@@ -323,6 +324,7 @@ class Pipeline {
     phase_t0_ = Clock::now();
     phase_active_ = true;
     hwm_resets_ = reset_peak_resident();
+    if (device_.is_cuda()) reset_device_peak(device_);
     CalibProgress ev = progress(0, 0);
     ev.phase_started = true;
     emit(ev, true);
@@ -338,6 +340,9 @@ class Pipeline {
     peak_seen_ = std::max(peak_seen_, hwm);
     if (hwm_resets_ && hwm > 0)
       rec_.memory.measured_bytes.emplace_back(phase_name(phase_), static_cast<double>(std::max<int64_t>(0, hwm - baseline_rss_)));
+    if (const int64_t dev = device_peak_allocated_bytes(device_); dev >= 0)
+      rec_.memory.measured_device_bytes.emplace_back(phase_name(phase_),
+                                                     static_cast<double>(std::max<int64_t>(0, dev - baseline_device_)));
     done_weight_ += phase_weight(phase_, cfg_);
     phase_active_ = false;
   }
@@ -380,6 +385,10 @@ class Pipeline {
   void load_inputs() {
     begin(Phase::Load);
     device_ = resolve_device(cfg_.device, cfg_.cuda_device);
+    if (device_.is_cuda()) {  // the load phase's device peak starts here
+      reset_device_peak(device_);
+      baseline_device_ = std::max<int64_t>(0, device_allocated_bytes(device_));
+    }
     folder_ = ModelFolder::open(cfg_.model);
     plan_memory_use();
     tokenizer_path_ = folder_.require_tokenizer();
@@ -824,6 +833,7 @@ class Pipeline {
   Phase phase_ = Phase::Load;
   bool phase_active_ = false;
   int64_t baseline_rss_ = 0, peak_seen_ = 0;
+  int64_t baseline_device_ = 0;  // bytes libtorch held on the CUDA device when the run began
   bool hwm_resets_ = false;
   double total_weight_ = 0, done_weight_ = 0;
 

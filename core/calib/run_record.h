@@ -154,6 +154,9 @@ struct MemoryRecord {
   // Peak resident memory of each phase above the baseline (the kernel's high-water mark, reset at
   // each phase start); empty where the kernel cannot reset it. On CUDA the host's, not the device's.
   std::vector<std::pair<std::string, double>> measured_bytes;
+  // CUDA only, where the build reads libtorch's allocator: the peak bytes its tensors held in each
+  // phase above what they held when the run began, comparable with predicted_device_bytes.
+  std::vector<std::pair<std::string, double>> measured_device_bytes;
 };
 
 struct RunRecord {
