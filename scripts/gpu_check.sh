@@ -14,13 +14,17 @@
 #      perplexity, GPU memory.
 # Random weights make the perplexities a plumbing check (both near the vocabulary in use), not a
 # quality figure. Logs and run directories go to $OUT (the device tool's output folder) or
-# build/gpu-check. Usage: scripts/gpu_check.sh [--quick | --lease | --dry-run]
+# build/gpu-check. Usage: scripts/gpu_check.sh [--quick | --lease | --dry-run | --8b]
 #   --quick    2 layers, 20 learning steps
 #   --lease    for a short device lease: 4 layers, 40 learning steps, the unit suite in the
 #              background during the GPU work, every step under a time limit and the whole
 #              check inside RESPIN_GPU_BUDGET seconds (default 420); a failed compile does not
 #              stop the check (ninja -k 0: every error is reported, what built still runs)
 #   --dry-run  a tiny model on the CPU: checks this script's own plumbing on a machine without a GPU
+#   --8b       after the build, only the LLaMA-3-8B-shape rows (bench/gpu_8b_rows.sh: init-model of
+#              16 GB, SpinQuant / ReSpinQuant r=32 / QuaRot / QuaRot+GPTQ(128 windows) at W4A4KV4,
+#              minutes per phase and measured against planned device peak; RESPIN_8B_STEPS learning
+#              steps, default 2, extrapolated to 100)
 # It also runs bench/hadamard_bench (the CUDA kernel against the copy bandwidth) and checks that
 # transformers loads an `respin export --format hf` folder and computes the perplexity that
 # `respin eval --model` computes (where python3 has transformers and tokenizers).
@@ -31,6 +35,8 @@ quick=0 dry=0 lease=0
 [[ ${1:-} == --quick ]] && quick=1
 [[ ${1:-} == --lease ]] && lease=1
 [[ ${1:-} == --dry-run ]] && dry=1
+big=0
+[[ ${1:-} == --8b ]] && big=1
 t_start=$(date +%s)
 budget=${RESPIN_GPU_BUDGET:-100000}
 ((lease)) && budget=${RESPIN_GPU_BUDGET:-420}
@@ -71,6 +77,14 @@ if ! cmake --build "$build" -j "$jobs" -- -k 0 >"$out/build.log" 2>&1; then
   ((lease)) || die "build failed (log: $out/build.log)"
 fi
 log "build: $(( $(date +%s) - t0 )) s (ok: $build_ok)"
+
+# ---- 8B rows only (--8b)
+if ((big)); then
+  ((build_ok)) || die "build failed: no 8B rows"
+  timeout "$(limit 3000)" "$root/bench/gpu_8b_rows.sh" --respin "$build/app/respin" --out "$out/8b" \
+    --steps "${RESPIN_8B_STEPS:-2}"
+  exit $?
+fi
 
 # ---- 2. tests (the tokenizer oracle needs node, which such a machine usually lacks)
 export OMP_NUM_THREADS=2
