@@ -411,9 +411,9 @@ int run_plan(const PlanArgs& a) {
   if (a.json) {
     std::cout << json_text(memory_plan_to_json(plan)) << "\n";
   } else {
-    std::printf("%s on %s: %s, the model %s as stored, %s as computed (float32)\n", c.label().c_str(),
+    std::printf("%s on %s: %s, the model %s as stored, %s as computed (%s)\n", c.label().c_str(),
                 plan.target.device.c_str(), c.model.c_str(), format_bytes(plan.target.model_file_bytes).c_str(),
-                format_bytes(plan.model_bytes).c_str());
+                format_bytes(plan.model_bytes).c_str(), precision_name(plan.target.precision));
     std::fputs(plan_table(plan).c_str(), stdout);
     std::printf("peak %s in %s, %s %s\n", format_bytes(plan.peak().device_bytes).c_str(), phase_name(plan.peak().phase),
                 plan.target.capacity_given ? "budget" : "available", format_bytes(plan.target.capacity_bytes).c_str());

@@ -21,6 +21,9 @@ constexpr int64_t kLossChunk = 1024;      // tokens per loss piece of a checkpoi
 // paged in as the run first uses them, and the allocator's slack. Measured on the CPU path
 // (docs/results.md, memory rows): 30-35 MB at hidden 512 and 1024.
 constexpr int64_t kLibraries = 32'000'000;
+// The CPU BLAS's per-thread work buffers for float64 products (two threads here, measured by
+// running with one: 40 MB less at the rotation's peak).
+constexpr int64_t kBlasBuffers = 40'000'000;
 
 // The shapes the terms are made of.
 struct Shape {
@@ -181,9 +184,13 @@ MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTa
             model_words + ", one window's forward " + format_bytes(fwd(1, false)));
         break;
       case Phase::Rotate: {
-        // Fusion and rotation in place: the transient is one matrix in float64. Measured: the embeddings' product (input, product and result: 24 bytes per entry) or
-        // down_proj's (input, Hadamard'd rows, product, result: about 6.4 float64 copies).
-        const int64_t rotate_transient = std::max(24 * s.V * s.D, 64 * s.I * s.D / 10) +
+        // Fusion and rotation in place, 512 rows of each product at a time (docs/methods.md 1.9):
+        // the transient is the largest new matrix beside the one it replaces (the embeddings'), or
+        // down_proj's float64 copy for its Hadamard with its new self, plus two blocks of float64
+        // rows; on the CPU the BLAS's per-thread buffers, first touched by these float64 products
+        // in a bfloat16 run (measured: about 20 MB per thread).
+        const int64_t rotate_transient = std::max(s.E * s.V * s.D, (kF64 + s.E) * s.I * s.D) +
+                                         2 * kF64 * 512 * std::max(s.D, s.I) + (cuda ? 0 : kBlasBuffers) +
                                          (c.method == Method::ReSpin ? 4 * kF64 * s.D * s.D : 0);
         int64_t bytes = fused + rotations + corrections + rotate_transient;
         std::string detail = "fused model " + format_bytes(fused) + ", rotations " + format_bytes(rotations);
@@ -213,8 +220,9 @@ MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTa
             "fused model " + format_bytes(fused) + ", one window's forward with the online transforms");
         break;
       case Phase::Quantize:
-        // RTN in place: one weight's grid search (the rows, their candidates' errors).
-        add(p, held + rotations + corrections + 4 * kF32 * s.largest_matrix(),
+        // RTN in place: one linear weight's grid search (the rows in float32, their candidates'
+        // errors: about 6 float32 copies of the largest, I x D, measured at hidden 1024 and 2048).
+        add(p, held + rotations + corrections + 6 * kF32 * std::max(s.I, s.QD) * s.D,
             "model " + format_bytes(held) + ", one weight's grid search");
         break;
       case Phase::Gptq: {
@@ -222,7 +230,8 @@ MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTa
         const int64_t hidden = s.E * windows * s.T * s.D;
         // Measured (docs/results.md, "Memory"): about one more model's worth is alive in this
         // phase than these terms count; its cause is not found yet, so the plan counts it.
-        const int64_t hessian = 3 * kF64 * s.widest() * s.widest() + 2 * kF64 * s.largest_matrix();
+        // GPTQ quantizes the decoder layers' linear weights only: the largest is I x D.
+        const int64_t hessian = 3 * kF64 * s.widest() * s.widest() + 2 * kF64 * std::max(s.I, s.QD) * s.D;
         const int64_t unexplained = held;
         add(p, held + unexplained + rotations + corrections + hidden + hessian +
                    forward_transient(s, std::min<int64_t>(4, windows), false, false),
@@ -265,7 +274,6 @@ std::string plan_table(const MemoryPlan& plan) {
   const bool cuda = plan.target.device != "cpu";
   std::string out;
   char line[512];
-  out += std::string("weights and activations in ") + precision_name(plan.target.precision) + "\n";
   std::snprintf(line, sizeof line, "%-13s %12s%s  %s\n", "phase", cuda ? "device" : "memory", cuda ? "         host" : "",
                 "what it holds");
   out += line;
