@@ -348,6 +348,15 @@ void print_calibration_summary(const CalibOutcome& r) {
                                      " chosen to fit")
                                         .c_str()
                                   : "");
+  // The time estimate beside the measured time of the phases it models.
+  double est = 0, took = 0;
+  for (const auto& [phase, v] : m.predicted_seconds) {
+    est += v;
+    for (const auto& [p, sec] : rec.timing.phases_seconds) took += p == phase ? sec : 0;
+  }
+  if (est > 0 && took > 0)
+    std::printf("time, estimated phases: planned %s, measured %s\n", format_duration(est).c_str(),
+                format_duration(took).c_str());
 }
 
 // What the run store holds about a run, said once and as it is: "recorded as run N" only when

@@ -203,3 +203,61 @@ TEST(ByteSize, ParsesUnitsAndRefusesWhatIsNotASize) {
   EXPECT_EQ(format_bytes(1'620'000'000), "1.62 GB");
   EXPECT_EQ(format_bytes(999), "999 B");
 }
+
+// The time estimate: each modelled phase's FLOPs at the rates the target carries (measured on the
+// device by plan_target; given here, so the arithmetic is checked on its own).
+TEST(MemoryPlanTime, ScalesWithTheWorkAndNeedsMeasuredRates) {
+  TempDir dir;
+  const ModelConfig mc = llama3_8b();
+  const std::string folder = sparse_folder(dir, mc);
+  CalibConfig c = config_for(folder, Method::SpinQuant, "80GB");
+  c.iters = 100;
+  c.eval_windows = 40;
+  PlanTarget t;
+  t.capacity_bytes = parse_byte_size("80GB");
+  t.capacity_given = true;
+  // No rates: no estimate anywhere.
+  MemoryPlan none = plan_memory(c, mc, t);
+  for (const PhaseMemory& p : none.phases) EXPECT_LT(p.seconds, 0) << phase_name(p.phase);
+  EXPECT_LT(none.estimated_seconds(), 0);
+  EXPECT_TRUE(memory_plan_to_json(none).at("estimated_seconds").is_null());
+
+  t.flops_per_second = 400e12;  // a bf16 tensor-core rate
+  t.f64_flops_per_second = 50e12;
+  const MemoryPlan a = plan_memory(c, mc, t);
+  // Forward FLOPs per token of LLaMA-3-8B at 2048 tokens: 2 x 7.5e9 weights + attention.
+  const double T = 2048, f = 2.0 * (mc.parameter_count() - mc.vocab_size * mc.hidden_size) + 4.0 * 32 * 4096 * (T / 2);
+  EXPECT_NEAR(phase(a, Phase::EvalFp).seconds, 40 * T * f / 400e12, 1e-9);
+  EXPECT_NEAR(phase(a, Phase::EvalQuant).seconds, 1.5 * phase(a, Phase::EvalFp).seconds, 1e-9);
+  // Learning: the steps' share doubles with the steps; the fold does not change.
+  c.iters = 200;
+  const MemoryPlan b = plan_memory(c, mc, t);
+  const double fold = 2.0 * mc.parameter_count() * 4096 / 50e12;
+  EXPECT_NEAR(phase(b, Phase::Rotate).seconds - fold, 2 * (phase(a, Phase::Rotate).seconds - fold), 1e-6);
+  EXPECT_GT(phase(a, Phase::Rotate).seconds, phase(a, Phase::EvalFp).seconds);
+  // Not modelled: load and write (disk), RTN's grid search.
+  EXPECT_LT(phase(a, Phase::Load).seconds, 0);
+  EXPECT_LT(phase(a, Phase::Write).seconds, 0);
+  EXPECT_GT(a.estimated_seconds(), phase(a, Phase::Rotate).seconds);
+  const nlohmann::json j = memory_plan_to_json(a);
+  EXPECT_NEAR(j.at("estimated_seconds").get<double>(), a.estimated_seconds(), 1e-9);
+  EXPECT_NE(plan_table(a).find(" time "), std::string::npos);
+  EXPECT_EQ(format_duration(42), "42 s");
+  EXPECT_EQ(format_duration(8.25), "8.2 s");
+  EXPECT_EQ(format_duration(210), "3.5 min");
+  EXPECT_EQ(format_duration(4320), "1.2 h");
+}
+
+// plan_target measures the device's rates itself (here the CPU): positive, cached per shape.
+TEST(MemoryPlanTime, TheTargetCarriesTheDevicesMeasuredRates) {
+  TempDir dir;
+  ModelConfig mc = make_model_config("llama", 256, 512, 2, 4, 2, 512, 256);
+  const std::string folder = sparse_folder(dir, mc);
+  CalibConfig c = config_for(folder, Method::QuaRot, "1GB");
+  c.seq_len = 128;
+  const PlanTarget t = plan_target(c);
+  EXPECT_GT(t.flops_per_second, 1e8);
+  EXPECT_GT(t.f64_flops_per_second, 1e7);
+  const MemoryPlan p = plan_calibration(c);
+  EXPECT_GT(phase(p, Phase::Rotate).seconds, 0);
+}

@@ -161,6 +161,11 @@ TEST_F(PrecisionRun, Bf16CalibrationIsRecordedStoredAndCloseToFloat32) {
     EXPECT_EQ(2 * pb.model_bytes, pf.model_bytes);
     EXPECT_LT(pb.peak().device_bytes, pf.peak().device_bytes);
     EXPECT_EQ(memory_plan_to_json(pb).at("precision"), "bfloat16");
+    // The time estimate it was planned with, from the CPU's measured rates.
+    EXPECT_GT(b.record.memory.flops_per_second, 0);
+    bool rotate_estimated = false;
+    for (const auto& [phase, sec] : b.record.memory.predicted_seconds) rotate_estimated |= phase == "rotate" && sec > 0;
+    EXPECT_TRUE(rotate_estimated);
     // On the CPU there is no device side to measure.
     EXPECT_TRUE(b.record.memory.measured_device_bytes.empty());
     EXPECT_EQ(b.record.compute.attention, "eager, blocks of 256 query rows");

@@ -404,6 +404,7 @@ TEST_F(Workbench, TheRunPanelShowsTheMemoryPlanTheRunWillUseAndRefusesWhatCannot
   EXPECT_EQ(p->plan()->phases.size(), core_plan.phases.size());
   EXPECT_TRUE(p->planText().startsWith("Peak ")) << p->planText().toStdString();
   EXPECT_TRUE(p->planText().contains("learning the whole batch at once")) << p->planText().toStdString();
+  EXPECT_TRUE(p->planText().contains(", ~")) << p->planText().toStdString();  // the time estimate
   EXPECT_TRUE(p->startButton()->isEnabled());
   // A budget too small: the refusal is the panel's problem, and Start waits.
   p->memoryBudget()->setText("1kB");

@@ -609,6 +609,8 @@ void RunPanel::showPlan() {
                      .arg(QString::fromStdString(respin::format_bytes(p->target.capacity_bytes)))
                      .arg(p->target.capacity_given ? "budget" : (p->target.device == "cpu" ? "available" : "of the GPU"))
                      .arg(respin::precision_name(p->target.precision));
+  if (const double sec = p->estimated_seconds(); sec >= 0)
+    text += QString(", ~%1").arg(QString::fromStdString(respin::format_duration(sec)));
   if (respin::method_learns(config().method))
     text += QString("; learning %1%2%3")
                 .arg(p->micro_batch > 0 ? QString("in micro-batches of %1").arg(p->micro_batch) : "the whole batch at once")

@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <optional>
 
 #include "core/data/corpus.h"
@@ -477,7 +478,10 @@ class Pipeline {
     for (const PhaseMemory& p : plan.phases) {
       m.predicted_bytes.emplace_back(phase_name(p.phase), static_cast<double>(cuda ? p.host_bytes : p.device_bytes));
       if (cuda) m.predicted_device_bytes.emplace_back(phase_name(p.phase), static_cast<double>(p.device_bytes));
+      if (p.seconds >= 0) m.predicted_seconds.emplace_back(phase_name(p.phase), p.seconds);
     }
+    m.flops_per_second = plan.target.flops_per_second;
+    m.f64_flops_per_second = plan.target.f64_flops_per_second;
   }
 
   // ---- a run whose rotations come from another (sweeps)
@@ -866,6 +870,47 @@ class Pipeline {
 
 namespace {
 
+// Matmul rates of `device` (FLOP/s), measured once per device, dtype and shape in a process (about
+// 0.1 s each, each product repeated for at least 50 ms after a warm-up): in `dtype` on the model's
+// own MLP shape (512 tokens x hidden x intermediate, what the forward spends its time on; hidden
+// at most 2048, intermediate at most 8192), and in float64 on hidden x hidden (the rotations'
+// folding; at most 1024 on a CPU).
+std::pair<double, double> matmul_rates(at::Device device, at::ScalarType dtype, int64_t hidden, int64_t intermediate) {
+  static std::mutex mutex;
+  static std::map<std::string, std::pair<double, double>> cache;
+  // Capped so that a 70B shape measures in a fraction of a second on a CPU as well.
+  const int64_t D = std::clamp<int64_t>(hidden, 64, 2048), I = std::clamp<int64_t>(intermediate, 64, 8192);
+  const std::string key = device.str() + "/" + c10::toString(dtype) + "/" + std::to_string(D) + "x" + std::to_string(I);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto it = cache.find(key); it != cache.end()) return it->second;
+  }
+  c10::NoGradGuard no_grad;
+  auto rate = [&](at::ScalarType t, int64_t m, int64_t k, int64_t n) {
+    const at::Tensor a = at::randn({m, k}, at::TensorOptions().dtype(at::kFloat)).to(device, t);
+    const at::Tensor b = at::randn({k, n}, at::TensorOptions().dtype(at::kFloat)).to(device, t);
+    (void)at::matmul(a, b).sum().item<double>();  // warm-up (kernels chosen, buffers touched)
+    int reps = 0;
+    double seconds = 0;
+    const auto t0 = Clock::now();
+    at::Tensor c;
+    do {
+      c = at::matmul(a, b);
+      ++reps;
+      if (reps % 4 == 0 || device.is_cpu()) (void)c.sum().item<double>();  // waits for the device
+      seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    } while (seconds < 0.05 && reps < 1000);
+    (void)c.sum().item<double>();
+    seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    return 2.0 * static_cast<double>(m) * k * n * reps / seconds;
+  };
+  const int64_t d64 = std::min<int64_t>(D, device.is_cuda() ? 4096 : 1024);
+  const std::pair<double, double> r{rate(dtype, 512, D, I), rate(at::kDouble, d64, d64, d64)};
+  std::lock_guard<std::mutex> lock(mutex);
+  cache[key] = r;
+  return r;
+}
+
 // Bytes of the texts a run reads: the given files, or the corpus folder's files.
 int64_t texts_bytes(const CalibConfig& c) {
   std::error_code ec;
@@ -911,6 +956,22 @@ PlanTarget plan_target_of(const CalibConfig& cfg, const ShardedSafetensors& st) 
   const ShardedSafetensors::Entry* embed = st.find("model.embed_tokens.weight");
   t.precision = resolve_precision(cfg.precision, t.device != "cpu", embed ? embed->info->dtype : DType::F32);
   t.texts_bytes = texts_bytes(cfg);
+  {
+    std::error_code ec;
+    const uintmax_t eval = cfg.eval_text.empty() ? 0 : fs::file_size(cfg.eval_text, ec);
+    // The corpus's test split is one document in 20 (core/data/corpus.h).
+    CalibConfig corpus_only = cfg;
+    corpus_only.calib_text = corpus_only.eval_text = "";
+    t.eval_text_bytes = cfg.eval_text.empty() ? texts_bytes(corpus_only) / 20 : (ec ? 0 : static_cast<int64_t>(eval));
+  }
+  // The device's own matmul rates for the time estimate (a device this machine lacks: none).
+  if (device) {
+    const ModelConfig mc = load_model_config(ModelFolder::open(cfg.model).config_path);
+    const auto [rate, rate64] = matmul_rates(*device, t.precision == Precision::BFloat16 ? at::kBFloat16 : at::kFloat,
+                                             mc.hidden_size, mc.intermediate_size);
+    t.flops_per_second = rate;
+    t.f64_flops_per_second = rate64;
+  }
   if (cfg.device_memory > 0) {
     t.capacity_bytes = cfg.device_memory;
     t.capacity_given = true;

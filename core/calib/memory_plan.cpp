@@ -120,7 +120,36 @@ Learning learning_bytes(const CalibConfig& c, const Shape& s, int64_t model, int
   return r;
 }
 
+// Forward FLOPs per token: 2 per weight of the decoder's linear layers and the head, and
+// attention's two products over T/2 keys on average (causal).
+double forward_flops_per_token(const Shape& s) {
+  const double linear = static_cast<double>(s.P - s.V * s.D * (s.tied ? 1 : 2));
+  return 2.0 * (linear + static_cast<double>(s.V * s.D)) + 4.0 * s.L * s.QD * (s.T / 2.0);
+}
+
+// GPTQ's float64 work per run: the Hessians (2 FLOPs per input pair and token, one per distinct
+// input: attention, o_proj, MLP, down_proj) and, per weight [out, in], the column updates
+// (2 out in^2) and the Cholesky factorization (in^3 / 3).
+double gptq_f64_flops(const Shape& s, int64_t tokens) {
+  const double D = s.D, I = s.I, QD = s.QD, KVD = s.KVD, L = s.L, t = static_cast<double>(tokens);
+  const double hessians = 2 * t * (2 * D * D + QD * QD + I * I);
+  const double updates = 2 * (QD + 2 * KVD + 2 * I) * D * D + 2 * D * QD * QD + 2 * D * I * I;
+  const double cholesky = (5 * D * D * D + 2 * I * D * D + QD * QD * QD + I * I * I) / 3;
+  return L * (hessians + updates + cholesky);
+}
+
 }  // namespace
+
+double MemoryPlan::estimated_seconds() const {
+  double total = 0;
+  bool any = false;
+  for (const PhaseMemory& p : phases)
+    if (p.seconds >= 0) {
+      total += p.seconds;
+      any = true;
+    }
+  return any ? total : -1;
+}
 
 const PhaseMemory& MemoryPlan::peak() const {
   if (phases.empty()) throw Error("empty memory plan");
@@ -250,6 +279,41 @@ MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTa
         break;
     }
   }
+
+  // The time estimate: each modelled phase's FLOPs at the measured rates (docs/methods.md 1.8).
+  if (target.flops_per_second > 0 && target.f64_flops_per_second > 0) {
+    const double rate = target.flops_per_second, rate64 = target.f64_flops_per_second;
+    const double f = forward_flops_per_token(s);
+    const double T = static_cast<double>(s.T);
+    const double eval_windows = c.eval_windows > 0 ? static_cast<double>(c.eval_windows)
+                                                   : std::floor(target.eval_text_bytes / 4.0 / T);  // ~4 bytes per token
+    for (PhaseMemory& pm : plan.phases) {
+      switch (pm.phase) {
+        case Phase::EvalFp: pm.seconds = eval_windows > 0 ? eval_windows * T * f / rate : -1; break;
+        // With the online transforms and fake quantizers on every activation: about 1.5 forwards.
+        case Phase::EvalQuant: pm.seconds = eval_windows > 0 ? 1.5 * eval_windows * T * f / rate : -1; break;
+        // The statistics (histograms, moments) of every site cost about one more forward.
+        case Phase::StatsBefore:
+        case Phase::StatsAfter: pm.seconds = 2.0 * c.stats_windows * T * f / rate; break;
+        case Phase::Rotate: {
+          // Folding the rotations into every weight (float64), and the learning: forward and
+          // backward (3 forwards' worth; 4 checkpointed, whose backward runs each layer again).
+          double sec = 2.0 * static_cast<double>(s.P) * s.D / rate64;
+          if (method_learns(c.method))
+            sec += (plan.checkpoint_layers ? 4.0 : 3.0) * static_cast<double>(c.iters) * std::max<int64_t>(c.batch, 1) *
+                   T * f / rate;
+          pm.seconds = sec;
+          break;
+        }
+        case Phase::Gptq: {
+          const int64_t tokens = std::max<int64_t>(c.samples, 1) * s.T;
+          pm.seconds = static_cast<double>(tokens) * f / rate + gptq_f64_flops(s, tokens) / rate64;
+          break;
+        }
+        default: break;  // load, RTN, write: disk- and memory-bound, not modelled
+      }
+    }
+  }
   return plan;
 }
 
@@ -270,20 +334,29 @@ std::string plan_refusal(const MemoryPlan& plan) {
          " phase, more than " + what + " (try " + change + "; `respin plan` shows every phase)";
 }
 
+std::string format_duration(double seconds) {
+  char buf[32];
+  if (seconds < 60) std::snprintf(buf, sizeof buf, "%.*f s", seconds < 10 ? 1 : 0, seconds);
+  else if (seconds < 3600) std::snprintf(buf, sizeof buf, "%.1f min", seconds / 60);
+  else std::snprintf(buf, sizeof buf, "%.1f h", seconds / 3600);
+  return buf;
+}
+
 std::string plan_table(const MemoryPlan& plan) {
   const bool cuda = plan.target.device != "cpu";
   std::string out;
   char line[512];
-  std::snprintf(line, sizeof line, "%-13s %12s%s  %s\n", "phase", cuda ? "device" : "memory", cuda ? "         host" : "",
-                "what it holds");
+  std::snprintf(line, sizeof line, "%-13s %12s%s %9s  %s\n", "phase", cuda ? "device" : "memory",
+                cuda ? "         host" : "", "time", "what it holds");
   out += line;
   for (const PhaseMemory& p : plan.phases) {
+    const std::string t = p.seconds >= 0 ? format_duration(p.seconds) : "-";
     if (cuda)
-      std::snprintf(line, sizeof line, "%-13s %12s %12s  %s\n", phase_name(p.phase), format_bytes(p.device_bytes).c_str(),
-                    format_bytes(p.host_bytes).c_str(), p.detail.c_str());
+      std::snprintf(line, sizeof line, "%-13s %12s %12s %9s  %s\n", phase_name(p.phase), format_bytes(p.device_bytes).c_str(),
+                    format_bytes(p.host_bytes).c_str(), t.c_str(), p.detail.c_str());
     else
-      std::snprintf(line, sizeof line, "%-13s %12s  %s\n", phase_name(p.phase), format_bytes(p.device_bytes).c_str(),
-                    p.detail.c_str());
+      std::snprintf(line, sizeof line, "%-13s %12s %9s  %s\n", phase_name(p.phase), format_bytes(p.device_bytes).c_str(),
+                    t.c_str(), p.detail.c_str());
     out += line;
   }
   return out;
@@ -293,6 +366,7 @@ nlohmann::json memory_plan_to_json(const MemoryPlan& plan) {
   nlohmann::json phases = nlohmann::json::array();
   for (const PhaseMemory& p : plan.phases) {
     nlohmann::json j = {{"phase", phase_name(p.phase)}, {"device_bytes", p.device_bytes}, {"detail", p.detail}};
+    j["seconds"] = p.seconds >= 0 ? nlohmann::json(p.seconds) : nlohmann::json(nullptr);
     if (plan.target.device != "cpu") j["host_bytes"] = p.host_bytes;
     phases.push_back(j);
   }
@@ -309,6 +383,9 @@ nlohmann::json memory_plan_to_json(const MemoryPlan& plan) {
           {"peak_bytes", plan.peak().device_bytes},
           {"peak_host_bytes", plan.peak_host_bytes()},
           {"fits", plan.fits()},
+          {"flops_per_second", plan.target.flops_per_second},
+          {"f64_flops_per_second", plan.target.f64_flops_per_second},
+          {"estimated_seconds", plan.estimated_seconds() >= 0 ? nlohmann::json(plan.estimated_seconds()) : nlohmann::json(nullptr)},
           {"phases", phases}};
 }
 

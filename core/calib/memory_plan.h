@@ -27,6 +27,11 @@ struct PlanTarget {
   // The run's precision, resolved (core/calib/precision.h): what the weights and the
   // activations are held in.
   Precision precision = Precision::Float32;
+  // For the time estimate: matmul rates measured on the device (a short benchmark, not a table
+  // of card names) in the run's precision and in float64; 0 = not measured (no estimate).
+  double flops_per_second = 0;
+  double f64_flops_per_second = 0;
+  int64_t eval_text_bytes = 0;  // the evaluation text's size (0 = unknown)
 };
 
 struct PhaseMemory {
@@ -36,6 +41,9 @@ struct PhaseMemory {
   int64_t device_bytes = 0;
   int64_t host_bytes = 0;  // on CUDA: the host's own peak in the phase (0 on the CPU: it is device_bytes)
   std::string detail;      // the terms, in words
+  // Estimated seconds of the phase from its FLOPs and the measured rates; -1 where there is no
+  // estimate (no rates, or a phase the estimate does not model: load, RTN's grid search, write).
+  double seconds = -1;
 };
 
 struct MemoryPlan {
@@ -49,6 +57,7 @@ struct MemoryPlan {
   const PhaseMemory& peak() const;  // the phase with the largest device_bytes
   int64_t peak_host_bytes() const;  // CPU: the peak; CUDA: the largest host_bytes
   bool fits() const { return peak().device_bytes <= target.capacity_bytes; }
+  double estimated_seconds() const;  // the phases' estimates summed (-1 when none has one)
 };
 
 // The plan of `config` (options as given; `micro_batch` 0 and `checkpoint_layers` false leave the
@@ -69,5 +78,7 @@ nlohmann::json memory_plan_to_json(const MemoryPlan& plan);
 int64_t parse_byte_size(const std::string& text);
 // "1.62 GB" style (decimal units, as `ls -h --si` and the plan's tables print).
 std::string format_bytes(int64_t bytes);
+// "8.2 s", "42 s", "3.5 min", "1.2 h".
+std::string format_duration(double seconds);
 
 }  // namespace respin

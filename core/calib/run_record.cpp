@@ -70,6 +70,8 @@ template <class V> void visit(MemoryRecord& r, V&& v) {
   v("learning_chosen", r.learning_chosen); v("baseline_rss_bytes", r.baseline_rss_bytes);
   v("predicted_bytes", r.predicted_bytes); v("predicted_device_bytes", r.predicted_device_bytes);
   v("measured_bytes", r.measured_bytes); v("measured_device_bytes", r.measured_device_bytes);
+  v("predicted_seconds", r.predicted_seconds); v("flops_per_second", r.flops_per_second);
+  v("f64_flops_per_second", r.f64_flops_per_second);
 }
 template <class V> void visit(RunRecord& r, V&& v) {
   v("format_version", r.format_version); v("respin_version", r.respin_version); v("created", r.created);

@@ -157,6 +157,10 @@ struct MemoryRecord {
   // CUDA only, where the build reads libtorch's allocator: the peak bytes its tensors held in each
   // phase above what they held when the run began, comparable with predicted_device_bytes.
   std::vector<std::pair<std::string, double>> measured_device_bytes;
+  // The plan's time estimate of each phase it models (seconds; compare timing.phases), and the
+  // measured matmul rates it came from (FLOP/s in the run's precision and in float64).
+  std::vector<std::pair<std::string, double>> predicted_seconds;
+  double flops_per_second = 0, f64_flops_per_second = 0;
 };
 
 struct RunRecord {
