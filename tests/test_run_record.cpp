@@ -61,6 +61,9 @@ RunRecord sample() {
   r.memory.predicted_bytes = {{"load", 1.5e9}, {"rotate", 2e9}};
   r.memory.predicted_device_bytes = {{"load", 1e9}, {"rotate", 1.9e9}};
   r.memory.measured_device_bytes = {{"load", 0.9e9}, {"rotate", 2.1e9}};
+  r.memory.predicted_seconds = {{"eval-fp", 3.25}, {"rotate", 12.5}};
+  r.memory.flops_per_second = 1.5e12;
+  r.memory.f64_flops_per_second = 2.5e10;
   r.memory.measured_bytes = {{"load", 1.4e9}, {"rotate", 1.8e9}};
   return r;
 }
