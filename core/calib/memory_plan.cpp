@@ -73,10 +73,12 @@ int64_t saved_per_token_layer(const Shape& s, bool activation_quant) {
   return s.E * floats * 157 / 100;
 }
 
-// Rotation parameters with their gradients, momentum and the Cayley step's temporaries.
+// Rotation parameters with their gradients and momentum (3 float32 copies each), and the Cayley
+// step's temporaries, which are alive for one parameter at a time (core/rotation/cayley_sgd.cpp:
+// the step walks the parameters in turn; about 6 hidden x hidden matrices).
 int64_t rotation_state(const Shape& s, Method m) {
   const int64_t residual = m == Method::ReSpin ? 2 * s.L + 1 : 1;
-  return 5 * kF32 * (residual * s.D * s.D + s.L * s.hd * s.hd);
+  return 3 * kF32 * (residual * s.D * s.D + s.L * s.hd * s.hd) + 6 * kF32 * s.D * s.D;
 }
 
 struct Learning {
