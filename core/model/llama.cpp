@@ -246,10 +246,8 @@ at::Tensor LlamaModel::attention(int layer, const at::Tensor& x_in, const Forwar
   // On CUDA the fused kernels: no score matrix is formed, forward or backward (docs/methods.md
   // 1.9). The CPU keeps the blocked form below, the reference every pipeline test compares with.
   if (q.is_cuda()) {
-    at::Tensor fused = window ? at::scaled_dot_product_attention(q, k, v, blocked.logical_not(), 0.0, false,
-                                                                 c10::optional<double>(scale))
-                              : at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true,
-                                                                 c10::optional<double>(scale));
+    at::Tensor fused = window ? at::scaled_dot_product_attention(q, k, v, blocked.logical_not(), 0.0, false, scale)
+                              : at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale);
     at::Tensor out = fused.transpose(1, 2).reshape({B, T, H * hd});
     run_hook(HookSite::OProjInput, layer, out);
     return linear(out, L.o_proj, L.o_bias);
