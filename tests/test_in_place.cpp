@@ -126,3 +126,59 @@ TEST(InPlace, GptqReplacesEachWeightAsItGoes) {
   EXPECT_EQ(report.layer_loss, copy_report.layer_loss);
   EXPECT_GT(report.layer_loss.at(0), 0);
 }
+
+// Without autograd the rotation's products are formed 512 rows of the result at a time, o_proj's
+// head rotation and down_proj's Hadamard over copies of their own (docs/methods.md 1.9); with
+// autograd recording they are whole-matrix products. The two give the same weights: a model whose
+// vocabulary, hidden size and intermediate size exceed the block, per-layer rotations, a head
+// rotation and down_proj's online Hadamard (640 = 20 x 32).
+TEST(InPlace, BlockedRotationProductsEqualTheWholeMatrixOnes) {
+  ModelConfig c = make_model_config("llama", 576, 640, 1, 9, 3, 600, 64);
+  c.rms_norm_eps = 1e-6;
+  RandomInitOptions o;
+  o.seed = 5;
+  o.std = 0.1;
+  o.norm_jitter = 0.3;
+  const LlamaModel fused = fuse_rms_norms(LlamaModel(c, random_weights(c, o)));
+  auto orth = [](int64_t n, uint64_t seed) {
+    at::manual_seed(seed);
+    return std::get<0>(at::linalg_qr(at::randn({n, n}, at::kDouble), "reduced"));
+  };
+  ResidualRotations rot;
+  rot.attn_in = {orth(576, 1)};
+  rot.mlp_in = {orth(576, 2)};
+  rot.final_basis = orth(576, 3);
+  rot.head = {orth(64, 4)};
+  OnlineTransforms online;
+  online.down_hadamard = true;
+  ModelWeights blocked;
+  {
+    c10::NoGradGuard no_grad;
+    blocked = rotate_weights(fused, rot, online, at::kFloat);
+  }
+  ResidualRotations recorded = rot;
+  for (std::vector<at::Tensor>* v : {&recorded.attn_in, &recorded.mlp_in, &recorded.head})
+    for (at::Tensor& t : *v) t = t.clone().requires_grad_(true);
+  recorded.final_basis = recorded.final_basis.clone().requires_grad_(true);
+  const ModelWeights whole = rotate_weights(fused, recorded, online, at::kFloat);
+  const auto a = named(blocked), b = named(whole);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!a[i].second->defined()) continue;
+    const at::Tensor x = *a[i].second, y = b[i].second->detach();
+    ASSERT_TRUE(x.sizes().equals(y.sizes())) << a[i].first;
+    const double scale = y.abs().max().item<double>();
+    EXPECT_LE((x - y).abs().max().item<double>(), 1e-6 * scale) << a[i].first;
+  }
+  // The function is the fused model's: the rotated model reproduces its logits.
+  c10::NoGradGuard no_grad;
+  const at::Tensor ids = at::randint(600, {1, 16}, at::kLong);
+  OnlineHookOptions ho;
+  ho.online = online;
+  ho.skip = dense_transitions(rot);
+  ho.quant.weight.bits = ho.quant.activation.bits = ho.quant.kv.bits = 16;  // the function alone
+  LlamaModel rotated(c, blocked);
+  rotated.set_hook(online_hook(c, ho));
+  const at::Tensor want = fused.forward(ids), got = rotated.forward(ids);
+  EXPECT_LE((want - got).abs().max().item<double>(), 1e-4 * (1 + want.abs().max().item<double>()));
+}
