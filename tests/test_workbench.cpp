@@ -139,6 +139,10 @@ std::string copy_model(const TempDir& from, const TempDir& to, const std::string
 // Returns how many were checked.
 int expect_fully_visible(QMainWindow& w, QWidget* panel, const char* what) {
   QApplication::processEvents();
+  // A label whose text just changed (the plan arrives from its thread) has posted a layout
+  // request: the layout as the user sees it is the one after that request.
+  QApplication::sendPostedEvents(nullptr, QEvent::LayoutRequest);
+  QApplication::processEvents();
   auto* scroll = qobject_cast<QScrollArea*>(panel->parentWidget() ? panel->parentWidget()->parentWidget() : nullptr);
   EXPECT_TRUE(scroll) << what;
   if (!scroll) return 0;
@@ -472,6 +476,8 @@ TEST_F(Workbench, RunAndModelPanelsAreFullyVisibleAt1280x800) {
     auto w = window(size.width(), size.height());
     ASSERT_TRUE(w->openModel(QString::fromStdString(dir_->file("model"))));
     w->showView("run");
+    // With the plan shown (read off the GUI thread), as the user sees the panel once it is ready.
+    pump_until([&] { return w->runPanel()->plan().has_value(); }, 10000);
     QApplication::processEvents();
     // The window keeps the size asked for (minimum sizes of docks and views do not force it wider).
     EXPECT_EQ(w->size(), size) << w->width() << "x" << w->height() << "; central widget at least "
