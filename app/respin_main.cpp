@@ -37,46 +37,32 @@ CLI::Range thread_range() {
                                                            " hardware threads");
 }
 
-// --device: auto, cpu, cuda or cuda:N (respin::parse_device's message when not).
-CLI::Validator device_check() {
+// A CLI validator from a core parser: its message when `parse` throws on the text.
+template <class Parse>
+CLI::Validator parsed_by(Parse parse, const char* name) {
   return CLI::Validator(
-      [](std::string& v) {
+      [parse](std::string& v) {
         try {
-          respin::parse_device(v);
+          parse(v);
           return std::string();
         } catch (const std::exception& e) {
           return std::string(e.what());
         }
       },
-      "DEVICE");
+      name);
 }
+
+// --device: auto, cpu, cuda or cuda:N (respin::parse_device's message when not).
+CLI::Validator device_check() { return parsed_by([](const std::string& v) { respin::parse_device(v); }, "DEVICE"); }
 
 // --precision: a name of respin::Precision (precision_from_name's message when not).
 CLI::Validator precision_check() {
-  return CLI::Validator(
-      [](std::string& v) {
-        try {
-          respin::precision_from_name(v);
-          return std::string();
-        } catch (const std::exception& e) {
-          return std::string(e.what());
-        }
-      },
-      "PRECISION");
+  return parsed_by([](const std::string& v) { respin::precision_from_name(v); }, "PRECISION");
 }
 
 // --device-memory: a size (respin::parse_byte_size's message when not).
 CLI::Validator byte_size_check() {
-  return CLI::Validator(
-      [](std::string& v) {
-        try {
-          respin::parse_byte_size(v);
-          return std::string();
-        } catch (const std::exception& e) {
-          return std::string(e.what());
-        }
-      },
-      "SIZE");
+  return parsed_by([](const std::string& v) { respin::parse_byte_size(v); }, "SIZE");
 }
 
 }  // namespace

@@ -179,6 +179,9 @@ QuantConfig without_activation_quant(QuantConfig q) {
   return q;
 }
 
+// The tensor dtype of a resolved precision (core/calib/precision.h).
+at::ScalarType compute_type(Precision resolved) { return resolved == Precision::BFloat16 ? at::kBFloat16 : at::kFloat; }
+
 // TF32 tensor-core matmuls for float32 work on CUDA while alive (the previous setting is restored).
 class Tf32Scope {
  public:
@@ -432,7 +435,7 @@ class Pipeline {
     std::string().swap(calib_text);
     std::string().swap(eval_text);
     release_free_memory();
-    original_.emplace(load_model(folder_.dir, {dtype_, device_}));
+    original_.emplace(load_model(folder_.dir, {dtype(), device_}));
     config_ = original_->config();
 
     // What the run is, as soon as it is known.
@@ -461,7 +464,6 @@ class Pipeline {
     if (!plan.fits()) throw Error(cfg_.model + ": " + plan_refusal(plan));
     // The precision the plan was made for is the one the run computes in (docs/methods.md 1.9).
     precision_ = plan.target.precision;
-    dtype_ = precision_ == Precision::BFloat16 ? at::kBFloat16 : at::kFloat;
     if (plan.learning_chosen) {
       cfg_.micro_batch = plan.micro_batch;
       cfg_.checkpoint_layers = plan.checkpoint_layers;
@@ -613,7 +615,7 @@ class Pipeline {
       }
       RotationTrainingResult tr;
       {
-        Tf32Scope tf32(plan_.tf32_learning && dtype_ == at::kFloat);
+        Tf32Scope tf32(plan_.tf32_learning && dtype() == at::kFloat);
         tr = train_rotations(fused, rot, calib_windows_, to, &steps_);
       }
       rec_.method.training = TrainingRecord{cfg_.iters,  cfg_.lr,     cfg_.batch,
@@ -622,7 +624,7 @@ class Pipeline {
     }
     const ResidualRotations r64 = rot.to(at::TensorOptions().device(device_).dtype(at::kDouble));
     release_free_memory();  // the rotations' construction and the learning's graph
-    rotated_.emplace(mc(), rotate_weights(std::move(fused), r64, plan_.online, dtype_));
+    rotated_.emplace(mc(), rotate_weights(std::move(fused), r64, plan_.online, dtype()));
     if (!rot.is_global()) {
       std::vector<double> errors;
       skip_ = rank_r_transitions(r64, plan_.rank, &errors);
@@ -689,12 +691,10 @@ class Pipeline {
     // Each phase's forward (or, for the rotations of a method that learns none, the fusion's)
     // dtype, in run order.
     rec_.compute.phases.clear();
-    for (Phase p : phases_of(cfg_)) {
-      std::string d = dt;
-      if (p == Phase::Rotate && !method_learns(cfg_.method)) d = rec_.compute.weight_fusion;
-      if (p == Phase::Rotate && method_learns(cfg_.method)) d = rec_.compute.rotation_learning;
-      rec_.compute.phases.emplace_back(phase_name(p), d);
-    }
+    for (Phase p : phases_of(cfg_))
+      rec_.compute.phases.emplace_back(phase_name(p), p != Phase::Rotate           ? dt
+                                                      : method_learns(cfg_.method) ? rec_.compute.rotation_learning
+                                                                                   : rec_.compute.weight_fusion);
     rec_.compute.libtorch = TORCH_VERSION;
     rec_.compute.attention = attention_kernel(device_);
     rec_.gpu_memory_in_use_bytes.reset();
@@ -772,7 +772,7 @@ class Pipeline {
   void check_free_space() const {
     const ModelConfig& c = mc();
     const uint64_t params = static_cast<uint64_t>(c.parameter_count()), h = c.hidden_size, layers = c.num_hidden_layers;
-    uint64_t bytes = params * (precision_ == Precision::BFloat16 ? 2 : 4) + (256 << 10);
+    uint64_t bytes = params * static_cast<uint64_t>(element_bytes(precision_)) + (256 << 10);
     std::error_code ec;
     if (!tokenizer_path_.empty()) bytes += fs::file_size(tokenizer_path_, ec);
     if (cfg_.wbits < 16) bytes += params * 8 / static_cast<uint64_t>(cfg_.w_group > 0 ? cfg_.w_group : 64);
@@ -843,7 +843,7 @@ class Pipeline {
 
   at::Device device_ = at::kCPU;
   Precision precision_ = Precision::Float32;  // resolved by the plan
-  at::ScalarType dtype_ = at::kFloat;         // the weights' and the forward's
+  at::ScalarType dtype() const { return compute_type(precision_); }  // the weights' and the forward's
   ModelFolder folder_;
   std::string tokenizer_path_, calib_src_, eval_src_;
   ModelConfig config_;
@@ -911,16 +911,18 @@ std::pair<double, double> matmul_rates(at::Device device, at::ScalarType dtype, 
   return r;
 }
 
-// Bytes of the texts a run reads: the given files, or the corpus folder's files.
-int64_t texts_bytes(const CalibConfig& c) {
+// Bytes of a text file (0 when it cannot be read: the run itself will say why).
+int64_t file_bytes(const std::string& path) {
   std::error_code ec;
+  const uintmax_t n = path.empty() ? 0 : fs::file_size(path, ec);
+  return ec ? 0 : static_cast<int64_t>(n);
+}
+
+// Bytes of the corpus folder's files, when the run reads the corpus for a text it was not given
+// (a missing or unreadable folder counts nothing).
+int64_t corpus_bytes(const CalibConfig& c) {
+  if (!c.calib_text.empty() && !c.eval_text.empty()) return 0;
   int64_t total = 0;
-  for (const std::string* f : {&c.calib_text, &c.eval_text})
-    if (!f->empty()) {
-      const uintmax_t n = fs::file_size(*f, ec);
-      if (!ec) total += static_cast<int64_t>(n);
-    }
-  // The corpus: its source folders' files (a missing or unreadable folder counts nothing).
   std::function<void(const std::string&, int)> add_folder = [&](const std::string& dir, int depth) {
     try {
       for (const DirEntry& e : list_directory(dir)) {
@@ -930,7 +932,7 @@ int64_t texts_bytes(const CalibConfig& c) {
     } catch (const Error&) {
     }
   };
-  if (c.calib_text.empty() || c.eval_text.empty()) add_folder(c.data_dir.empty() ? default_corpus_dir() : c.data_dir, 0);
+  add_folder(c.data_dir.empty() ? default_corpus_dir() : c.data_dir, 0);
   return total;
 }
 
@@ -938,8 +940,8 @@ int64_t texts_bytes(const CalibConfig& c) {
 
 namespace {
 
-// The target of `cfg` with the model's safetensors headers already open.
-PlanTarget plan_target_of(const CalibConfig& cfg, const ShardedSafetensors& st) {
+// The target of `cfg` with the model's config and safetensors headers already read.
+PlanTarget plan_target_of(const CalibConfig& cfg, const ModelConfig& mc, const ShardedSafetensors& st) {
   PlanTarget t;
   std::optional<at::Device> device;
   try {
@@ -955,20 +957,14 @@ PlanTarget plan_target_of(const CalibConfig& cfg, const ShardedSafetensors& st) 
   // beside bfloat16 matrices; the matrices are what the precision is about).
   const ShardedSafetensors::Entry* embed = st.find("model.embed_tokens.weight");
   t.precision = resolve_precision(cfg.precision, t.device != "cpu", embed ? embed->info->dtype : DType::F32);
-  t.texts_bytes = texts_bytes(cfg);
-  {
-    std::error_code ec;
-    const uintmax_t eval = cfg.eval_text.empty() ? 0 : fs::file_size(cfg.eval_text, ec);
-    // The corpus's test split is one document in 20 (core/data/corpus.h).
-    CalibConfig corpus_only = cfg;
-    corpus_only.calib_text = corpus_only.eval_text = "";
-    t.eval_text_bytes = cfg.eval_text.empty() ? texts_bytes(corpus_only) / 20 : (ec ? 0 : static_cast<int64_t>(eval));
-  }
+  // The texts the run reads: the given files, or the corpus (whose test split is one document in
+  // 20, core/data/corpus.h) for a text not given.
+  const int64_t corpus = corpus_bytes(cfg);
+  t.texts_bytes = file_bytes(cfg.calib_text) + file_bytes(cfg.eval_text) + corpus;
+  t.eval_text_bytes = cfg.eval_text.empty() ? corpus / 20 : file_bytes(cfg.eval_text);
   // The device's own matmul rates for the time estimate (a device this machine lacks: none).
   if (device) {
-    const ModelConfig mc = load_model_config(ModelFolder::open(cfg.model).config_path);
-    const auto [rate, rate64] = matmul_rates(*device, t.precision == Precision::BFloat16 ? at::kBFloat16 : at::kFloat,
-                                             mc.hidden_size, mc.intermediate_size);
+    const auto [rate, rate64] = matmul_rates(*device, compute_type(t.precision), mc.hidden_size, mc.intermediate_size);
     t.flops_per_second = rate;
     t.f64_flops_per_second = rate64;
   }
@@ -991,12 +987,12 @@ MemoryPlan plan_calibration(const CalibConfig& cfg) {
   const ModelConfig mc = load_model_config(folder.config_path);
   const ShardedSafetensors st = ShardedSafetensors::open_folder(folder.dir);
   check_model_tensors(st, mc, folder.config_path, folder.dir);
-  return plan_memory(cfg, mc, plan_target_of(cfg, st));
+  return plan_memory(cfg, mc, plan_target_of(cfg, mc, st));
 }
 
 PlanTarget plan_target(const CalibConfig& cfg) {
   const ModelFolder folder = ModelFolder::open(cfg.model);
-  return plan_target_of(cfg, ShardedSafetensors::open_folder(folder.dir));
+  return plan_target_of(cfg, load_model_config(folder.config_path), ShardedSafetensors::open_folder(folder.dir));
 }
 
 at::Device resolve_device(DeviceChoice choice, int cuda_device) {
@@ -1165,8 +1161,9 @@ LoadedRun load_run_checked(const std::string& dir, int64_t rank, at::Device devi
   OnlineTransforms online{rec.online.qk_hadamard, rec.online.down_hadamard, rec.online.heads_hadamard};
   const int64_t o_group = rec.quantizers.o_proj_activation_group;
   // In the precision the run computed in, so that its numbers are reproduced (docs/methods.md 1.9).
-  const at::ScalarType dtype =
-      rec.compute.weights_and_activations == precision_name(Precision::BFloat16) ? at::kBFloat16 : at::kFloat;
+  const at::ScalarType dtype = compute_type(rec.compute.weights_and_activations == precision_name(Precision::BFloat16)
+                                                ? Precision::BFloat16
+                                                : Precision::Float32);
   LlamaModel model = load_model((fs::path(dir) / "model").string(), {dtype, device});
   const ModelConfig& mc = model.config();
   SkipTransitions skip;

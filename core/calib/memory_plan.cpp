@@ -208,12 +208,9 @@ MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTa
         // Converted tensor by tensor from the mapped file: the float32 model (on the host first
         // when it goes to a GPU), the texts and their token ids, one tensor's finite check.
         // The texts are tokenized and freed before the weights arrive: the larger of the two.
-        {
-          const int64_t held_host = std::max(texts_load, model + texts_kept) + s.largest_matrix() + kLibraries;
-          plan.phases.push_back({p, cuda ? model : held_host, cuda ? held_host : 0,
-                                 model_words + ", or before it the texts and their tokenization " +
-                                     format_bytes(texts_load)});
-        }
+        add(p, cuda ? model : 0,
+            model_words + ", or before it the texts and their tokenization " + format_bytes(texts_load),
+            std::max(texts_load, model + texts_kept) + s.largest_matrix() + kLibraries);
         break;
       case Phase::EvalFp:
       case Phase::StatsBefore:

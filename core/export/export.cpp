@@ -166,7 +166,7 @@ LinearCodes recover_codes(const at::Tensor& w_in, const WeightQuantParams& grid,
   const at::Tensor w = w_in.detach().to(at::kCPU, at::kFloat).contiguous();
   // Unit roundoff of the stored dtype: |stored - exact| <= u |exact|, and exact / scale = q - zero.
   const double u = stored == DType::BF16 ? std::ldexp(1.0, -8) : stored == DType::F16 ? std::ldexp(1.0, -11) : 0.0;
-  const at::ScalarType stored_type = stored == DType::BF16 ? at::kBFloat16 : stored == DType::F16 ? at::kHalf : at::kFloat;
+  const at::ScalarType stored_type = scalar_of(stored);
   const double widest_code = std::ldexp(1.0, spec.bits) - 1;
   if (u * widest_code >= 0.5 - 1e-3)
     throw Error("weight '" + name + "' in " + source + ": " + std::to_string(spec.bits) + "-bit codes are not recoverable from a " +

@@ -127,17 +127,23 @@ bool recording(const at::Tensor& a, const at::Tensor& b = at::Tensor()) {
   return at::GradMode::is_enabled() && (a.requires_grad() || (b.defined() && b.requires_grad()));
 }
 
-// h.apply(x) on each row of x. Without autograd a block of rows at a time, written over x (which
-// the caller owns), so the Hadamard's butterfly stages hold one block's temporaries and no second
-// matrix (the same values: the transform acts on each row alone).
+// f, a transform that acts on each row of x alone, written over x (which the caller owns) `rows`
+// rows at a time: only one block's temporaries are alive and no second matrix (the same values
+// as at once). Not for tensors autograd records.
+template <class F>
+at::Tensor over_rows(at::Tensor x, int64_t rows, F f) {
+  for (int64_t r = 0; r < x.size(0); r += rows) {
+    const int64_t n = std::min(rows, x.size(0) - r);
+    x.narrow(0, r, n).copy_(f(x.narrow(0, r, n)));
+  }
+  return x;
+}
+
+// h.apply(x) on each row of x; without autograd over x, a block of rows at a time.
 at::Tensor hadamard_by_rows(const HadamardTransform& h, at::Tensor x) {
   constexpr int64_t kRows = 128;
   if (recording(x) || x.size(0) <= kRows) return h.apply(x);
-  for (int64_t r = 0; r < x.size(0); r += kRows) {
-    const int64_t n = std::min(kRows, x.size(0) - r);
-    x.narrow(0, r, n).copy_(h.apply(x.narrow(0, r, n)));
-  }
-  return x;
+  return over_rows(std::move(x), kRows, [&](const at::Tensor& block) { return h.apply(block); });
 }
 
 // a @ b computed in `ct` and stored as `out_dtype`. Without autograd, kRows rows of the result at
@@ -181,17 +187,8 @@ LayerWeights rotate_layer(const ModelConfig& c, LayerWeights l, const ResidualRo
       x = at::matmul(x.view({n, nh, hd}).transpose(1, 2), f.heads_dense).transpose(1, 2).reshape({n, nh * hd});
     return x;
   };
-  at::Tensor o;  // [D, nh * hd]
-  if (recording(l.o_proj, Rh)) {
-    o = heads_of(in(l.o_proj));
-  } else {
-    o = l.o_proj.to(ct, /*non_blocking=*/false, /*copy=*/true);
-    constexpr int64_t kRows = 512;
-    for (int64_t r = 0; r < D; r += kRows) {
-      const int64_t n = std::min(kRows, D - r);
-      o.narrow(0, r, n).copy_(heads_of(o.narrow(0, r, n)));
-    }
-  }
+  at::Tensor o = recording(l.o_proj, Rh) ? heads_of(in(l.o_proj))
+                                         : over_rows(l.o_proj.to(ct, /*non_blocking=*/false, /*copy=*/true), 512, heads_of);
   l.o_proj = at::Tensor();
   l.o_proj = product(B.t(), o, ct, out_dtype);
   o = at::Tensor();
