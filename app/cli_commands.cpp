@@ -347,7 +347,8 @@ void print_calibration_summary(const CalibOutcome& r) {
                 m.learning_chosen ? (", learning with --checkpoint-layers --micro-batch " + std::to_string(m.micro_batch) +
                                      " chosen to fit")
                                         .c_str()
-                                  : "");
+                : m.streamed ? ", a decoder layer at a time"
+                             : "");
   // The time estimate beside the measured time of the phases it models.
   double est = 0, took = 0;
   for (const auto& [phase, v] : m.predicted_seconds) {
@@ -432,6 +433,9 @@ int run_plan(const PlanArgs& a) {
                                        : "the whole batch at once",
                   plan.checkpoint_layers ? ", layers checkpointed" : "",
                   plan.learning_chosen ? " (chosen to fit)" : "");
+    std::printf("streaming: %s\n", plan.streamed ? (plan.streaming_chosen ? "a decoder layer at a time (chosen to fit)"
+                                                                          : "a decoder layer at a time")
+                                                 : "the whole model in memory");
   }
   if (!plan.fits()) {
     std::fprintf(stderr, "error: %s\n", plan_refusal(plan).c_str());

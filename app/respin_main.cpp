@@ -60,6 +60,11 @@ CLI::Validator precision_check() {
   return parsed_by([](const std::string& v) { respin::precision_from_name(v); }, "PRECISION");
 }
 
+// --streaming: a name of respin::Streaming.
+CLI::Validator streaming_check() {
+  return parsed_by([](const std::string& v) { respin::streaming_from_name(v); }, "STREAMING");
+}
+
 // --device-memory: a size (respin::parse_byte_size's message when not).
 CLI::Validator byte_size_check() {
   return parsed_by([](const std::string& v) { respin::parse_byte_size(v); }, "SIZE");
@@ -191,6 +196,12 @@ int main(int argc, char** argv) {
          "Weights and forward in: auto (bfloat16 on CUDA for a bfloat16 model, else float32), float32 or "
          "bfloat16; rotations, Hessians and fusion stay float32/float64")
         ->check(precision_check())->default_str("auto");
+    c->add_option_function<std::string>(
+         "--streaming", [&config](const std::string& v) { config.streaming = respin::streaming_from_name(v); },
+         "How the phases hold the model: whole, layers (one decoder layer at a time from the safetensors files; "
+         "rtn, quarot, gptq, and rotations reused from another run) or auto (layers when the whole model does "
+         "not fit the budget)")
+        ->check(streaming_check())->default_str("auto");
     c->add_option("--threads", config.threads, "Compute threads (0 = all cores)")
         ->capture_default_str()->check(thread_range());
     c->add_option_function<std::string>(

@@ -8,7 +8,8 @@
 #   bench/memory_rows.sh [--sizes "512 1024 2048"] [--precision float32|bfloat16] [--rows "quarot,..."]
 #                        [--out DIR] [--respin BIN] [--threads N] [--dry-run]
 #
-# Rows per size: QuaRot (RTN weights), QuaRot + GPTQ over 8 windows, SpinQuant and ReSpinQuant
+# Rows per size: QuaRot (RTN weights), QuaRot + GPTQ over 8 windows, both again and RTN a decoder
+# layer at a time (--streaming layers), SpinQuant and ReSpinQuant
 # r=32 learning one step of 8 windows x 512 tokens checkpointed in micro-batches of 1, and (where
 # it fits this machine) SpinQuant keeping the whole step's graph. Every row is W4A4KV4 and
 # evaluates 1 window. --dry-run prints the plans only (`respin plan`), which is how rows that do
@@ -57,6 +58,9 @@ common=(--samples 8 --seq-len 512 --eval-windows 1 --stats-windows 1 --threads "
 rows=(
   "quarot|--method quarot"
   "quarot gptq|--method quarot --gptq"
+  "quarot streamed|--method quarot --streaming layers"
+  "quarot gptq streamed|--method quarot --gptq --streaming layers"
+  "rtn streamed|--method rtn --streaming layers"
   "spinquant checkpointed|--method spinquant --iters 1 --batch 8 --checkpoint-layers --micro-batch 1"
   "respin r=32 checkpointed|--method respin --rank 32 --iters 1 --batch 8 --checkpoint-layers --micro-batch 1"
   "spinquant whole graph|--method spinquant --iters 1 --batch 8"

@@ -72,21 +72,24 @@ EOF
 mutation gptq-propagates-unquantized core/methods/gptq_model.cpp test_calib \
   PipelineReference.GptqPipelineUsesTheHessiansOfTheQuantizedModel \
   "GPTQ propagating layer inputs through the unquantized layer" <<'EOF'
-    LlamaModel cur(c, w);
-    if (online) cur.set_hook(online);
+    GptqLayerResult r = gptq_quantize_layer(frame, i, w.layers[i], hidden, ctx, online, o, control);
 ====
-    LlamaModel cur(c, model.weights());
-    if (online) cur.set_hook(online);
+    const LayerWeights original = w.layers[i];
+    std::vector<at::Tensor> inputs = hidden;
+    GptqLayerResult r = gptq_quantize_layer(frame, i, w.layers[i], hidden, ctx, online, o, control);
+    frame.set_layer(i, original);
+    for (at::Tensor& h : inputs) h = frame.layer_forward(i, h, ctx);
+    hidden = inputs;
 EOF
 
 mutation gptq-hessian-before-hadamard core/methods/gptq_model.cpp test_calib \
   PipelineReference.GptqPipelineUsesTheHessiansOfTheQuantizedModel \
   "GPTQ accumulating the Hessian before the online Hadamard" <<'EOF'
-        if (online) online(site, layer, x);
-        if (layer == i && site == g.site) acc.add(x);
+      if (online) online(site, l, x);
+      if (l == i && site == g.site) acc.add(x);
 ====
-        if (layer == i && site == g.site) acc.add(x);
-        if (online) online(site, layer, x);
+      if (l == i && site == g.site) acc.add(x);
+      if (online) online(site, l, x);
 EOF
 
 mutation quarot-without-r4 core/methods/methods.cpp test_calib \

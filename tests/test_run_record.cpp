@@ -155,6 +155,7 @@ TEST(CalibConfig, WritesTheGoldenBytesAndReadsThemBack) {
   c.device = DeviceChoice::Cuda;
   c.cuda_device = 2;
   c.precision = Precision::BFloat16;
+  c.streaming = Streaming::Layers;
   c.data_dir = "/data/corpus";
   c.rotations_from = "/runs/learned";
   const std::string text = calib_config_to_json(c);

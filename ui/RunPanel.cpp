@@ -616,6 +616,7 @@ void RunPanel::showPlan() {
                 .arg(p->micro_batch > 0 ? QString("in micro-batches of %1").arg(p->micro_batch) : "the whole batch at once")
                 .arg(p->checkpoint_layers ? ", layers checkpointed" : "")
                 .arg(p->learning_chosen ? " (chosen to fit)" : "");
+  if (p->streamed) text += p->streaming_chosen ? "; a layer at a time (chosen to fit)" : "; a layer at a time";
   plan_->setText(text);
   plan_->setToolTip(QString::fromStdString(respin::plan_table(*p)));
 }

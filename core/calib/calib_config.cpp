@@ -73,6 +73,21 @@ const char* precision_name(Precision p) {
   return "?";
 }
 
+const char* streaming_name(Streaming s) {
+  switch (s) {
+    case Streaming::Auto: return "auto";
+    case Streaming::Whole: return "whole";
+    case Streaming::Layers: return "layers";
+  }
+  return "?";
+}
+
+Streaming streaming_from_name(const std::string& name) {
+  for (Streaming s : {Streaming::Auto, Streaming::Whole, Streaming::Layers})
+    if (name == streaming_name(s)) return s;
+  throw Error("unknown streaming '" + name + "' (expected auto, whole or layers)");
+}
+
 Precision precision_from_name(const std::string& name) {
   for (Precision p : {Precision::Auto, Precision::Float32, Precision::BFloat16})
     if (name == precision_name(p)) return p;
@@ -110,7 +125,12 @@ void CalibConfig::validate() const {
   if (stats_windows < 0) fail("stats_windows must be >= 0");
   if (threads < 0) fail("threads must be >= 0");
   if (!rotations_from.empty() && !method_rotates(method)) fail("rotations_from applies to rotating methods only");
+  if (streaming == Streaming::Layers && !can_stream())
+    fail(std::string("streaming 'layers' runs the phases without end-to-end gradients; ") + method_name(method) +
+         " learns its rotations through the whole model (use whole, or rotations_from a run that learned them)");
 }
+
+bool CalibConfig::can_stream() const { return !method_learns(method) || !rotations_from.empty(); }
 
 std::string CalibConfig::label() const {
   std::string s = method_name(method);
@@ -156,6 +176,7 @@ void for_each_field(Config& c, Visit&& visit) {
   visit("seed", c.seed);
   visit("device", c.device);
   visit("precision", c.precision);
+  visit("streaming", c.streaming);
   visit("cuda_device", c.cuda_device);
   visit("threads", c.threads);
   visit("data_dir", c.data_dir);
@@ -175,6 +196,11 @@ template <> struct EnumNames<WeightQuantizer> {
 template <> struct EnumNames<DeviceChoice> {
   static const char* name(DeviceChoice d) { return device_choice_name(d); }
   static DeviceChoice parse(const std::string& s) { return device_choice_from_name(s); }
+};
+
+template <> struct EnumNames<Streaming> {
+  static const char* name(Streaming s) { return streaming_name(s); }
+  static Streaming parse(const std::string& s) { return streaming_from_name(s); }
 };
 
 template <> struct EnumNames<Precision> {

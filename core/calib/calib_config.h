@@ -34,6 +34,14 @@ enum class Precision { Auto, Float32, BFloat16 };
 const char* precision_name(Precision p);  // "auto", "float32", "bfloat16"
 Precision precision_from_name(const std::string& name);
 
+// How the phases hold the model (docs/methods.md 1.7): `whole` in memory, `layers` read one
+// decoder layer at a time from the safetensors files (the phases without end-to-end gradients:
+// evaluation, statistics, QuaRot's rotation, RTN, GPTQ), `auto` layers when the whole plan does not
+// fit the budget and the method learns no rotation.
+enum class Streaming { Auto, Whole, Layers };
+const char* streaming_name(Streaming s);  // "auto", "whole", "layers"
+Streaming streaming_from_name(const std::string& name);
+
 struct CalibConfig {
   std::string model;             // Hugging Face model folder
   Method method = Method::ReSpin;
@@ -61,6 +69,7 @@ struct CalibConfig {
   uint64_t seed = 0;
   DeviceChoice device = DeviceChoice::Auto;
   Precision precision = Precision::Auto;  // weights and forward; rotations stay float32/float64
+  Streaming streaming = Streaming::Auto;
   int cuda_device = 0;           // which CUDA device `cuda` (and `auto` on a GPU machine) uses
   int threads = 0;               // 0 = all cores (applied by the entry point, not the pipeline)
   std::string data_dir;          // corpus folder for the default texts; empty = default_corpus_dir()
@@ -72,6 +81,9 @@ struct CalibConfig {
   // Throws respin::Error naming the field for any invalid value (including the quantizer
   // combinations the methods cannot run).
   void validate() const;
+  // The method learns nothing through the whole model here (rtn, quarot, or rotations reused from
+  // another run): its phases can run a layer at a time.
+  bool can_stream() const;
   // "respin r=32 W4A4KV4" style label for tables and titles.
   std::string label() const;
   // The quantizers this config asks for.

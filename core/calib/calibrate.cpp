@@ -48,6 +48,8 @@
 #include "core/util/device_memory.h"
 #include "core/io/model_check.h"
 #include "core/calib/precision.h"
+#include "core/model/layer_stream.h"
+#include "core/methods/rtn.h"
 
 namespace fs = std::filesystem;
 
@@ -435,8 +437,17 @@ class Pipeline {
     std::string().swap(calib_text);
     std::string().swap(eval_text);
     release_free_memory();
-    original_.emplace(load_model(folder_.dir, {dtype(), device_}));
-    config_ = original_->config();
+    if (streamed_) {
+      // The weights stay in their files: each phase reads a layer at a time (docs/methods.md 1.7).
+      refuse_exported_model(folder_.dir, folder_.config_path);
+      auto st = std::make_shared<ShardedSafetensors>(ShardedSafetensors::open_folder(folder_.dir));
+      check_model_tensors(*st, config_, folder_.config_path, folder_.dir);
+      source_st_ = std::move(st);
+      source_config_ = config_;
+    } else {
+      original_.emplace(load_model(folder_.dir, {dtype(), device_}));
+      config_ = original_->config();
+    }
 
     // What the run is, as soon as it is known.
     rec_.respin_version = RESPIN_VERSION_STRING;
@@ -468,6 +479,7 @@ class Pipeline {
       cfg_.micro_batch = plan.micro_batch;
       cfg_.checkpoint_layers = plan.checkpoint_layers;
     }
+    streamed_ = plan.streamed;
     MemoryRecord& m = rec_.memory;
     m.device = plan.target.device;
     m.capacity_bytes = plan.target.capacity_bytes;
@@ -475,6 +487,7 @@ class Pipeline {
     m.micro_batch = plan.micro_batch;
     m.checkpoint_layers = plan.checkpoint_layers;
     m.learning_chosen = plan.learning_chosen;
+    m.streamed = plan.streamed;
     m.baseline_rss_bytes = baseline_rss_;
     const bool cuda = plan.target.device != "cpu";
     for (const PhaseMemory& p : plan.phases) {
@@ -530,11 +543,20 @@ class Pipeline {
       fp_.perplexity = src->results.fp_perplexity;
       return;
     }
-    fp_ = with_error_context("evaluating " + eval_src_ + " (tokenized with " + tokenizer_path_ + ")",
-                             [&] { return evaluate_perplexity(*original_, eval_ids_, po_, &steps_); });
+    fp_ = with_error_context("evaluating " + eval_src_ + " (tokenized with " + tokenizer_path_ + ")", [&] {
+      if (!streamed_) return evaluate_perplexity(*original_, eval_ids_, po_, &steps_);
+      LayerStream m = source_stream();
+      return evaluate_perplexity_streamed(m, eval_ids_, po_, device_, &steps_);
+    });
   }
   void evaluate_quantized() {
     begin(Phase::EvalQuant);
+    if (streamed_) {
+      LayerStream m = written_stream();
+      m.set_hook(run_hook(mc(), device_, plan_.online, skip_, plan_.quant, plan_.o_proj_group));
+      q_ = evaluate_perplexity_streamed(m, eval_ids_, po_, device_, &steps_);
+      return;
+    }
     LlamaModel quantized(mc(), qw_);
     quantized.set_hook(run_hook(mc(), device_, plan_.online, skip_, plan_.quant, plan_.o_proj_group));
     q_ = evaluate_perplexity(quantized, eval_ids_, po_, &steps_);
@@ -554,12 +576,32 @@ class Pipeline {
       emit(ev, b + 1 == w.size(0));
     }
   }
+  // The same windows a layer at a time: each (layer, site) sees the windows in the same order.
+  void collect_streamed(LayerStream& m) {
+    c10::NoGradGuard no_grad;
+    if (cfg_.stats_windows <= 0) return;
+    const at::Tensor w = stats_windows();
+    std::vector<at::Tensor> hidden = m.embed(w, 1, device_);
+    const ForwardContext ctx = m.make_context(w.size(1));
+    const int L = static_cast<int>(mc().num_hidden_layers);
+    for (int i = 0; i < L; ++i) {
+      if (outer_) outer_->check();
+      m.forward_layer(i, hidden, ctx);
+      emit(progress(i + 1, L), i + 1 == L);
+    }
+  }
   void statistics_before() {
     begin(Phase::StatsBefore);
     ActivationStatsCollector before(ActivationStatsCollector::all_linear_and_qkv_sites());
-    LlamaModel m = *original_;
-    m.set_hook(before.hook());
-    collect(m);
+    if (streamed_) {
+      LayerStream m = source_stream();
+      m.set_hook(before.hook());
+      collect_streamed(m);
+    } else {
+      LlamaModel m = *original_;
+      m.set_hook(before.hook());
+      collect(m);
+    }
     stats_before_ = before.results();
     stats_after_ = stats_before_;  // without rotation, the quantizers see the original activations
     if (observer_) observer_->on_stats(StatsStage::Before, stats_before_);
@@ -569,10 +611,17 @@ class Pipeline {
   void statistics_after() {
     begin(Phase::StatsAfter);
     ActivationStatsCollector after(ActivationStatsCollector::all_linear_and_qkv_sites());
-    LlamaModel m = *rotated_;
-    m.set_hook(run_hook(mc(), device_, plan_.online, skip_, without_activation_quant(plan_.quant), plan_.o_proj_group,
-                        after.hook()));
-    collect(m);
+    const ActivationHook hook = run_hook(mc(), device_, plan_.online, skip_, without_activation_quant(plan_.quant),
+                                         plan_.o_proj_group, after.hook());
+    if (streamed_) {
+      LayerStream m = written_stream();
+      m.set_hook(hook);
+      collect_streamed(m);
+    } else {
+      LlamaModel m = *rotated_;
+      m.set_hook(hook);
+      collect(m);
+    }
     stats_after_ = after.results();
     if (observer_) observer_->on_stats(StatsStage::After, stats_after_);
   }
@@ -581,9 +630,16 @@ class Pipeline {
   void rotations() {
     begin(Phase::Rotate);
     // The original model is not needed after this (its perplexity and statistics are taken):
-    // it is fused, then rotated, in place (docs/methods.md 1.7).
-    LlamaModel fused = fuse_rms_norms(std::move(*original_));
-    original_.reset();
+    // it is fused, then rotated, in place (docs/methods.md 1.7). Streamed, each piece is read,
+    // fused and rotated on its own and written into the run's model file.
+    std::optional<LlamaModel> fused;
+    if (!streamed_) {
+      fused.emplace(fuse_rms_norms(std::move(*original_)));
+      original_.reset();
+      config_ = fused->config();  // fusion unties a tied lm_head
+    } else {
+      config_.tie_word_embeddings = false;  // as fuse_rms_norms: lm_head gets the final norm
+    }
     ResidualRotations rot;
     if (const RunRecord* src = rotations_source()) {
       rot = load_rotations(cfg_.rotations_from, mc(), device_);
@@ -616,7 +672,7 @@ class Pipeline {
       RotationTrainingResult tr;
       {
         Tf32Scope tf32(plan_.tf32_learning && dtype() == at::kFloat);
-        tr = train_rotations(fused, rot, calib_windows_, to, &steps_);
+        tr = train_rotations(*fused, rot, calib_windows_, to, &steps_);
       }
       rec_.method.training = TrainingRecord{cfg_.iters,  cfg_.lr,     cfg_.batch,
                                             to.quant.weight.bits, tr.tokens, tr.seconds,
@@ -624,7 +680,8 @@ class Pipeline {
     }
     const ResidualRotations r64 = rot.to(at::TensorOptions().device(device_).dtype(at::kDouble));
     release_free_memory();  // the rotations' construction and the learning's graph
-    rotated_.emplace(mc(), rotate_weights(std::move(fused), r64, plan_.online, dtype()));
+    if (streamed_) rotate_streamed(r64);
+    else rotated_.emplace(mc(), rotate_weights(std::move(*fused), r64, plan_.online, dtype()));
     if (!rot.is_global()) {
       std::vector<double> errors;
       skip_ = rank_r_transitions(r64, plan_.rank, &errors);
@@ -639,6 +696,7 @@ class Pipeline {
 
   // ---- weights
   void quantize_weights() {
+    if (streamed_) return quantize_streamed();
     // The model the weights come from is consumed: quantized in place, never held twice
     // (docs/methods.md 1.7).
     std::optional<LlamaModel>& source = rotated_ ? rotated_ : original_;
@@ -662,6 +720,117 @@ class Pipeline {
       quantize_weights_rtn(qw_, plan_.quant, &grids_);
     }
     source.reset();
+  }
+
+  // ---- layer streaming (docs/methods.md 1.7): the phases read the model a piece at a time from
+  // its files, and the run's model file is written a tensor at a time as the pieces are made
+  DType file_dtype() const { return precision_ == Precision::BFloat16 ? DType::BF16 : DType::F32; }
+  LayerStream source_stream() const { return LayerStream(source_config_, source_st_, folder_.dir, dtype(), device_); }
+  // The run's model as written so far (the rotated, then the quantized weights); before anything is
+  // written (no rotation), the source.
+  LayerStream written_stream() {
+    if (!out_) return source_stream();
+    auto st = std::make_shared<ShardedSafetensors>(ShardedSafetensors::open_file(out_->partial_path()));
+    return LayerStream(mc(), std::move(st), (tmp_ / "model").string(), dtype(), device_);
+  }
+  SafetensorsWriter& writer() {
+    if (!out_) {
+      fs::create_directories(tmp_ / "model");
+      out_ = std::make_unique<SafetensorsWriter>((tmp_ / "model" / "model.safetensors").string(),
+                                                 model_file_layout(mc(), file_dtype()),
+                                                 std::map<std::string, std::string>{{"format", "pt"}});
+    }
+    return *out_;
+  }
+  // As save_model stores it: in the file's dtype (the run's), on the host, contiguous.
+  void put(const std::string& name, const at::Tensor& t) {
+    const at::Tensor host = t.to(at::kCPU, dtype()).contiguous();
+    writer().write(name, host.data_ptr());
+  }
+  void put_layer(int i, const LayerWeights& l) {
+    for (const TensorView& v : model_file_layout(mc(), file_dtype())) {
+      std::string part;
+      if (layer_of_tensor(v.name, &part) == i) put(v.name, layer_tensor_named(l, part));
+    }
+  }
+  // What no phase rewrote (the embeddings, norms and head of a run without rotation; every tensor
+  // of one without weight quantization), from the source as the whole run would hold it.
+  void copy_unwritten() {
+    const LayerStream src = source_stream();
+    for (const TensorView& v : model_file_layout(mc(), file_dtype()))
+      if (!out_->written(v.name)) put(v.name, src.read(v.name));
+  }
+  void layer_progress(int done, int total, double value = 0) {
+    CalibProgress ev = progress(done, total);
+    ev.value = value;
+    emit(ev, done == total);
+  }
+  void rotate_streamed(const ResidualRotations& r64) {
+    c10::NoGradGuard no_grad;
+    const LayerStream src = source_stream();
+    const WeightRotation wr(mc(), r64, plan_.online, device_, dtype());
+    const int L = static_cast<int>(mc().num_hidden_layers);
+    put("model.embed_tokens.weight", wr.embed_tokens(src.read("model.embed_tokens.weight")));
+    release_free_memory();
+    for (int i = 0; i < L; ++i) {
+      if (outer_) outer_->check();
+      put_layer(i, wr.layer(i, fuse_layer_norms(src.read_layer(i))));
+      release_free_memory();
+      layer_progress(i + 1, L + 1);
+    }
+    const at::Tensor norm = src.read("model.norm.weight");
+    put("lm_head.weight", wr.lm_head(fuse_final_norm(src.read_lm_head(), norm)));
+    put("model.norm.weight", at::ones_like(norm));
+    release_free_memory();
+    layer_progress(L + 1, L + 1);
+  }
+  void quantize_streamed() {
+    if (!plan_.quant.weight.enabled()) return;  // copied as it is when the run is written
+    c10::NoGradGuard no_grad;
+    const int L = static_cast<int>(mc().num_hidden_layers);
+    LayerStream src = written_stream();
+    writer();
+    if (cfg_.weight_quantizer == WeightQuantizer::Gptq) {
+      begin(Phase::Gptq);
+      const auto t0 = Clock::now();
+      GptqModelOptions go;
+      go.weight = plan_.quant.weight;
+      go.gptq.mse_clip = plan_.quant.weight_mse_clip;
+      const ActivationHook online =
+          run_hook(mc(), device_, plan_.online, skip_, without_activation_quant(plan_.quant), plan_.o_proj_group);
+      std::vector<at::Tensor> hidden = src.embed(calib_windows_, go.batch, device_);
+      LlamaModel frame(mc(), placeholder_weights(mc(), dtype(), device_));
+      const ForwardContext ctx = frame.make_context(calib_windows_.size(1));
+      GptqRecord g;
+      for (int i = 0; i < L; ++i) {
+        LayerWeights layer = src.read_layer(i);
+        GptqLayerResult r = gptq_quantize_layer(frame, i, layer, hidden, ctx, online, go, &steps_);
+        frame.set_layer(i, placeholder_layer(mc(), dtype(), device_));
+        put_layer(i, layer);
+        g.layer_loss.push_back(r.loss);
+        g.dead_columns += r.dead_columns;
+        grids_.push_back(std::move(r.grids));
+        release_free_memory();
+        layer_progress(i + 1, L, r.loss);
+      }
+      g.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+      rec_.method.gptq = g;
+    } else {
+      begin(Phase::Quantize);
+      for (int i = 0; i < L; ++i) {
+        if (outer_) outer_->check();
+        LayerWeights layer = src.read_layer(i);
+        std::vector<WeightQuantParams> grids;
+        quantize_layer_rtn(layer, plan_.quant, &grids);
+        put_layer(i, layer);
+        grids_.push_back(std::move(grids));
+        release_free_memory();
+        layer_progress(i + 1, L);
+      }
+    }
+    // The embeddings, norms and head of a run without rotation, for the evaluation that reads
+    // this file next.
+    copy_unwritten();
   }
 
   // ---- the record and the run directory
@@ -707,9 +876,17 @@ class Pipeline {
     fs::create_directories(tmp_ / "model");
     SaveOptions so;
     // The model as it was evaluated: float32, or bfloat16 for a bfloat16 run.
-    so.file_dtype = precision_ == Precision::BFloat16 ? DType::BF16 : DType::F32;
+    so.file_dtype = file_dtype();
     so.tokenizer_json = tokenizer_path_;
-    save_model((tmp_ / "model").string(), mc(), move_weights(qw_, at::Device(at::kCPU)), so);
+    if (streamed_) {
+      writer();  // a run without rotation or weight quantization has not opened it yet
+      copy_unwritten();
+      out_->commit();
+      out_.reset();
+      save_model_metadata((tmp_ / "model").string(), mc(), so);
+    } else {
+      save_model((tmp_ / "model").string(), mc(), move_weights(qw_, at::Device(at::kCPU)), so);
+    }
     if (!grids_.empty()) {
       std::vector<std::pair<std::string, at::Tensor>> t;
       for (size_t i = 0; i < grids_.size(); ++i) {
@@ -848,6 +1025,10 @@ class Pipeline {
   std::string tokenizer_path_, calib_src_, eval_src_;
   ModelConfig config_;
   std::optional<LlamaModel> original_;
+  bool streamed_ = false;  // the plan's choice: the phases a decoder layer at a time
+  std::shared_ptr<const ShardedSafetensors> source_st_;
+  ModelConfig source_config_;
+  std::unique_ptr<SafetensorsWriter> out_;  // tmp_/model/model.safetensors as it is made (streamed)
   int64_t seq_len_ = 0;
   at::Tensor calib_, calib_windows_;
   std::vector<int> eval_ids_;

@@ -165,7 +165,11 @@ int64_t MemoryPlan::peak_host_bytes() const {
   return m;
 }
 
-MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTarget& target) {
+namespace {
+
+// `streamed`: the phases without end-to-end gradients a decoder layer at a time (docs/methods.md
+// 1.7).
+MemoryPlan plan_of(const CalibConfig& c, const ModelConfig& mc, const PlanTarget& target, bool streamed) {
   const Shape s(mc, c.seq_len, target.precision);
   const bool cuda = target.device != "cpu";
   MemoryPlan plan;
@@ -173,6 +177,7 @@ MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTa
   plan.model_bytes = s.E * s.P;
   plan.micro_batch = c.micro_batch;
   plan.checkpoint_layers = c.checkpoint_layers;
+  plan.streamed = streamed;
   const int64_t model = plan.model_bytes;
   // Fusion unties a tied lm_head: the fused model has one more vocabulary x hidden matrix.
   const int64_t fused = model + (s.tied ? s.E * s.V * s.D : 0);
@@ -202,7 +207,77 @@ MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTa
   // activations about double the transient, plus their own state (measured).
   auto hooked = [&](int64_t windows, bool quantizers) { return 2 * fwd(windows, quantizers) + 10'000'000; };
   const std::string model_words = "model " + format_bytes(model);
+  // Streamed: one decoder layer (or the embeddings, or the head) resident beside the hidden states
+  // of the phase's windows; each tensor is converted from its mapped pages, which are given back
+  // after the copy (the file's bytes per element: `F`).
+  const int64_t F = target.model_file_bytes > 0 && s.P > 0 ? std::max<int64_t>(1, target.model_file_bytes / s.P) : s.E;
+  const int64_t layer = s.E * s.layer_params();
+  const int64_t layer_read = layer + F * std::max(s.I, s.QD) * s.D;
+  const int64_t vocab_read = (s.E + F) * s.V * s.D;
+  const int64_t eval_windows = c.eval_windows > 0 ? c.eval_windows
+                               : target.eval_text_bytes > 0 ? std::max<int64_t>(1, target.eval_text_bytes / 4 / s.T)
+                                                            : 1;
+  auto hidden_of = [&](int64_t windows) { return s.E * windows * s.T * s.D; };
+  auto streamed_pass = [&](int64_t windows, int64_t step, bool head) {
+    const int64_t logits = head ? s.T * (2 * s.E * s.D + (s.E + kF32) * s.V) : 0;
+    return hidden_of(windows) + std::max({vocab_read + logits, layer_read + step + hidden_of(1)});
+  };
+  auto pass_words = [&](int64_t windows) {
+    return "hidden states of " + std::to_string(windows) + " windows " + format_bytes(hidden_of(windows)) + ", one layer " +
+           format_bytes(layer) + " or the embeddings " + format_bytes(s.E * s.V * s.D);
+  };
+  const int64_t side = rotations + corrections;
   for (Phase p : phases_of(c)) {
+    if (streamed) {
+      const int64_t stats = std::max<int64_t>(c.stats_windows, 1);
+      switch (p) {
+        case Phase::Load:
+          add(p, 0, "the texts and their tokenization " + format_bytes(texts_load) + " (the weights stay in their files)",
+              std::max(texts_load, texts_kept) + kLibraries);
+          break;
+        case Phase::EvalFp:
+          add(p, streamed_pass(eval_windows, fwd(1, false), true), pass_words(eval_windows) + ", one window's forward");
+          break;
+        case Phase::StatsBefore:
+          add(p, streamed_pass(stats, fwd(1, false), false), pass_words(stats) + ", one window's forward");
+          break;
+        case Phase::Rotate: {
+          // A layer read, fused and rotated in place (each tensor replaced by its rotated self as it is
+          // made; down_proj's float64 copy for its Hadamard beside its new self), or the embeddings /
+          // lm_head with their rotated copies; two float64 row blocks.
+          const int64_t blocks = 2 * kF64 * 512 * std::max(s.D, s.I) + (cuda ? 0 : kBlasBuffers);
+          const int64_t piece = std::max(vocab_read + s.E * s.V * s.D, layer_read + (kF64 + s.E) * s.I * s.D);
+          add(p, side + piece + blocks + (c.method == Method::ReSpin ? 4 * kF64 * s.D * s.D : 0),
+              "rotations " + format_bytes(rotations) + ", one layer or the embeddings rotated beside their input " +
+                  format_bytes(piece));
+          break;
+        }
+        case Phase::StatsAfter:
+          add(p, side + streamed_pass(stats, hooked(1, false), false),
+              pass_words(stats) + ", one window's forward with the online transforms");
+          break;
+        case Phase::Quantize:
+          add(p, side + std::max(vocab_read, layer_read + 6 * kF32 * std::max(s.I, s.QD) * s.D),
+              "one layer " + format_bytes(layer) + " and one weight's grid search");
+          break;
+        case Phase::Gptq: {
+          const int64_t windows = std::max<int64_t>(c.samples, 1);
+          const int64_t hessian = 3 * kF64 * s.widest() * s.widest() + 2 * kF64 * std::max(s.I, s.QD) * s.D;
+          add(p, side + hidden_of(windows) +
+                     std::max(vocab_read, layer_read + hessian + forward_transient(s, std::min<int64_t>(4, windows), false, false)),
+              pass_words(windows) + ", Hessian and one weight in float64 " + format_bytes(hessian));
+          break;
+        }
+        case Phase::EvalQuant:
+          add(p, side + streamed_pass(eval_windows, hooked(1, quant_acts), true),
+              pass_words(eval_windows) + ", one window's forward with quantizers");
+          break;
+        case Phase::Write:
+          add(p, side + vocab_read, "the tensors not yet written, one at a time");
+          break;
+      }
+      continue;
+    }
     switch (p) {
       case Phase::Load:
         // Converted tensor by tensor from the mapped file: the float32 model (on the host first
@@ -322,6 +397,17 @@ MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTa
   return plan;
 }
 
+}  // namespace
+
+MemoryPlan plan_memory(const CalibConfig& c, const ModelConfig& mc, const PlanTarget& target) {
+  if (c.streaming == Streaming::Layers) return plan_of(c, mc, target, true);
+  MemoryPlan whole = plan_of(c, mc, target, false);
+  if (c.streaming == Streaming::Whole || whole.fits() || !c.can_stream()) return whole;
+  MemoryPlan layers = plan_of(c, mc, target, true);
+  layers.streaming_chosen = true;
+  return layers;
+}
+
 std::string plan_refusal(const MemoryPlan& plan) {
   const PhaseMemory& p = plan.peak();
   std::string what = plan.target.capacity_given ? "the --device-memory budget of " + format_bytes(plan.target.capacity_bytes)
@@ -333,6 +419,8 @@ std::string plan_refusal(const MemoryPlan& plan) {
     change = "--checkpoint-layers and --micro-batch 1 (or leave both unset and the plan chooses), or a shorter --seq-len";
   else if (p.phase == Phase::Gptq)
     change = "fewer --samples or a shorter --seq-len";
+  else if (!plan.streamed)
+    change = "--streaming layers (rtn and quarot, with RTN or GPTQ weights), or a larger device";
   else
     change = "a larger device, or a smaller model";
   return std::string("the run needs about ") + format_bytes(p.device_bytes) + " in its " + phase_name(p.phase) +
@@ -384,6 +472,8 @@ nlohmann::json memory_plan_to_json(const MemoryPlan& plan) {
           {"micro_batch", plan.micro_batch},
           {"checkpoint_layers", plan.checkpoint_layers},
           {"learning_chosen", plan.learning_chosen},
+          {"streaming", plan.streamed ? "layers" : "whole"},
+          {"streaming_chosen", plan.streaming_chosen},
           {"peak_phase", phase_name(plan.peak().phase)},
           {"peak_bytes", plan.peak().device_bytes},
           {"peak_host_bytes", plan.peak_host_bytes()},

@@ -52,6 +52,8 @@ struct MemoryPlan {
   int64_t micro_batch = 0;         // the learning step's, as it will run (0 = the whole batch)
   bool checkpoint_layers = false;
   bool learning_chosen = false;    // the plan chose micro_batch / checkpoint_layers to fit the budget
+  bool streamed = false;           // the phases run a decoder layer at a time (Streaming::Layers)
+  bool streaming_chosen = false;   // Streaming::Auto chose it: the whole model did not fit
   std::vector<PhaseMemory> phases; // in run order (phases_of)
 
   const PhaseMemory& peak() const;  // the phase with the largest device_bytes

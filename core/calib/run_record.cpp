@@ -67,7 +67,7 @@ template <class V> void visit(ComputeRecord& r, V&& v) {
 template <class V> void visit(MemoryRecord& r, V&& v) {
   v("device", r.device); v("capacity_bytes", r.capacity_bytes); v("capacity_given", r.capacity_given);
   v("micro_batch", r.micro_batch); v("checkpoint_layers", r.checkpoint_layers);
-  v("learning_chosen", r.learning_chosen); v("baseline_rss_bytes", r.baseline_rss_bytes);
+  v("learning_chosen", r.learning_chosen); v("streamed", r.streamed); v("baseline_rss_bytes", r.baseline_rss_bytes);
   v("predicted_bytes", r.predicted_bytes); v("predicted_device_bytes", r.predicted_device_bytes);
   v("measured_bytes", r.measured_bytes); v("measured_device_bytes", r.measured_device_bytes);
   v("predicted_seconds", r.predicted_seconds); v("flops_per_second", r.flops_per_second);

@@ -147,6 +147,7 @@ struct MemoryRecord {
   int64_t micro_batch = 0;          // as the learning ran
   bool checkpoint_layers = false;
   bool learning_chosen = false;     // chosen by the plan to fit the budget
+  bool streamed = false;            // the phases ran a decoder layer at a time (docs/methods.md 1.7)
   int64_t baseline_rss_bytes = 0;
   // The plan's resident-memory peak of each phase (the host's on CUDA), comparable with measured_bytes.
   std::vector<std::pair<std::string, double>> predicted_bytes;

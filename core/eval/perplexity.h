@@ -40,6 +40,16 @@ struct PerplexityResult {
 PerplexityResult evaluate_perplexity(const LlamaModel& model, const std::vector<int>& token_ids,
                                      const PerplexityOptions& options, RunControl* control = nullptr);
 
+class LayerStream;  // core/model/layer_stream.h
+
+// The same protocol and the same numbers, one decoder layer at a time over all windows (the hidden
+// states of the windows are the working set, kept on `hidden_on`): for a model read from its files
+// (core/model/layer_stream.h). Progress: done/total = layers + the head; the perplexity arrives
+// with the head.
+PerplexityResult evaluate_perplexity_streamed(LayerStream& model, const std::vector<int>& token_ids,
+                                              const PerplexityOptions& options, at::Device hidden_on,
+                                              RunControl* control = nullptr);
+
 // Mean negative log-likelihood of each window [B, T] given its logits [B, T, V] (float32 math).
 std::vector<double> window_mean_nll(const at::Tensor& logits, const at::Tensor& ids);
 

@@ -46,6 +46,20 @@ void AtomicFileWriter::write(const void* data, size_t bytes) {
   }
 }
 
+void AtomicFileWriter::write_at(uint64_t offset, const void* data, size_t bytes) {
+  const char* p = static_cast<const char*>(data);
+  while (bytes > 0) {
+    ssize_t n = ::pwrite(fd_, p, bytes, static_cast<off_t>(offset));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw Error(path_ + ": write failed: " + errno_text());
+    }
+    p += n;
+    offset += static_cast<uint64_t>(n);
+    bytes -= static_cast<size_t>(n);
+  }
+}
+
 void AtomicFileWriter::extend_to(uint64_t bytes) {
   if (::ftruncate(fd_, static_cast<off_t>(bytes)) != 0) throw Error(path_ + ": cannot extend the file: " + errno_text());
 }

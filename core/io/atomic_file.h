@@ -19,8 +19,13 @@ class AtomicFileWriter {
   // Makes the file `bytes` long (ftruncate): what was not written reads as zeros and, on file
   // systems with holes, takes no space. Throws respin::Error naming the path.
   void extend_to(uint64_t bytes);
+  // Writes `bytes` at `offset` (pwrite), leaving the sequential position alone: for a file whose
+  // layout is fixed first and whose parts arrive in any order. Throws respin::Error naming the path.
+  void write_at(uint64_t offset, const void* data, size_t bytes);
   void commit();                               // fsync + rename; throws respin::Error
   const std::string& path() const { return path_; }
+  // The temporary file being written: readable (memory-mapped, for one) until commit().
+  const std::string& temp_path() const { return temp_path_; }
 
  private:
   std::string path_;

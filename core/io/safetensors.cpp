@@ -326,6 +326,45 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
   w.commit();
 }
 
+SafetensorsWriter::SafetensorsWriter(std::string path, const std::vector<TensorView>& layout,
+                                     const std::map<std::string, std::string>& metadata)
+    : path_(std::move(path)) {
+  uint64_t data_bytes = 0;
+  const std::string prefix = safetensors_prefix(path_, layout, metadata, data_bytes);
+  file_ = std::make_unique<AtomicFileWriter>(path_);
+  file_->write(prefix.data(), prefix.size());
+  file_->extend_to(prefix.size() + data_bytes);
+  uint64_t offset = prefix.size();
+  for (const TensorView& t : layout) {
+    uint64_t n = 1;
+    for (auto d : t.shape) n *= static_cast<uint64_t>(d);
+    slots_[t.name] = Slot{offset, n * dtype_size(t.dtype), false};
+    offset += n * dtype_size(t.dtype);
+  }
+}
+
+SafetensorsWriter::~SafetensorsWriter() = default;
+
+void SafetensorsWriter::write(const std::string& name, const void* data) {
+  auto it = slots_.find(name);
+  if (it == slots_.end()) throw Error(path_ + ": no tensor named '" + name + "' in the file's layout");
+  if (it->second.bytes > 0) file_->write_at(it->second.offset, data, it->second.bytes);
+  it->second.written = true;
+}
+
+bool SafetensorsWriter::written(const std::string& name) const {
+  auto it = slots_.find(name);
+  return it != slots_.end() && it->second.written;
+}
+
+const std::string& SafetensorsWriter::partial_path() const { return file_->temp_path(); }
+
+void SafetensorsWriter::commit() {
+  for (const auto& [name, slot] : slots_)
+    if (!slot.written) throw Error(path_ + ": tensor '" + name + "' was never written");
+  file_->commit();
+}
+
 void write_safetensors_placeholder(const std::string& path, const std::vector<TensorView>& tensors) {
   uint64_t data_bytes = 0;
   const std::string prefix = safetensors_prefix(path, tensors, {{"format", "pt"}}, data_bytes);

@@ -95,6 +95,39 @@ struct TensorView {
 // section is a hole of the full size: the layout of a real file, almost no disk. Atomic.
 void write_safetensors_placeholder(const std::string& path, const std::vector<TensorView>& tensors);
 
+class AtomicFileWriter;
+
+// A safetensors file whose layout (names, dtypes, shapes, order) is fixed when it is created and
+// whose tensors are written in any order, each at its place, and may be written again (a weight
+// quantized in place): how a layer-streamed run writes its model as the layers are made. The
+// bytes are those write_safetensors writes for the same tensors. Atomic: nothing is at `path`
+// until commit(), which checks that every tensor was written. Throws respin::Error naming `path`.
+class SafetensorsWriter {
+ public:
+  SafetensorsWriter(std::string path, const std::vector<TensorView>& layout,
+                    const std::map<std::string, std::string>& metadata = {});
+  ~SafetensorsWriter();
+  SafetensorsWriter(const SafetensorsWriter&) = delete;
+  SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
+
+  // `data`: the tensor's bytes in its layout dtype.
+  void write(const std::string& name, const void* data);
+  bool written(const std::string& name) const;
+  // The file as written so far (SafetensorsFile::open reads it; a tensor not yet written reads as
+  // zeros).
+  const std::string& partial_path() const;
+  void commit();
+
+ private:
+  struct Slot {
+    uint64_t offset = 0, bytes = 0;
+    bool written = false;
+  };
+  std::string path_;
+  std::unique_ptr<AtomicFileWriter> file_;
+  std::map<std::string, Slot> slots_;
+};
+
 // Writes one safetensors file atomically. Tensors are laid out in the given order, 8-byte aligned
 // header (padded with spaces, as the reference implementation does). Throws respin::Error.
 void write_safetensors(const std::string& path, const std::vector<TensorView>& tensors,

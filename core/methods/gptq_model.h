@@ -32,6 +32,20 @@ struct GptqModelReport {
   std::vector<std::vector<WeightQuantParams>> grids;
 };
 
+struct GptqLayerResult {
+  double loss = 0;  // the sum of the seven linears' GPTQ losses
+  int64_t dead_columns = 0;
+  std::vector<WeightQuantParams> grids;  // in linear_weights() order
+};
+
+// One decoder layer of it (what gptq_quantize_model does to layer i): `layer` is quantized in place
+// and `hidden` (the layer's inputs, [windows, T, hidden] pieces) becomes its outputs from the
+// quantized weights. `frame` is the model around the layer (its other layers may be placeholders:
+// only layer i runs); its layer i and hook are replaced. Throws respin::Cancelled on stop.
+GptqLayerResult gptq_quantize_layer(LlamaModel& frame, int i, LayerWeights& layer, std::vector<at::Tensor>& hidden,
+                                    const ForwardContext& ctx, const ActivationHook& online,
+                                    const GptqModelOptions& options, RunControl* control = nullptr);
+
 // Returns the model's weights with every linear layer of every decoder layer GPTQ-quantized
 // (embeddings and lm_head untouched). `online` may be empty. windows: [N, T] int64.
 // Progress: phase "gptq", done/total = layers. Throws respin::Cancelled on stop.

@@ -242,6 +242,36 @@ ModelWeights rotate_weights(LlamaModel&& fused, const ResidualRotations& rot, co
   return rotate_weight_set(c, device, std::move(fused).take_weights(), rot, online, out_dtype);
 }
 
+WeightRotation::WeightRotation(const ModelConfig& config, const ResidualRotations& rotations,
+                               const OnlineTransforms& online, at::Device device, at::ScalarType out_dtype)
+    : config_(config), rot_(rotations), online_(online), out_dtype_(out_dtype) {
+  check_rotations(config, rotations);
+  rotations.check_device(device, "rotate_weights");
+  const Folded f = folded_transforms(config, online, device, rotations.final_basis.scalar_type());
+  down_h_ = f.down_h;
+  heads_dense_ = f.heads_dense;
+}
+
+at::Tensor WeightRotation::embed_tokens(const at::Tensor& fused) const {
+  c10::NoGradGuard no_grad;
+  return product(fused, rot_.attn_in[0], rot_.final_basis.scalar_type(), out_dtype_);
+}
+
+at::Tensor WeightRotation::lm_head(const at::Tensor& fused) const {
+  c10::NoGradGuard no_grad;
+  return product(fused, rot_.final_basis, rot_.final_basis.scalar_type(), out_dtype_);
+}
+
+LayerWeights WeightRotation::layer(int i, LayerWeights fused) const {
+  c10::NoGradGuard no_grad;
+  if (i < 0 || i >= static_cast<int>(config_.num_hidden_layers))
+    throw Error("layer index " + std::to_string(i) + " out of range");
+  Folded f;
+  f.down_h = down_h_;
+  f.heads_dense = heads_dense_;
+  return rotate_layer(config_, std::move(fused), rot_, i, online_, f, rot_.final_basis.scalar_type(), out_dtype_);
+}
+
 LayerRotator::LayerRotator(const LlamaModel& fused, const ResidualRotations& rotations, const OnlineTransforms& online,
                            at::ScalarType out_dtype)
     : fused_(fused), rot_(rotations), online_(online), out_dtype_(out_dtype) {

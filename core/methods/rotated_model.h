@@ -79,6 +79,26 @@ ModelWeights rotate_weights(const LlamaModel& fused, const ResidualRotations& ro
 ModelWeights rotate_weights(LlamaModel&& fused, const ResidualRotations& rotations, const OnlineTransforms& online,
                             at::ScalarType out_dtype);
 
+// rotate_weights one tensor set at a time without autograd, for a model read a layer at a time
+// (core/model/layer_stream.h): the same products in the rotations' dtype, stored as out_dtype.
+// Keeps a reference to `rotations`.
+class WeightRotation {
+ public:
+  WeightRotation(const ModelConfig& config, const ResidualRotations& rotations, const OnlineTransforms& online,
+                 at::Device device, at::ScalarType out_dtype);
+  at::Tensor embed_tokens(const at::Tensor& fused) const;  // E A_0
+  at::Tensor lm_head(const at::Tensor& fused) const;       // W F
+  LayerWeights layer(int i, LayerWeights fused) const;     // rotate_weights(...).layers[i]
+
+ private:
+  const ModelConfig config_;
+  const ResidualRotations& rot_;
+  OnlineTransforms online_;
+  at::ScalarType out_dtype_;
+  std::optional<HadamardTransform> down_h_;
+  at::Tensor heads_dense_;
+};
+
 // rotate_weights one piece at a time, for learning that holds one rotated layer at a time
 // (docs/methods.md 1.6, checkpointed steps): the same products as rotate_weights, with autograd
 // to the rotations when they require it. Keeps references to `fused` and `rotations`.

@@ -37,15 +37,21 @@ void quantize_weights_rtn(ModelWeights& weights, const QuantConfig& config,
                           std::vector<std::vector<WeightQuantParams>>* grids) {
   if (grids) grids->clear();
   if (!config.weight.enabled()) return;
-  c10::NoGradGuard no_grad;
   for (LayerWeights& L : weights.layers) {
     if (grids) grids->emplace_back();
-    for (at::Tensor* t : linear_weights(L)) {
-      WeightQuantParams p = compute_weight_params(*t, config.weight, config.weight_mse_clip);
-      *t = fake_quantize_weight_with(*t, p, config.weight);
-      if (grids) grids->back().push_back(std::move(p));
-    }
+    quantize_layer_rtn(L, config, grids ? &grids->back() : nullptr);
     release_free_memory();  // the layer's grid searches, before the next layer's
+  }
+}
+
+void quantize_layer_rtn(LayerWeights& L, const QuantConfig& config, std::vector<WeightQuantParams>* grids) {
+  if (grids) grids->clear();
+  if (!config.weight.enabled()) return;
+  c10::NoGradGuard no_grad;
+  for (at::Tensor* t : linear_weights(L)) {
+    WeightQuantParams p = compute_weight_params(*t, config.weight, config.weight_mse_clip);
+    *t = fake_quantize_weight_with(*t, p, config.weight);
+    if (grids) grids->push_back(std::move(p));
   }
 }
 

@@ -28,6 +28,8 @@ ActivationHook activation_quant_hook(const QuantConfig& config);
 void quantize_weights_rtn(ModelWeights& weights, const QuantConfig& config,
                           std::vector<std::vector<WeightQuantParams>>* grids = nullptr);
 
+// The same for one decoder layer (`grids`, optional, gets its seven grids).
+void quantize_layer_rtn(LayerWeights& layer, const QuantConfig& config, std::vector<WeightQuantParams>* grids = nullptr);
 // The RTN setting `respin eval --wbits/--abits/--kvbits` applies to a plain model: weights per
 // output channel symmetric with the MSE clip search, activations per token and KV per head,
 // asymmetric (the QuantConfig defaults at those widths).

@@ -151,6 +151,24 @@ void LlamaModel::set_layer(int layer, LayerWeights weights) {
   weights_.layers[layer] = std::move(weights);
 }
 
+void LlamaModel::set_embeddings(at::Tensor embed_tokens) {
+  check_shape(embed_tokens, {config_.vocab_size, config_.hidden_size}, "model.embed_tokens.weight");
+  if (embed_tokens.device() != device() || embed_tokens.scalar_type() != dtype())
+    throw Error("set_embeddings: the embeddings are not on the model's device in its dtype");
+  const bool tied = weights_.lm_head.is_same(weights_.embed_tokens);
+  weights_.embed_tokens = std::move(embed_tokens);
+  if (tied) weights_.lm_head = weights_.embed_tokens;
+}
+
+void LlamaModel::set_head(at::Tensor final_norm, at::Tensor lm_head) {
+  check_shape(final_norm, {config_.hidden_size}, "model.norm.weight");
+  check_shape(lm_head, {config_.vocab_size, config_.hidden_size}, "lm_head.weight");
+  if (final_norm.device() != device() || lm_head.device() != device())
+    throw Error("set_head: the head's weights are not on the model's device");
+  weights_.final_norm = std::move(final_norm);
+  weights_.lm_head = std::move(lm_head);
+}
+
 LlamaModel::LlamaModel(ModelConfig config, ModelWeights weights)
     : config_(std::move(config)), weights_(std::move(weights)) {
   const ModelConfig& c = config_;

@@ -79,6 +79,10 @@ class LlamaModel {
   // Replaces one decoder layer's weights (shapes checked as the constructor does, same device):
   // how checkpointed rotation learning runs one rotated layer at a time over fused placeholders.
   void set_layer(int layer, LayerWeights weights);
+  // Replaces the embeddings, or the final norm and lm_head (shapes and device checked): how a
+  // layer-streamed model holds only the part in use.
+  void set_embeddings(at::Tensor embed_tokens);
+  void set_head(at::Tensor final_norm, at::Tensor lm_head);
   const ActivationHook& hook() const { return hook_; }
 
   ForwardContext make_context(int64_t seq_len) const;

@@ -82,34 +82,44 @@ void ensure_dir(const std::string& dir) {
 
 }  // namespace
 
+at::Tensor tensor_from_safetensors(const ShardedSafetensors& st, const std::string& name, at::ScalarType dtype,
+                                   const std::string& source) {
+  return TensorReader(st, dtype, source).get(name);
+}
+
+LayerWeights layer_from_safetensors(const ShardedSafetensors& st, const ModelConfig& c, int i, at::ScalarType dtype,
+                                    const std::string& source) {
+  TensorReader r(st, dtype, source);
+  const bool qkv_bias = c.attention_bias || c.qkv_bias;
+  const std::string p = "model.layers." + std::to_string(i) + ".";
+  LayerWeights L;
+  L.input_norm = r.get(p + "input_layernorm.weight");
+  L.post_attention_norm = r.get(p + "post_attention_layernorm.weight");
+  L.q_proj = r.get(p + "self_attn.q_proj.weight");
+  L.k_proj = r.get(p + "self_attn.k_proj.weight");
+  L.v_proj = r.get(p + "self_attn.v_proj.weight");
+  L.o_proj = r.get(p + "self_attn.o_proj.weight");
+  L.q_bias = r.get_if(qkv_bias, p + "self_attn.q_proj.bias");
+  L.k_bias = r.get_if(qkv_bias, p + "self_attn.k_proj.bias");
+  L.v_bias = r.get_if(qkv_bias, p + "self_attn.v_proj.bias");
+  L.o_bias = r.get_if(c.attention_bias, p + "self_attn.o_proj.bias");
+  L.gate_proj = r.get(p + "mlp.gate_proj.weight");
+  L.up_proj = r.get(p + "mlp.up_proj.weight");
+  L.down_proj = r.get(p + "mlp.down_proj.weight");
+  L.gate_bias = r.get_if(c.mlp_bias, p + "mlp.gate_proj.bias");
+  L.up_bias = r.get_if(c.mlp_bias, p + "mlp.up_proj.bias");
+  L.down_bias = r.get_if(c.mlp_bias, p + "mlp.down_proj.bias");
+  return L;
+}
+
 ModelWeights weights_from_safetensors(const ShardedSafetensors& st, const ModelConfig& c,
                                       at::ScalarType dtype, const std::string& source) {
   TensorReader r(st, dtype, source);
   ModelWeights w;
   w.embed_tokens = r.get("model.embed_tokens.weight");
   w.final_norm = r.get("model.norm.weight");
-  const bool qkv_bias = c.attention_bias || c.qkv_bias;
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    const std::string p = "model.layers." + std::to_string(i) + ".";
-    LayerWeights L;
-    L.input_norm = r.get(p + "input_layernorm.weight");
-    L.post_attention_norm = r.get(p + "post_attention_layernorm.weight");
-    L.q_proj = r.get(p + "self_attn.q_proj.weight");
-    L.k_proj = r.get(p + "self_attn.k_proj.weight");
-    L.v_proj = r.get(p + "self_attn.v_proj.weight");
-    L.o_proj = r.get(p + "self_attn.o_proj.weight");
-    L.q_bias = r.get_if(qkv_bias, p + "self_attn.q_proj.bias");
-    L.k_bias = r.get_if(qkv_bias, p + "self_attn.k_proj.bias");
-    L.v_bias = r.get_if(qkv_bias, p + "self_attn.v_proj.bias");
-    L.o_bias = r.get_if(c.attention_bias, p + "self_attn.o_proj.bias");
-    L.gate_proj = r.get(p + "mlp.gate_proj.weight");
-    L.up_proj = r.get(p + "mlp.up_proj.weight");
-    L.down_proj = r.get(p + "mlp.down_proj.weight");
-    L.gate_bias = r.get_if(c.mlp_bias, p + "mlp.gate_proj.bias");
-    L.up_bias = r.get_if(c.mlp_bias, p + "mlp.up_proj.bias");
-    L.down_bias = r.get_if(c.mlp_bias, p + "mlp.down_proj.bias");
-    w.layers.push_back(std::move(L));
-  }
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    w.layers.push_back(layer_from_safetensors(st, c, static_cast<int>(i), dtype, source));
   if (c.tie_word_embeddings) {
     w.lm_head = w.embed_tokens;
   } else {
@@ -117,6 +127,43 @@ ModelWeights weights_from_safetensors(const ShardedSafetensors& st, const ModelC
       throw Error(source + ": tensor 'lm_head.weight' is missing (config says tie_word_embeddings: false)");
     w.lm_head = r.get("lm_head.weight");
   }
+  return w;
+}
+
+namespace {
+
+at::Tensor placeholder(std::vector<int64_t> shape, at::ScalarType dtype, at::Device device) {
+  return at::zeros({1}, at::TensorOptions().dtype(dtype).device(device)).expand(shape);
+}
+
+}  // namespace
+
+LayerWeights placeholder_layer(const ModelConfig& c, at::ScalarType dtype, at::Device device) {
+  const int64_t d = c.hidden_size, q = c.q_dim(), kv = c.kv_dim(), f = c.intermediate_size;
+  const bool qkv_bias = c.attention_bias || c.qkv_bias;
+  auto p = [&](std::vector<int64_t> shape) { return placeholder(std::move(shape), dtype, device); };
+  LayerWeights L;
+  L.input_norm = p({d});
+  L.post_attention_norm = p({d});
+  L.q_proj = p({q, d});
+  L.k_proj = p({kv, d});
+  L.v_proj = p({kv, d});
+  L.o_proj = p({d, q});
+  L.gate_proj = p({f, d});
+  L.up_proj = p({f, d});
+  L.down_proj = p({d, f});
+  if (qkv_bias) L.q_bias = p({q}), L.k_bias = p({kv}), L.v_bias = p({kv});
+  if (c.attention_bias) L.o_bias = p({d});
+  if (c.mlp_bias) L.gate_bias = p({f}), L.up_bias = p({f}), L.down_bias = p({d});
+  return L;
+}
+
+ModelWeights placeholder_weights(const ModelConfig& c, at::ScalarType dtype, at::Device device) {
+  ModelWeights w;
+  w.embed_tokens = placeholder({c.vocab_size, c.hidden_size}, dtype, device);
+  w.final_norm = placeholder({c.hidden_size}, dtype, device);
+  w.lm_head = c.tie_word_embeddings ? w.embed_tokens : placeholder({c.vocab_size, c.hidden_size}, dtype, device);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) w.layers.push_back(placeholder_layer(c, dtype, device));
   return w;
 }
 
@@ -139,17 +186,15 @@ LlamaModel load_model(const std::string& dir, const LoadOptions& options) {
   }
 }
 
-void save_model(const std::string& dir, const ModelConfig& config, const ModelWeights& w,
-                const SaveOptions& options) {
-  ensure_dir(dir);
-  const at::ScalarType file_type = to_scalar(options.file_dtype, dir);
-  std::vector<std::pair<std::string, at::Tensor>> named;
+std::vector<TensorView> model_file_layout(const ModelConfig& c, DType file_dtype) {
+  ModelWeights frame = placeholder_weights(c, at::kFloat, at::kCPU);
+  std::vector<TensorView> views;
   auto add = [&](const std::string& name, const at::Tensor& t) {
-    if (t.defined()) named.emplace_back(name, t.to(at::kCPU, file_type).contiguous());
+    if (t.defined()) views.push_back(TensorView{name, file_dtype, t.sizes().vec(), nullptr});
   };
-  add("model.embed_tokens.weight", w.embed_tokens);
-  for (size_t i = 0; i < w.layers.size(); ++i) {
-    const LayerWeights& L = w.layers[i];
+  add("model.embed_tokens.weight", frame.embed_tokens);
+  for (size_t i = 0; i < frame.layers.size(); ++i) {
+    const LayerWeights& L = frame.layers[i];
     const std::string p = "model.layers." + std::to_string(i) + ".";
     add(p + "input_layernorm.weight", L.input_norm);
     add(p + "self_attn.q_proj.weight", L.q_proj);
@@ -168,20 +213,87 @@ void save_model(const std::string& dir, const ModelConfig& config, const ModelWe
     add(p + "mlp.down_proj.weight", L.down_proj);
     add(p + "mlp.down_proj.bias", L.down_bias);
   }
-  add("model.norm.weight", w.final_norm);
-  if (!config.tie_word_embeddings) add("lm_head.weight", w.lm_head);
+  add("model.norm.weight", frame.final_norm);
+  if (!c.tie_word_embeddings) add("lm_head.weight", frame.lm_head);
+  return views;
+}
 
-  std::vector<TensorView> views;
-  for (const auto& [name, t] : named)
-    views.push_back(TensorView{name, to_dtype(t.scalar_type()), t.sizes().vec(), t.data_ptr()});
+void save_model_metadata(const std::string& dir, const ModelConfig& config, const SaveOptions& options) {
+  ensure_dir(dir);
   ModelConfig saved = config;
   saved.torch_dtype = options.file_dtype == DType::F32   ? "float32"
                       : options.file_dtype == DType::F16 ? "float16"
                                                          : "bfloat16";
-  write_safetensors(dir + "/model.safetensors", views, {{"format", "pt"}});
   write_file_atomically(dir + "/config.json", model_config_to_json(saved));
   if (!options.tokenizer_json.empty())
     write_file_atomically(dir + "/tokenizer.json", read_text_file(options.tokenizer_json));
+}
+
+namespace {
+
+}  // namespace
+
+const at::Tensor& layer_tensor_named(const LayerWeights& L, const std::string& part) {
+  static const std::pair<const char*, at::Tensor LayerWeights::*> parts[] = {
+      {"input_layernorm.weight", &LayerWeights::input_norm},
+      {"post_attention_layernorm.weight", &LayerWeights::post_attention_norm},
+      {"self_attn.q_proj.weight", &LayerWeights::q_proj},
+      {"self_attn.k_proj.weight", &LayerWeights::k_proj},
+      {"self_attn.v_proj.weight", &LayerWeights::v_proj},
+      {"self_attn.o_proj.weight", &LayerWeights::o_proj},
+      {"self_attn.q_proj.bias", &LayerWeights::q_bias},
+      {"self_attn.k_proj.bias", &LayerWeights::k_bias},
+      {"self_attn.v_proj.bias", &LayerWeights::v_bias},
+      {"self_attn.o_proj.bias", &LayerWeights::o_bias},
+      {"mlp.gate_proj.weight", &LayerWeights::gate_proj},
+      {"mlp.up_proj.weight", &LayerWeights::up_proj},
+      {"mlp.down_proj.weight", &LayerWeights::down_proj},
+      {"mlp.gate_proj.bias", &LayerWeights::gate_bias},
+      {"mlp.up_proj.bias", &LayerWeights::up_bias},
+      {"mlp.down_proj.bias", &LayerWeights::down_bias}};
+  for (const auto& [n, member] : parts)
+    if (part == n) return L.*member;
+  throw Error("no layer weight named '" + part + "'");
+}
+
+int layer_of_tensor(const std::string& name, std::string* part) {
+  const std::string prefix = "model.layers.";
+  if (name.compare(0, prefix.size(), prefix) != 0) return -1;
+  const size_t dot = name.find('.', prefix.size());
+  if (dot == std::string::npos) return -1;
+  if (part) *part = name.substr(dot + 1);
+  return std::stoi(name.substr(prefix.size(), dot - prefix.size()));
+}
+
+namespace {
+
+// The tensor of `w` a layout entry names.
+const at::Tensor& weight_named(const ModelWeights& w, const std::string& name) {
+  if (name == "model.embed_tokens.weight") return w.embed_tokens;
+  if (name == "model.norm.weight") return w.final_norm;
+  if (name == "lm_head.weight") return w.lm_head;
+  std::string part;
+  const int layer = layer_of_tensor(name, &part);
+  if (layer < 0) throw Error("no weight named '" + name + "'");
+  return layer_tensor_named(w.layers.at(static_cast<size_t>(layer)), part);
+}
+
+}  // namespace
+
+void save_model(const std::string& dir, const ModelConfig& config, const ModelWeights& w,
+                const SaveOptions& options) {
+  ensure_dir(dir);
+  const at::ScalarType file_type = to_scalar(options.file_dtype, dir);
+  std::vector<TensorView> views = model_file_layout(config, options.file_dtype);
+  std::vector<at::Tensor> keep;
+  for (TensorView& v : views) {
+    const at::Tensor& t = weight_named(w, v.name);
+    if (!t.defined()) throw Error(dir + ": weight '" + v.name + "' is missing");
+    keep.push_back(t.to(at::kCPU, file_type).contiguous());
+    v.data = keep.back().data_ptr();
+  }
+  write_safetensors(dir + "/model.safetensors", views, {{"format", "pt"}});
+  save_model_metadata(dir, config, options);
 }
 
 }  // namespace respin

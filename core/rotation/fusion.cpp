@@ -34,6 +34,20 @@ bool all_ones(const at::Tensor& t) { return at::equal(t, at::ones_like(t)); }
 
 }  // namespace
 
+LayerWeights fuse_layer_norms(LayerWeights L) {
+  c10::NoGradGuard no_grad;
+  for (at::Tensor* t : {&L.q_proj, &L.k_proj, &L.v_proj}) *t = scale_columns(*t, L.input_norm);
+  for (at::Tensor* t : {&L.gate_proj, &L.up_proj}) *t = scale_columns(*t, L.post_attention_norm);
+  L.input_norm = at::ones_like(L.input_norm);
+  L.post_attention_norm = at::ones_like(L.post_attention_norm);
+  return L;
+}
+
+at::Tensor fuse_final_norm(const at::Tensor& lm_head, const at::Tensor& final_norm) {
+  c10::NoGradGuard no_grad;
+  return scale_columns(lm_head, final_norm);
+}
+
 namespace {
 
 // `w` shares tensors with the caller's model (a copy is made) or owns them (fused in place: each
@@ -48,13 +62,10 @@ LlamaModel fuse_weights(ModelConfig c, ModelWeights w, const FusionOptions& opti
     w.embed_tokens = (e - e.mean(-1, /*keepdim=*/true)).to(w.embed_tokens.scalar_type());
   }
   for (LayerWeights& L : w.layers) {
-    for (at::Tensor* t : {&L.q_proj, &L.k_proj, &L.v_proj}) *t = scale_columns(*t, L.input_norm);
-    for (at::Tensor* t : {&L.gate_proj, &L.up_proj}) *t = scale_columns(*t, L.post_attention_norm);
-    L.input_norm = at::ones_like(L.input_norm);
-    L.post_attention_norm = at::ones_like(L.post_attention_norm);
+    L = fuse_layer_norms(std::move(L));
     release_free_memory();  // the layer's float64 products, before the next layer's
   }
-  w.lm_head = scale_columns(w.lm_head, w.final_norm);
+  w.lm_head = fuse_final_norm(w.lm_head, w.final_norm);
   w.final_norm = at::ones_like(w.final_norm);
   release_free_memory();
   return LlamaModel(c, std::move(w));

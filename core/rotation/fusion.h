@@ -26,6 +26,12 @@ LlamaModel fuse_rms_norms(const LlamaModel& model, const FusionOptions& options 
 // twice (the caller's model is left without weights).
 LlamaModel fuse_rms_norms(LlamaModel&& model, const FusionOptions& options = {});
 
+// fuse_rms_norms one piece at a time (the same values), for a model read a layer at a time
+// (core/model/layer_stream.h): a layer's two norms folded into q/k/v and gate/up and set to 1;
+// lm_head with the final norm folded in.
+LayerWeights fuse_layer_norms(LayerWeights layer);
+at::Tensor fuse_final_norm(const at::Tensor& lm_head, const at::Tensor& final_norm);
+
 // `r`: [hidden, hidden] orthogonal (any float dtype). Throws respin::Error unless the norms are
 // fused (all norm weights 1) and r has the right shape.
 LlamaModel rotate_residual(const LlamaModel& fused, const at::Tensor& r);
