@@ -587,11 +587,10 @@ int run_init_model(const InitModelArgs& a) {
   }
   RandomInitOptions ro;
   ro.seed = a.seed;
-  ModelWeights w = random_weights(c, ro);
   SaveOptions so;
   so.file_dtype = a.dtype == "f32" ? DType::F32 : DType::BF16;
   so.tokenizer_json = a.tokenizer;
-  save_model(a.out, c, w, so);
+  save_random_model(a.out, c, ro, so);  // a tensor at a time: an 8B or 70B shape needs no more memory than a tensor
   std::printf("wrote %s: %s, %s parameters, random initialisation (seed %llu, untrained)\n",
               a.out.c_str(), c.architecture.c_str(), human_count(c.parameter_count()).c_str(), a.seed);
   return 0;

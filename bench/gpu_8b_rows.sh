@@ -7,6 +7,7 @@
 #   respin-r32       the same with ReSpinQuant's rank-32 skip corrections
 #   quarot           RTN weights
 #   quarot-gptq      GPTQ over 128 windows
+#   quarot-streamed-8GB  RTN weights a decoder layer at a time under --device-memory 8GB (half the model)
 # For each: the plan (`respin plan --json`: predicted device peak), the run (`calibrate --json`:
 # seconds per phase, libtorch's measured device peak per phase), and the learning phase
 # extrapolated from the measured steps to the papers' 100 (the table says which figures are
@@ -78,6 +79,7 @@ rows=(
   "respin-r32|--method respin --rank 32 --samples 8 --batch 8 --iters $steps"
   "quarot|--method quarot --samples 8"
   "quarot-gptq|--method quarot --gptq --samples $gptq_windows"
+  "quarot-streamed-8GB|--method quarot --samples 8 --device-memory 8GB --streaming layers"
 )
 names=()
 for row in "${rows[@]}"; do

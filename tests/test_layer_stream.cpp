@@ -173,3 +173,22 @@ TEST(ModelFileLayout, IsWhatSaveModelWrites) {
   }
   remove_tree(dir);
 }
+
+TEST(SaveRandomModel, WritesTheBytesOfSaveModelOfRandomWeights) {
+  const std::string dir = temp_dir();
+  RandomInitOptions ro;
+  ro.seed = 11;
+  for (const char* arch : {"llama", "qwen2"}) {  // qwen2: q/k/v biases, drawn between the weights
+    for (bool tied : {false, true}) {
+      ModelConfig c = make_model_config(arch, 64, 96, 2, 4, 2, 97, 64);
+      c.tie_word_embeddings = tied;
+      SaveOptions so;
+      so.file_dtype = tied ? DType::F32 : DType::BF16;
+      const std::string name = std::string(arch) + (tied ? "-tied" : "");
+      save_model(dir + "/whole-" + name, c, random_weights(c, ro), so);
+      save_random_model(dir + "/streamed-" + name, c, ro, so);
+      for (const char* f : {"/model.safetensors", "/config.json"})
+        EXPECT_TRUE(bytes_of(dir + "/whole-" + name + f) == bytes_of(dir + "/streamed-" + name + f)) << name << f;
+    }
+  }
+}

@@ -109,13 +109,30 @@ TEST(MemoryPlan, PlansEightAndSeventyBillionFoldersFromTheirHeadersAlone) {
   // 70B: the float32 model alone (282 GB) is more than an 80 GB device; the refusal names it.
   TempDir dir70;
   const std::string f70 = sparse_folder(dir70, llama_70b());
-  const MemoryPlan big = plan_calibration(config_for(f70, Method::QuaRot, "80GB"));
+  CalibConfig whole70 = config_for(f70, Method::QuaRot, "80GB");
+  whole70.streaming = Streaming::Whole;
+  const MemoryPlan big = plan_calibration(whole70);
   EXPECT_FALSE(big.fits());
+  EXPECT_FALSE(big.streamed);
   EXPECT_GT(big.model_bytes, int64_t(280'000'000'000));
   const std::string why = plan_refusal(big);
   EXPECT_EQ(why.find('\n'), std::string::npos);
   EXPECT_NE(why.find("80.00 GB"), std::string::npos) << why;
   EXPECT_NE(why.find("respin plan"), std::string::npos) << why;
+  EXPECT_NE(why.find("--streaming layers"), std::string::npos) << why;
+  // Streamed (auto chooses it), the same run holds a layer (3.4 GB in float32) and the
+  // embeddings beside their rotated copy, never the model: it fits the 80 GB with room to spare.
+  const MemoryPlan streamed = plan_calibration(config_for(f70, Method::QuaRot, "80GB"));
+  EXPECT_TRUE(streamed.streamed);
+  EXPECT_TRUE(streamed.streaming_chosen);
+  EXPECT_TRUE(streamed.fits()) << plan_table(streamed);
+  EXPECT_LT(streamed.peak().device_bytes, big.model_bytes / 10) << plan_table(streamed);
+  EXPECT_GT(phase(streamed, Phase::Rotate).device_bytes, int64_t(4) * 2 * 128256 * 8192) << plan_table(streamed);
+  // SpinQuant learns through the whole model: it cannot stream, and the plan says what it needs.
+  const MemoryPlan spin70 = plan_calibration(config_for(f70, Method::SpinQuant, "80GB"));
+  EXPECT_FALSE(spin70.streamed);
+  EXPECT_FALSE(spin70.fits());
+  EXPECT_GT(spin70.peak().device_bytes, big.model_bytes);
 }
 
 TEST(MemoryPlan, ChoosesTheFirstLearningSplitThatFits) {

@@ -670,4 +670,29 @@ TEST(QuantErrors, DeferredChecksReadOnceAndThrowTheFirstFailure) {
 }
 
 }  // namespace
+
+// The weight grid search and the fake quantization run over blocks of rows (about 4M elements):
+// a row's grid and quantized values are the same whatever rows it is computed with.
+TEST(WeightQuant, RowBlocksGiveEachRowItsOwnResult) {
+  at::manual_seed(5);
+  const at::Tensor w = at::randn({300, 32768}) * at::rand({300, 1});  // two blocks of 150 rows
+  QuantSpec spec{4, true, 0, 1.0};
+  const WeightQuantParams all = compute_weight_params(w, spec, /*mse_clip=*/true);
+  const WeightQuantParams a = compute_weight_params(w.narrow(0, 0, 100), spec, true);
+  const WeightQuantParams b = compute_weight_params(w.narrow(0, 100, 200), spec, true);
+  EXPECT_TRUE(at::equal(all.scale, at::cat({a.scale, b.scale})));
+  EXPECT_TRUE(at::equal(all.zero, at::cat({a.zero, b.zero})));
+  // The clip search did choose clips below the full range for some rows.
+  const at::Tensor full = std::get<0>(w.abs().max(1, true)) / 7;
+  EXPECT_TRUE((all.scale < full * 0.999).any().item<bool>());
+  // Quantized a block at a time: the elementwise formula over the whole weight, in its dtype.
+  for (at::ScalarType t : {at::kFloat, at::kBFloat16}) {
+    const at::Tensor wt = w.to(t);
+    const at::Tensor q = fake_quantize_weight_with(wt, all, spec);
+    EXPECT_EQ(q.scalar_type(), t);
+    EXPECT_TRUE(at::equal(q, fake_quantize_with_scale(wt, all.scale, all.zero, spec)));
+  }
+}
+
 }  // namespace respin
+

@@ -15,6 +15,7 @@
 #include "core/model/random_init.h"
 #include "core/model/weights.h"
 #include "core/util/error.h"
+#include "core/util/fs.h"
 #include "tests/calib_fixture.h"
 #include "tests/test_util.h"
 
@@ -176,4 +177,22 @@ TEST_F(StreamedRun, AutoStreamsWhenTheWholeModelDoesNotFit) {
   c.device_memory = layer_plan.peak().device_bytes;
   const MemoryPlan learning = plan_calibration(c);
   EXPECT_FALSE(learning.streamed);
+}
+
+TEST_F(StreamedRun, CancelledMidRotationLeavesNothingBehind) {
+  CalibConfig c = config("quarot", 4);
+  c.streaming = Streaming::Layers;
+  RunControl control;
+  struct StopInRotation : CalibObserver {
+    RunControl* control;
+    int seen = 0;
+    void on_progress(const CalibProgress& p) override {
+      // After the first rotated layer is written into the partial model file.
+      if (p.phase == Phase::Rotate && p.done >= 1 && ++seen == 1) control->request_stop();
+    }
+  } stopper;
+  stopper.control = &control;
+  EXPECT_THROW(run_calibration(c, out("cancelled"), &control, &stopper), Cancelled);
+  EXPECT_EQ(stopper.seen, 1);
+  EXPECT_TRUE(directory_is_empty(runs_.path())) << "left: " << list_directory(runs_.path()).front().name;
 }

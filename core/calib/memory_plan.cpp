@@ -122,6 +122,26 @@ Learning learning_bytes(const CalibConfig& c, const Shape& s, int64_t model, int
   return r;
 }
 
+// GPTQ's transient for its largest weight [out, in] (core/quant/gptq.cpp): the Hessian of the
+// group's input as accumulated, its copy for the weight, the damped copy, its Cholesky factor, the
+// inverse and that inverse's upper factor (seven in x in float64 matrices alive at once), the
+// weight in float64 and its working copy, and the MSE clip search's float32 candidates (6 copies of
+// the weight, as for RTN).
+// RTN's MSE clip search and fake quantization run over blocks of rows of about 4M elements (at
+// least 64 rows; core/quant/quantizer.cpp): 6 float32 copies of a block.
+int64_t grid_search_transient(const Shape& s) {
+  const int64_t weight = std::max(s.I, s.QD) * s.D;
+  return 6 * kF32 * std::min(weight, std::max<int64_t>(int64_t(1) << 22, 64 * s.widest()));
+}
+
+int64_t gptq_transient(const Shape& s) {
+  const int64_t weight = std::max(s.I, s.QD) * s.D;
+  return 7 * kF64 * s.widest() * s.widest() + 2 * kF64 * weight + grid_search_transient(s);
+}
+
+// RTN of one weight: its quantized self beside it, and the block transient.
+int64_t rtn_transient(const Shape& s) { return s.E * std::max(s.I, s.QD) * s.D + grid_search_transient(s); }
+
 // Forward FLOPs per token: 2 per weight of the decoder's linear layers and the head, and
 // attention's two products over T/2 keys on average (causal).
 double forward_flops_per_token(const Shape& s) {
@@ -257,15 +277,15 @@ MemoryPlan plan_of(const CalibConfig& c, const ModelConfig& mc, const PlanTarget
               pass_words(stats) + ", one window's forward with the online transforms");
           break;
         case Phase::Quantize:
-          add(p, side + std::max(vocab_read, layer_read + 6 * kF32 * std::max(s.I, s.QD) * s.D),
+          add(p, side + std::max(vocab_read, layer_read + rtn_transient(s)),
               "one layer " + format_bytes(layer) + " and one weight's grid search");
           break;
         case Phase::Gptq: {
           const int64_t windows = std::max<int64_t>(c.samples, 1);
-          const int64_t hessian = 3 * kF64 * s.widest() * s.widest() + 2 * kF64 * std::max(s.I, s.QD) * s.D;
+          const int64_t hessian = gptq_transient(s);
           add(p, side + hidden_of(windows) +
                      std::max(vocab_read, layer_read + hessian + forward_transient(s, std::min<int64_t>(4, windows), false, false)),
-              pass_words(windows) + ", Hessian and one weight in float64 " + format_bytes(hessian));
+              pass_words(windows) + ", the Hessian's factorization and one weight in float64 " + format_bytes(hessian));
           break;
         }
         case Phase::EvalQuant:
@@ -329,24 +349,22 @@ MemoryPlan plan_of(const CalibConfig& c, const ModelConfig& mc, const PlanTarget
             "fused model " + format_bytes(fused) + ", one window's forward with the online transforms");
         break;
       case Phase::Quantize:
-        // RTN in place: one linear weight's grid search (the rows in float32, their candidates'
-        // errors: about 6 float32 copies of the largest, I x D, measured at hidden 1024 and 2048).
-        add(p, held + rotations + corrections + 6 * kF32 * std::max(s.I, s.QD) * s.D,
+        // RTN in place: one linear weight's grid search over blocks of rows (the rows in float32,
+        // their candidates' errors: 6 float32 copies of a block, measured at hidden 1024 and 2048
+        // when a block was the whole weight) and its quantized self beside it.
+        add(p, held + rotations + corrections + rtn_transient(s),
             "model " + format_bytes(held) + ", one weight's grid search");
         break;
       case Phase::Gptq: {
         const int64_t windows = std::max<int64_t>(c.samples, 1);
         const int64_t hidden = s.E * windows * s.T * s.D;
-        // Measured (docs/results.md, "Memory"): about one more model's worth is alive in this
-        // phase than these terms count; its cause is not found yet, so the plan counts it.
         // GPTQ quantizes the decoder layers' linear weights only: the largest is I x D.
-        const int64_t hessian = 3 * kF64 * s.widest() * s.widest() + 2 * kF64 * std::max(s.I, s.QD) * s.D;
-        const int64_t unexplained = held;
-        add(p, held + unexplained + rotations + corrections + hidden + hessian +
+        const int64_t hessian = gptq_transient(s);
+        add(p, held + rotations + corrections + hidden + hessian +
                    forward_transient(s, std::min<int64_t>(4, windows), false, false),
             "model " + format_bytes(held) + ", hidden states of " + std::to_string(windows) + " windows " +
-                format_bytes(hidden) + ", Hessian and one weight in float64 " + format_bytes(hessian) +
-                ", and a model's worth more, measured, not yet explained");
+                format_bytes(hidden) + ", the Hessian's factorization and one weight in float64 " +
+                format_bytes(hessian));
         break;
       }
       case Phase::EvalQuant:

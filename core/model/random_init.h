@@ -4,7 +4,10 @@
 
 #include <cstdint>
 
+#include <string>
+
 #include "core/model/llama.h"
+#include "core/model/weights.h"
 
 namespace respin {
 
@@ -16,5 +19,10 @@ struct RandomInitOptions {
 };
 
 ModelWeights random_weights(const ModelConfig& config, const RandomInitOptions& options = {});
+
+// save_model(dir, config, random_weights(config, options), save) with the same bytes, a tensor at a
+// time: the model is never in memory (an 8B or 70B-shaped test folder on a machine smaller than it).
+void save_random_model(const std::string& dir, const ModelConfig& config, const RandomInitOptions& options,
+                       const SaveOptions& save);
 
 }  // namespace respin

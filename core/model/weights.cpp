@@ -265,20 +265,23 @@ int layer_of_tensor(const std::string& name, std::string* part) {
   return std::stoi(name.substr(prefix.size(), dot - prefix.size()));
 }
 
-namespace {
+at::Tensor& layer_tensor_named(LayerWeights& layer, const std::string& part) {
+  return const_cast<at::Tensor&>(layer_tensor_named(static_cast<const LayerWeights&>(layer), part));
+}
 
-// The tensor of `w` a layout entry names.
-const at::Tensor& weight_named(const ModelWeights& w, const std::string& name) {
+const at::Tensor& model_tensor_named(const ModelWeights& w, const std::string& name) {
   if (name == "model.embed_tokens.weight") return w.embed_tokens;
   if (name == "model.norm.weight") return w.final_norm;
   if (name == "lm_head.weight") return w.lm_head;
   std::string part;
   const int layer = layer_of_tensor(name, &part);
-  if (layer < 0) throw Error("no weight named '" + name + "'");
-  return layer_tensor_named(w.layers.at(static_cast<size_t>(layer)), part);
+  if (layer < 0 || static_cast<size_t>(layer) >= w.layers.size()) throw Error("no weight named '" + name + "'");
+  return layer_tensor_named(w.layers[static_cast<size_t>(layer)], part);
 }
 
-}  // namespace
+at::Tensor& model_tensor_named(ModelWeights& w, const std::string& name) {
+  return const_cast<at::Tensor&>(model_tensor_named(static_cast<const ModelWeights&>(w), name));
+}
 
 void save_model(const std::string& dir, const ModelConfig& config, const ModelWeights& w,
                 const SaveOptions& options) {
@@ -287,7 +290,7 @@ void save_model(const std::string& dir, const ModelConfig& config, const ModelWe
   std::vector<TensorView> views = model_file_layout(config, options.file_dtype);
   std::vector<at::Tensor> keep;
   for (TensorView& v : views) {
-    const at::Tensor& t = weight_named(w, v.name);
+    const at::Tensor& t = model_tensor_named(w, v.name);
     if (!t.defined()) throw Error(dir + ": weight '" + v.name + "' is missing");
     keep.push_back(t.to(at::kCPU, file_type).contiguous());
     v.data = keep.back().data_ptr();

@@ -54,6 +54,11 @@ std::vector<TensorView> model_file_layout(const ModelConfig& config, DType file_
 // A decoder layer's tensor by its name within the layer ("self_attn.q_proj.weight"); throws
 // respin::Error for a name no layer has.
 const at::Tensor& layer_tensor_named(const LayerWeights& layer, const std::string& part);
+at::Tensor& layer_tensor_named(LayerWeights& layer, const std::string& part);
+// A model's tensor by its safetensors name ("model.embed_tokens.weight", "lm_head.weight",
+// "model.layers.3.mlp.up_proj.weight"); throws respin::Error for a name the model has no place for.
+const at::Tensor& model_tensor_named(const ModelWeights& weights, const std::string& name);
+at::Tensor& model_tensor_named(ModelWeights& weights, const std::string& name);
 // The layer a tensor name belongs to ("model.layers.3.mlp.up_proj.weight" -> 3, `part` the rest),
 // -1 for the embeddings, the final norm and lm_head.
 int layer_of_tensor(const std::string& name, std::string* part = nullptr);

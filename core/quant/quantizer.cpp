@@ -7,8 +7,11 @@
 #include <c10/core/GradMode.h>
 
 #include <cmath>
+#include <algorithm>
 #include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/quant/finite_checks.h"
 #include "core/util/error.h"
@@ -91,6 +94,22 @@ RowGrid activation_grid(const at::Tensor& rows, const QuantSpec& spec, bool incl
   g.scale = at::where(g.scale == 0, at::ones_like(g.scale), g.scale);  // underflow only
   g.zero = at::round(-xmin / g.scale);
   return g;
+}
+
+// Blocks [first row, rows] of a [rows, width] tensor of about 4M elements each (at least 64 rows,
+// so that a block's row reductions are split over the rows, never within a row: each row's result
+// is the same whatever the blocking), balanced so that no block is much smaller than another.
+std::vector<std::pair<int64_t, int64_t>> row_blocks(int64_t rows, int64_t width) {
+  constexpr int64_t kElements = int64_t(1) << 22, kMinRows = 64;
+  const int64_t target = std::max(kMinRows, kElements / std::max<int64_t>(width, 1));
+  const int64_t count = std::max<int64_t>(1, rows / target);
+  std::vector<std::pair<int64_t, int64_t>> blocks;
+  for (int64_t b = 0, r = 0; b < count; ++b) {
+    const int64_t n = rows / count + (b < rows % count ? 1 : 0);
+    blocks.emplace_back(r, n);
+    r += n;
+  }
+  return blocks;
 }
 
 // GPTQ WeightQuantizer.find_params (perchannel) on float32 [rows, n], plus its MSE clip search.
@@ -204,13 +223,24 @@ WeightQuantParams compute_weight_params(const at::Tensor& w, const QuantSpec& sp
   const int64_t out = w.size(0), in = w.size(1);
   const int64_t group = spec.group_size > 0 ? spec.group_size : in;
   const int64_t groups = group > 0 ? in / group : 1;
-  const at::Tensor rows = w.detach().to(at::kFloat).contiguous().reshape({out * groups, group});
+  const at::Tensor all = w.detach().contiguous().reshape({out * groups, group});
   RowGrid g;
-  if (rows.numel() > 0) {
-    g = weight_grid(rows, spec, mse_clip);
+  if (all.numel() > 0) {
+    // Each row's grid is its own: the search runs over blocks of rows, so its float32 copies and
+    // candidates are a block's, not the weight's (an intermediate x hidden weight of a 70B model is
+    // 235M elements).
+    std::vector<at::Tensor> scales, zeros;
+    for (const auto& [r, n] : row_blocks(all.size(0), group)) {
+      RowGrid b = weight_grid(all.narrow(0, r, n).to(at::kFloat).contiguous(), spec, mse_clip);
+      scales.push_back(b.scale);
+      zeros.push_back(b.zero);
+    }
+    g.scale = scales.size() == 1 ? scales[0] : at::cat(scales);
+    g.zero = zeros.size() == 1 ? zeros[0] : at::cat(zeros);
   } else {
-    g.scale = at::ones({out * groups, 1}, rows.options());
-    g.zero = at::zeros({out * groups, 1}, rows.options());
+    const auto f32 = at::TensorOptions().dtype(at::kFloat).device(w.device());
+    g.scale = at::ones({out * groups, 1}, f32);
+    g.zero = at::zeros({out * groups, 1}, f32);
   }
   return {g.scale.reshape({out, groups}), g.zero.reshape({out, groups})};
 }
@@ -229,12 +259,17 @@ at::Tensor fake_quantize_weight_with(const at::Tensor& w, const WeightQuantParam
                   (t->defined() ? shape_text(*t) : std::string("undefined")));
   if (w.numel() == 0) return w;
   c10::NoGradGuard no_grad;
-  const at::Tensor x = w.detach().to(at::kFloat).reshape({out, groups, in / groups});
-  const at::Tensor scale = params.scale.to(x.device(), at::kFloat).unsqueeze(-1);
-  const at::Tensor zero = params.zero.to(x.device(), at::kFloat).unsqueeze(-1);
-  return qdq(x, scale, zero, max_level(spec), spec.symmetric)
-      .reshape({out, in})
-      .to(w.scalar_type());
+  const at::Tensor scale = params.scale.to(w.device(), at::kFloat).unsqueeze(-1);
+  const at::Tensor zero = params.zero.to(w.device(), at::kFloat).unsqueeze(-1);
+  // Elementwise, a block of rows at a time (the float32 copy is a block's).
+  at::Tensor result = at::empty(w.sizes(), w.options().requires_grad(false));
+  const at::Tensor src = w.detach();
+  for (const auto& [r, n] : row_blocks(out, in)) {
+    const at::Tensor x = src.narrow(0, r, n).to(at::kFloat).reshape({n, groups, in / groups});
+    result.narrow(0, r, n).copy_(
+        qdq(x, scale.narrow(0, r, n), zero.narrow(0, r, n), max_level(spec), spec.symmetric).reshape({n, in}));
+  }
+  return result;
 }
 
 at::Tensor fake_quantize_weight(const at::Tensor& w, const QuantSpec& spec, bool mse_clip) {
