@@ -122,6 +122,10 @@ int64_t addFinishedRun(RunStore& store, const TempDir& dir, const RunSpec& spec)
   r.timing.calibration_seconds = 60 + spec.appliedRank;
   r.timing.total_seconds = 75 + spec.appliedRank;
   r.timing.device = "cpu";
+  // The plan's peak and the measured one: within 5%, but for rank 128 (30% above the plan).
+  const double planned = 1e9 * (1 + std::max<int64_t>(spec.appliedRank, 0) / 32.0);
+  r.memory.predicted_bytes = {{"load", 0.5e9}, {"rotate", planned}};
+  r.memory.measured_bytes = {{"load", 0.4e9}, {"rotate", planned * (spec.appliedRank == 128 ? 1.3 : 1.05)}};
   store.finish_run(id, r);
   return id;
 }
@@ -913,6 +917,43 @@ TEST_F(RunsFixture, RankPlotHasParetoFrontKneeAndCostAxis) {
   EXPECT_EQ(v.paretoRuns().front(), f->rtn);  // the cheapest method is on the front by definition
 }
 
+TEST_F(RunsFixture, MemoryPlotsEachRunsMeasuredPeakAgainstItsPlan) {
+  RunsView v;
+  v.resize(1200, 850);
+  v.show();
+  v.setStorePath(QString::fromStdString(f->db));  // the latest sweep
+  QApplication::processEvents();
+  v.setPlotX(RunsView::PlotX::Memory);
+  const QVector<RunsView::PlotPoint> pts = v.plotPoints();
+  ASSERT_EQ(pts.size(), int(kSweep.size()));
+  int off = -1;
+  for (int i = 0; i < pts.size(); ++i) {
+    EXPECT_EQ(pts[i].id, f->sweepRuns[size_t(i)]);
+    const double planned = 1 + std::max<int64_t>(kSweep[size_t(i)].first, 0) / 32.0;  // GB, the largest phase's
+    EXPECT_DOUBLE_EQ(pts[i].x, planned);
+    EXPECT_NEAR(pts[i].y / pts[i].x, kSweep[size_t(i)].first == 128 ? 1.3 : 1.05, 1e-12);
+    if (kSweep[size_t(i)].first == 128) off = i;
+  }
+  ASSERT_GE(off, 0);
+  EXPECT_TRUE(v.paretoRuns().isEmpty());  // no front or knee: they are perplexity's
+  EXPECT_EQ(v.kneeRun(), -1);
+  EXPECT_FALSE(v.plot()->yAxis2->visible());
+  auto* title = qobject_cast<QCPTextElement*>(v.plot()->plotLayout()->element(0, 0));
+  ASSERT_NE(title, nullptr);
+  EXPECT_TRUE(title->text().contains(QString("%1 runs, %2 within 15%").arg(pts.size()).arg(pts.size() - 1)))
+      << title->text().toStdString();
+  EXPECT_EQ(v.plot()->itemCount(), 3);  // the diagonal and the 15% band
+  TempDir dir;
+  const QString csv = QString::fromStdString(dir.file("memory.csv"));
+  ASSERT_TRUE(v.plot()->exportTo(csv));
+  const QStringList lines = csvLines(csv);
+  ASSERT_EQ(lines.size(), 1 + int(kSweep.size()));
+  EXPECT_EQ(lines[0], "run_id,label,planned_peak_gb,measured_peak_gb");
+  // Back to perplexity: the front returns.
+  v.setPlotX(RunsView::PlotX::Rank);
+  EXPECT_FALSE(v.paretoRuns().isEmpty());
+}
+
 TEST_F(RunsFixture, ClickingAPointSelectsItsRun) {
   RunsView v;
   v.resize(1200, 850);
@@ -1198,6 +1239,9 @@ TEST(Screenshots, EachViewRendersReadably) {
   r.setStorePath(QString::fromStdString(f->db));
   r.selectRun(f->sweepRuns[3]);
   expectRendered(r, "runs.png");
+  r.setPlotX(RunsView::PlotX::Memory);
+  expectRendered(r, "runs-memory.png");
+  r.setPlotX(RunsView::PlotX::Rank);
 
   // The diff: an 80-layer run against a QuaRot-like run of the same model.
   int64_t other = 0;

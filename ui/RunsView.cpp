@@ -97,6 +97,7 @@ QString plotXName(RunsView::PlotX x) {
     case RunsView::PlotX::ABits: return "activation bits";
     case RunsView::PlotX::KvBits: return "KV-cache bits";
     case RunsView::PlotX::Method: return "method";
+    case RunsView::PlotX::Memory: return "planned peak memory (GB)";
   }
   return {};
 }
@@ -293,6 +294,7 @@ RunsView::RunsView(QWidget* parent) : QWidget(parent) {
   xBox_->addItem("Perplexity vs activation bits", int(PlotX::ABits));
   xBox_->addItem("Perplexity vs KV bits", int(PlotX::KvBits));
   xBox_->addItem("Perplexity vs method", int(PlotX::Method));
+  xBox_->addItem("Memory: measured vs planned", int(PlotX::Memory));
   plotBar->addWidget(xBox_);
   plotBar->addWidget(new QLabel("Second axis:"));
   costBox_ = new QComboBox;
@@ -1018,6 +1020,7 @@ QPointF RunsView::pointPixel(int i) const {
 }
 
 QList<qint64> RunsView::paretoRuns() const {
+  if (plotX_ == PlotX::Memory) return {};  // the front is perplexity's
   QVector<QPointF> pts;
   for (const PlotPoint& p : points_) pts << QPointF(p.x, p.y);
   QList<qint64> out;
@@ -1067,7 +1070,31 @@ void RunsView::redrawPlot() {
             for (const respin::SeriesPoint& p : s.series(cq)) cost[p.run_id] = p.y;
           }
           auto costOf = [&](int64_t id) { return cost.count(id) ? cost[id] : kNaN; };
-          if (plotX == PlotX::Method) {
+          if (plotX == PlotX::Memory) {
+            // The plan's peak and the measured one (on CUDA the device's, where both were recorded).
+            std::vector<int64_t> runs = ids;
+            if (sweep) {
+              respin::RunFilter f;
+              f.sweep = sweep;
+              runs.clear();
+              for (const respin::RunSummary& r : s.list_runs(f)) runs.push_back(r.id);
+            }
+            auto peak = [](const std::vector<std::pair<std::string, double>>& v) {
+              double m = 0;
+              for (const auto& [phase, b] : v) m = std::max(m, b);
+              return m;
+            };
+            for (int64_t id : runs) {
+              const std::optional<respin::RunDetail> d = s.get_run(id);
+              if (!d || !d->record) continue;
+              const respin::MemoryRecord& m = d->record->memory;
+              const bool device = !m.predicted_device_bytes.empty() && !m.measured_device_bytes.empty();
+              const double planned = peak(device ? m.predicted_device_bytes : m.predicted_bytes);
+              const double measured = peak(device ? m.measured_device_bytes : m.measured_bytes);
+              if (planned <= 0 || measured <= 0) continue;
+              out.push_back({id, planned / 1e9, measured / 1e9, kNaN, label(d->summary), false});
+            }
+          } else if (plotX == PlotX::Method) {
             respin::RunFilter f;
             f.sweep = sweep;
             f.status = respin::RunStatus::Finished;
@@ -1095,10 +1122,15 @@ void RunsView::redrawPlot() {
     else showMessage(error);
   }
 
+  const bool memory = plotX_ == PlotX::Memory;
+  costBox_->setEnabled(!memory);  // the second axis is the rank's cost
+  if (memory) frontGraph_->removeFromLegend();
+  else frontGraph_->addToLegend();
   QVector<QPointF> pts;
   for (const PlotPoint& p : points_) pts << QPointF(p.x, p.y);
-  const QVector<int> front = runs_plot::paretoFront(pts);
-  knee_ = runs_plot::kneeOf(pts, front);
+  // The Pareto front and its knee are perplexity's; memory has the diagonal instead.
+  const QVector<int> front = memory ? QVector<int>() : runs_plot::paretoFront(pts);
+  knee_ = memory ? -1 : runs_plot::kneeOf(pts, front);
   for (int i : front) points_[i].pareto = true;
 
   QVector<double> ax, ay, fx, fy, cx, cy;
@@ -1135,7 +1167,7 @@ void RunsView::redrawPlot() {
     for (const auto& [k, v] : byX) kx << k, ky << v;
     costGraph_->setData(kx, ky, true);
   }
-  const bool showCost = cost_ != CostAxis::None && !cx.isEmpty();
+  const bool showCost = !memory && cost_ != CostAxis::None && !cx.isEmpty();
   costGraph_->setVisible(showCost);
   if (showCost) costGraph_->addToLegend();
   else costGraph_->removeFromLegend();
@@ -1151,6 +1183,34 @@ void RunsView::redrawPlot() {
 
   // Axes.
   plot_->xAxis->setLabel(plotXName(plotX_));
+  if (memory) {
+    // Both axes from 0 to the largest figure, the diagonal (planned = measured) and the planner's
+    // 15% band around it.
+    const double top = points_.isEmpty() ? 1 : std::max(xhi, hi) * 1.15;
+    for (auto [k, style] : {std::pair<double, Qt::PenStyle>{1.0, Qt::SolidLine}, {1.15, Qt::DashLine}, {1 / 1.15, Qt::DashLine}}) {
+      auto* line = new QCPItemLine(plot_);
+      line->start->setCoords(0, 0);
+      line->end->setCoords(top, top / k);
+      line->setPen(QPen(QColor(120, 120, 120), 1, style));
+    }
+    plot_->xAxis->setTicker(QSharedPointer<QCPAxisTicker>(new QCPAxisTicker));
+    plot_->xAxis->setRange(0, top);
+    plot_->yAxis->setScaleType(QCPAxis::stLinear);
+    plot_->yAxis->setTicker(QSharedPointer<QCPAxisTicker>(new QCPAxisTicker));
+    plot_->yAxis->setRange(0, top);
+    plot_->yAxis->setLabel("measured peak memory (GB)");
+    int within = 0;
+    for (const PlotPoint& p : points_) within += p.x <= 1.15 * p.y && p.y <= 1.15 * p.x;
+    if (title)
+      title->setText(points_.isEmpty()
+                         ? QString("Memory: no finished runs with a plan and a measured peak in %1").arg(sourceText)
+                         : QString("Memory: measured vs planned peak · %1 · %2 runs, %3 within 15% of the plan (dashed)")
+                               .arg(sourceText)
+                               .arg(points_.size())
+                               .arg(within));
+    highlightSelected();
+    return;
+  }
   if (plotX_ == PlotX::Method) {
     QSharedPointer<QCPAxisTickerText> t(new QCPAxisTickerText);
     for (int m = 0; m < 4; ++m) t->addTick(m, kMethods[m]);
@@ -1218,6 +1278,12 @@ void RunsView::onPointClicked(int index) {
 QString RunsView::plotCsv() const {
   using plot_export::csvField;
   using plot_export::csvNumber;
+  if (plotX_ == PlotX::Memory) {
+    QString out = "run_id,label,planned_peak_gb,measured_peak_gb\n";
+    for (const PlotPoint& p : points_)
+      out += QString::number(p.id) + ',' + csvField(p.label) + ',' + csvNumber(p.x) + ',' + csvNumber(p.y) + '\n';
+    return out;
+  }
   QString out = QString("run_id,label,%1,perplexity,%2,pareto,knee\n")
                     .arg(plotX_ == PlotX::Rank ? "rank" : plotX_ == PlotX::Method ? "method" : "bits")
                     .arg(cost_ == CostAxis::Parameters ? "online_parameters" : "online_macs_per_token");

@@ -52,7 +52,8 @@ class RunsView : public QWidget {
   Q_OBJECT
  public:
   enum Column { ColId, ColModel, ColMethod, ColBits, ColRank, ColStatus, ColPpl, ColFpPpl, ColTime, ColCreated, ColTags, ColCount };
-  enum class PlotX { Rank, WBits, ABits, KvBits, Method };
+  // Memory: each finished run's measured peak against its plan's (run.json `memory`).
+  enum class PlotX { Rank, WBits, ABits, KvBits, Method, Memory };
   enum class CostAxis { None, MacsPerToken, Parameters };
   struct PlotPoint {
     qint64 id = 0;
