@@ -513,4 +513,14 @@ TEST_F(ModelTest, LoaderErrorsNameTensorAndFile) {
   EXPECT_NE(msg.find("model.safetensors"), std::string::npos) << msg;
   EXPECT_NE(msg.find("model.layers.1.self_attn.v_proj.weight"), std::string::npos) << msg;
   EXPECT_NE(msg.find("NaN"), std::string::npos) << msg;
+  // So are an infinity of either sign and a NaN away from the first element (the check reduces to
+  // the tensor's min and max, which propagate NaN).
+  for (float v : {INFINITY, -INFINITY, NAN}) {
+    ModelWeights b = w;
+    b.layers[0].down_proj = b.layers[0].down_proj.clone();
+    b.layers[0].down_proj[2][3] = v;
+    msg = message_of(c, b, "");
+    EXPECT_NE(msg.find("model.layers.0.mlp.down_proj.weight"), std::string::npos) << v << ": " << msg;
+    EXPECT_NE(msg.find("NaN or infinite"), std::string::npos) << v << ": " << msg;
+  }
 }

@@ -18,6 +18,8 @@ namespace respin {
 // Throws respin::Error "<what> contains NaN or Inf values (tensor [..]); ..." now, or queues the
 // check when a DeferredFiniteChecks is active on this thread.
 void check_finite(const at::Tensor& x, const std::string& what);
+// A one-element bool tensor on x's device: every element of x is finite (no host read).
+at::Tensor finite_flag(const at::Tensor& x);
 
 class DeferredFiniteChecks {
  public:

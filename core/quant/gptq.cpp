@@ -5,6 +5,7 @@
 // input channel across all output rows) is a contiguous row of Wt; the per-column updates and the
 // quantization then touch contiguous memory.
 #include "core/quant/gptq.h"
+#include "core/quant/finite_checks.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -21,9 +22,7 @@ namespace respin {
 namespace {
 
 
-bool all_finite(const at::Tensor& t) {
-  return t.numel() == 0 || at::isfinite(t).all().item<bool>();
-}
+bool all_finite(const at::Tensor& t) { return t.numel() == 0 || finite_flag(t).item<bool>(); }
 
 // Upper Cholesky factor U of (H + damp * I)^-1, i.e. U^T U = (H + damp I)^-1, as the reference
 // computes it: cholesky -> cholesky_inverse -> cholesky(upper). Undefined when a factorization
