@@ -754,11 +754,15 @@ class Pipeline {
     }
   }
   // What no phase rewrote (the embeddings, norms and head of a run without rotation; every tensor
-  // of one without weight quantization), from the source as the whole run would hold it.
-  void copy_unwritten() {
+  // of one without weight quantization), from the source as the whole run would hold it;
+  // `layers` false: only what belongs to no decoder layer.
+  void copy_unwritten(bool layers = true) {
     const LayerStream src = source_stream();
     for (const TensorView& v : model_file_layout(mc(), file_dtype()))
-      if (!out_->written(v.name)) put(v.name, src.read(v.name));
+      if (!out_->written(v.name) && (layers || layer_of_tensor(v.name) < 0)) {
+        put(v.name, src.read(v.name));
+        release_free_memory();
+      }
   }
   void layer_progress(int done, int total, double value = 0) {
     CalibProgress ev = progress(done, total);
@@ -788,10 +792,15 @@ class Pipeline {
     if (!plan_.quant.weight.enabled()) return;  // copied as it is when the run is written
     c10::NoGradGuard no_grad;
     const int L = static_cast<int>(mc().num_hidden_layers);
+    const bool gptq = cfg_.weight_quantizer == WeightQuantizer::Gptq;
+    begin(gptq ? Phase::Gptq : Phase::Quantize);
     LayerStream src = written_stream();
     writer();
-    if (cfg_.weight_quantizer == WeightQuantizer::Gptq) {
-      begin(Phase::Gptq);
+    // The embeddings, norms and head of a run without rotation first, for the evaluation that
+    // reads this file next: one vocabulary matrix in memory before the layers, not beside what
+    // the layers' quantization leaves in the allocator.
+    copy_unwritten(/*layers=*/false);
+    if (gptq) {
       const auto t0 = Clock::now();
       GptqModelOptions go;
       go.weight = plan_.quant.weight;
@@ -816,7 +825,6 @@ class Pipeline {
       g.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
       rec_.method.gptq = g;
     } else {
-      begin(Phase::Quantize);
       for (int i = 0; i < L; ++i) {
         if (outer_) outer_->check();
         LayerWeights layer = src.read_layer(i);
@@ -828,9 +836,6 @@ class Pipeline {
         layer_progress(i + 1, L);
       }
     }
-    // The embeddings, norms and head of a run without rotation, for the evaluation that reads
-    // this file next.
-    copy_unwritten();
   }
 
   // ---- the record and the run directory

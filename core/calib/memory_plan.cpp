@@ -301,7 +301,7 @@ MemoryPlan plan_of(const CalibConfig& c, const ModelConfig& mc, const PlanTarget
     switch (p) {
       case Phase::Load:
         // Converted tensor by tensor from the mapped file: the float32 model (on the host first
-        // when it goes to a GPU), the texts and their token ids, one tensor's finite check.
+        // when it goes to a GPU), the texts and their token ids, one tensor's conversion (its mapped pages beside the copy).
         // The texts are tokenized and freed before the weights arrive: the larger of the two.
         add(p, cuda ? model : 0,
             model_words + ", or before it the texts and their tokenization " + format_bytes(texts_load),
