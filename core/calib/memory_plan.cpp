@@ -293,7 +293,10 @@ MemoryPlan plan_of(const CalibConfig& c, const ModelConfig& mc, const PlanTarget
               pass_words(eval_windows) + ", one window's forward with quantizers");
           break;
         case Phase::Write:
-          add(p, side + vocab_read, "the tensors not yet written, one at a time");
+          // With weight quantization every tensor is written by then; without, the model is copied
+          // into the run's file a tensor at a time.
+          add(p, side + (c.wbits < 16 ? 0 : std::max(vocab_read, layer_read)),
+              c.wbits < 16 ? "the file's commit" : "the model copied a tensor at a time");
           break;
       }
       continue;
