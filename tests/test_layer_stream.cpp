@@ -139,19 +139,20 @@ TEST(SafetensorsWriter, WritesInAnyOrderTheBytesOfWriteSafetensors) {
   write_safetensors(dir + "/whole.safetensors", views, {{"format", "pt"}});
   {
     SafetensorsWriter w(dir + "/parts.safetensors", views, {{"format", "pt"}});
-    w.write("b", stale.data_ptr());
-    w.write("a", a.data_ptr());
+    w.write("b", stale.data_ptr(), stale.nbytes());
+    EXPECT_THROW(w.write("a", a.data_ptr(), a.nbytes() - 4), Error);  // a size not the layout's
+    w.write("a", a.data_ptr(), a.nbytes());
     EXPECT_FALSE(fs::exists(dir + "/parts.safetensors"));  // nothing at the path before commit
     const SafetensorsFile partial = SafetensorsFile::open(w.partial_path());
     EXPECT_EQ(static_cast<const float*>(partial.data(partial.at("b")))[0], 7.0f);
-    w.write("b", b.data_ptr());  // rewritten in place
-    EXPECT_THROW(w.write("c", b.data_ptr()), Error);
+    w.write("b", b.data_ptr(), b.nbytes());  // rewritten in place
+    EXPECT_THROW(w.write("c", b.data_ptr(), b.nbytes()), Error);
     w.commit();
   }
   EXPECT_EQ(bytes_of(dir + "/parts.safetensors"), bytes_of(dir + "/whole.safetensors"));
   {
     SafetensorsWriter w(dir + "/missing.safetensors", views);
-    w.write("a", a.data_ptr());
+    w.write("a", a.data_ptr(), a.nbytes());
     EXPECT_THROW(w.commit(), Error);
   }
   EXPECT_FALSE(fs::exists(dir + "/missing.safetensors"));

@@ -675,7 +675,7 @@ TEST(QuantErrors, DeferredChecksReadOnceAndThrowTheFirstFailure) {
 // a row's grid and quantized values are the same whatever rows it is computed with.
 TEST(WeightQuant, RowBlocksGiveEachRowItsOwnResult) {
   at::manual_seed(5);
-  const at::Tensor w = at::randn({300, 32768}) * at::rand({300, 1});  // two blocks of 150 rows
+  const at::Tensor w = at::randn({300, 32768}) * at::rand({300, 1});  // three blocks of 100 rows
   QuantSpec spec{4, true, 0, 1.0};
   const WeightQuantParams all = compute_weight_params(w, spec, /*mse_clip=*/true);
   const WeightQuantParams a = compute_weight_params(w.narrow(0, 0, 100), spec, true);

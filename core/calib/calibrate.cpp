@@ -745,7 +745,7 @@ class Pipeline {
   // As save_model stores it: in the file's dtype (the run's), on the host, contiguous.
   void put(const std::string& name, const at::Tensor& t) {
     const at::Tensor host = t.to(at::kCPU, dtype()).contiguous();
-    writer().write(name, host.data_ptr());
+    writer().write(name, host.data_ptr(), static_cast<uint64_t>(host.nbytes()));
   }
   void put_layer(int i, const LayerWeights& l) {
     for (const TensorView& v : model_file_layout(mc(), file_dtype())) {
@@ -760,6 +760,7 @@ class Pipeline {
     const LayerStream src = source_stream();
     for (const TensorView& v : model_file_layout(mc(), file_dtype()))
       if (!out_->written(v.name) && (layers || layer_of_tensor(v.name) < 0)) {
+        if (outer_) outer_->check();
         put(v.name, src.read(v.name));
         release_free_memory();
       }

@@ -345,9 +345,12 @@ SafetensorsWriter::SafetensorsWriter(std::string path, const std::vector<TensorV
 
 SafetensorsWriter::~SafetensorsWriter() = default;
 
-void SafetensorsWriter::write(const std::string& name, const void* data) {
+void SafetensorsWriter::write(const std::string& name, const void* data, uint64_t bytes) {
   auto it = slots_.find(name);
   if (it == slots_.end()) throw Error(path_ + ": no tensor named '" + name + "' in the file's layout");
+  if (bytes != it->second.bytes)
+    throw Error(path_ + ": tensor '" + name + "' has " + std::to_string(bytes) + " bytes, its layout " +
+                std::to_string(it->second.bytes));
   if (it->second.bytes > 0) file_->write_at(it->second.offset, data, it->second.bytes);
   it->second.written = true;
 }

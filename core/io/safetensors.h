@@ -110,8 +110,8 @@ class SafetensorsWriter {
   SafetensorsWriter(const SafetensorsWriter&) = delete;
   SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
 
-  // `data`: the tensor's bytes in its layout dtype.
-  void write(const std::string& name, const void* data);
+  // `data`: the tensor's `bytes` in its layout dtype (refused unless the layout's size).
+  void write(const std::string& name, const void* data, uint64_t bytes);
   bool written(const std::string& name) const;
   // The file as written so far (SafetensorsFile::open reads it; a tensor not yet written reads as
   // zeros).

@@ -37,6 +37,7 @@ at::Tensor LayerStream::read_lm_head() const {
 }
 
 std::vector<at::Tensor> LayerStream::embed(const at::Tensor& ids, int64_t per, at::Device keep_on) const {
+  if (per < 1) throw Error("LayerStream::embed: windows per piece must be >= 1");
   c10::NoGradGuard no_grad;
   const at::Tensor e = read("model.embed_tokens.weight");
   std::vector<at::Tensor> hidden;

@@ -75,7 +75,7 @@ void save_random_model(const std::string& dir, const ModelConfig& c, const Rando
   SafetensorsWriter out(dir + "/model.safetensors", model_file_layout(c, so.file_dtype), {{"format", "pt"}});
   generate(c, o, [&](const std::string& name, at::Tensor t) {
     const at::Tensor stored = t.to(file_type).contiguous();
-    out.write(name, stored.data_ptr());
+    out.write(name, stored.data_ptr(), static_cast<uint64_t>(stored.nbytes()));
   });
   out.commit();
   save_model_metadata(dir, c, so);

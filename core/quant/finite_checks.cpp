@@ -22,6 +22,8 @@ at::Tensor finite_flag(const at::Tensor& x) {
   // min and max propagate NaN and hold an infinity: both finite iff every element is, with no
   // temporary the size of x (isfinite's abs and masks are two more copies of it).
   const at::Tensor d = x.detach();
+  if (d.numel() == 0 || !at::isFloatingType(d.scalar_type()))
+    return at::ones({}, at::TensorOptions().dtype(at::kBool).device(d.device()));
   return at::isfinite(at::stack({d.min(), d.max()})).all();
 }
 
