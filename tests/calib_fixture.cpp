@@ -17,15 +17,20 @@ void write_calibration_fixture(const TempDir& dir) {
   bo.vocab_size = 320;
   BpeTrainResult tok = train_byte_level_bpe(text, bo);
   write_file_atomically(dir.file("tokenizer.json"), tok.tokenizer_json);
-  ModelConfig c = make_model_config("llama", 64, 96, 2, 4, 2, tok.vocab_size, 64);
+  write_fixture_model(dir, "model", tok.vocab_size, 4, false);
+}
+
+void write_fixture_model(const TempDir& dir, const std::string& name, int64_t vocab, uint64_t seed, bool tied) {
+  ModelConfig c = make_model_config("llama", 64, 96, 2, 4, 2, vocab, 64);
+  c.tie_word_embeddings = tied;
   RandomInitOptions ro;
-  ro.seed = 4;
+  ro.seed = seed;
   ro.std = 0.1;
   ro.norm_jitter = 0.3;
   SaveOptions so;
   so.file_dtype = DType::F32;
   so.tokenizer_json = dir.file("tokenizer.json");
-  save_model(dir.file("model"), c, random_weights(c, ro), so);
+  save_model(dir.file(name), c, random_weights(c, ro), so);
 }
 
 CalibConfig small_calib_config(const TempDir& dir, const std::string& method, int bits) {

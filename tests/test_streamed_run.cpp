@@ -37,16 +37,7 @@ class StreamedRun : public ::testing::Test {
     dir_ = new TempDir();
     test::write_calibration_fixture(*dir_);
     // The same shapes with tied embeddings and a final norm far from 1: fusion must untie lm_head.
-    ModelConfig c = make_model_config("llama", 64, 96, 2, 4, 2, 320, 64);
-    c.tie_word_embeddings = true;
-    RandomInitOptions ro;
-    ro.seed = 9;
-    ro.std = 0.1;
-    ro.norm_jitter = 0.3;
-    SaveOptions so;
-    so.file_dtype = DType::F32;
-    so.tokenizer_json = dir_->file("tokenizer.json");
-    save_model(dir_->file("tied"), c, random_weights(c, ro), so);
+    test::write_fixture_model(*dir_, "tied", 320, 9, true);
   }
   static void TearDownTestSuite() { delete dir_; }
 

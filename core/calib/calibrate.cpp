@@ -695,6 +695,16 @@ class Pipeline {
   }
 
   // ---- weights
+  GptqModelOptions gptq_options() const {
+    GptqModelOptions go;
+    go.weight = plan_.quant.weight;
+    go.gptq.mse_clip = plan_.quant.weight_mse_clip;
+    return go;
+  }
+  // GPTQ sees the layers' inputs with the online transforms and skip corrections, quantizers off.
+  ActivationHook gptq_hook() const {
+    return run_hook(mc(), device_, plan_.online, skip_, without_activation_quant(plan_.quant), plan_.o_proj_group);
+  }
   void quantize_weights() {
     if (streamed_) return quantize_streamed();
     // The model the weights come from is consumed: quantized in place, never held twice
@@ -704,14 +714,8 @@ class Pipeline {
       qw_ = std::move(*source).take_weights();
     } else if (cfg_.weight_quantizer == WeightQuantizer::Gptq) {
       begin(Phase::Gptq);
-      GptqModelOptions go;
-      go.weight = plan_.quant.weight;
-      go.gptq.mse_clip = plan_.quant.weight_mse_clip;
       GptqModelReport rep;
-      qw_ = gptq_quantize_model(
-          std::move(*source),
-          run_hook(mc(), device_, plan_.online, skip_, without_activation_quant(plan_.quant), plan_.o_proj_group),
-          calib_windows_, go, &steps_, &rep);
+      qw_ = gptq_quantize_model(std::move(*source), gptq_hook(), calib_windows_, gptq_options(), &steps_, &rep);
       grids_ = rep.grids;
       rec_.method.gptq = GptqRecord{rep.layer_loss, rep.dead_columns, rep.seconds};
     } else {
@@ -803,11 +807,8 @@ class Pipeline {
     copy_unwritten(/*layers=*/false);
     if (gptq) {
       const auto t0 = Clock::now();
-      GptqModelOptions go;
-      go.weight = plan_.quant.weight;
-      go.gptq.mse_clip = plan_.quant.weight_mse_clip;
-      const ActivationHook online =
-          run_hook(mc(), device_, plan_.online, skip_, without_activation_quant(plan_.quant), plan_.o_proj_group);
+      const GptqModelOptions go = gptq_options();
+      const ActivationHook online = gptq_hook();
       std::vector<at::Tensor> hidden = src.embed(calib_windows_, go.batch, device_);
       LlamaModel frame(mc(), placeholder_weights(mc(), dtype(), device_));
       const ForwardContext ctx = frame.make_context(calib_windows_.size(1));
