@@ -444,6 +444,32 @@ TEST_F(Workbench, TheRunPanelShowsTheMemoryPlanTheRunWillUseAndRefusesWhatCannot
   EXPECT_EQ(2 * p->plan()->model_bytes, f32_model);
   EXPECT_EQ(p->plan()->peak().device_bytes, respin::plan_calibration(p->config()).peak().device_bytes);
   EXPECT_TRUE(p->planText().contains("(bfloat16)")) << p->planText().toStdString();
+  // Streaming: SpinQuant learns through the whole model, so 'layers' is a problem before Start;
+  // QuaRot streams, and the plan says so and holds no model.
+  QComboBox* streaming = p->streamingBox();
+  streaming->setCurrentIndex(streaming->findText("layers"));
+  EXPECT_EQ(p->config().streaming, respin::Streaming::Layers);
+  EXPECT_FALSE(p->startButton()->isEnabled());
+  EXPECT_TRUE(p->problemText().contains("streaming 'layers'")) << p->problemText().toStdString();
+  const int64_t whole_peak = respin::plan_calibration([&] {
+                               CalibConfig q = p->config();
+                               q.method = Method::QuaRot;
+                               q.streaming = respin::Streaming::Whole;
+                               return q;
+                             }()).peak().device_bytes;
+  c = p->config();
+  c.method = Method::QuaRot;
+  p->setConfig(c);
+  EXPECT_EQ(streaming->currentText(), "layers");  // setConfig keeps it
+  EXPECT_TRUE(p->startButton()->isEnabled()) << p->problemText().toStdString();
+  ASSERT_TRUE(p->plan().has_value());
+  EXPECT_TRUE(p->plan()->streamed);
+  EXPECT_TRUE(p->planText().contains("; a layer at a time")) << p->planText().toStdString();
+  EXPECT_LT(p->plan()->peak().device_bytes, whole_peak);
+  EXPECT_EQ(p->plan()->peak().device_bytes, respin::plan_calibration(p->config()).peak().device_bytes);
+  streaming->setCurrentIndex(streaming->findText("whole"));
+  EXPECT_FALSE(p->plan()->streamed);
+  EXPECT_EQ(p->plan()->peak().device_bytes, whole_peak);
 }
 
 TEST_F(Workbench, ANewModelStartsFromTheDefaultSettingsAndTheUsersOverrides) {

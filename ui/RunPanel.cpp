@@ -217,13 +217,23 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
   planBar_->setTextVisible(false);
   planBar_->setMaximumHeight(12);
   planBar_->setObjectName("planBar");
-  dg->addWidget(rowLabel("Memory:"), row, 0);
-  dg->addWidget(budget_, row, 1);
-  dg->addWidget(planBar_, row++, 2, 1, 2);
+  streaming_ = new QComboBox;
+  // Item data: the respin::Streaming value; the names are core's.
+  for (respin::Streaming v : {respin::Streaming::Auto, respin::Streaming::Whole, respin::Streaming::Layers})
+    streaming_->addItem(QString(respin::streaming_name(v)), static_cast<int>(v));
+  streaming_->setToolTip("layers: every phase without end-to-end gradients runs one decoder layer at a time from the "
+                         "model's files (the model is never resident; the same numbers). auto: so when the whole "
+                         "model would not fit the memory and the method learns nothing. SpinQuant and ReSpinQuant "
+                         "learn through the whole model.");
+  streaming_->setSizeAdjustPolicy(QComboBox::AdjustToMinimumContentsLengthWithIcon);
+  streaming_->setMinimumContentsLength(4);
+  pair("Memory:", budget_, "Streaming:", streaming_);
   plan_ = new QLabel;
   plan_->setWordWrap(true);
   plan_->setObjectName("plan");
   plan_->setSizePolicy(QSizePolicy::Ignored, QSizePolicy::Preferred);
+  // The peak against the capacity, under the Memory label, beside the plan's words.
+  dg->addWidget(planBar_, row, 0, Qt::AlignTop);
   dg->addWidget(plan_, row++, 1, 1, 3);
   dg->setColumnStretch(1, 1);
   dg->setColumnStretch(3, 1);
@@ -261,7 +271,7 @@ RunPanel::RunPanel(QWidget* parent) : QWidget(parent) {
     loading_ = false;
     update();
   });
-  for (QComboBox* c : {method_, wbits_, abits_, kvbits_, device_, precision_})
+  for (QComboBox* c : {method_, wbits_, abits_, kvbits_, device_, precision_, streaming_})
     connect(c, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] { update(); });
   for (QSpinBox* s : {wGroup_, aGroup_, kvGroup_, samples_, seqLen_, iters_, batch_, threads_, evalWindows_, seed_})
     connect(s, qOverload<int>(&QSpinBox::valueChanged), this, [this] { update(); });
@@ -397,6 +407,7 @@ CalibConfig RunPanel::config() const {
   c.device = device == -2 ? respin::DeviceChoice::Auto : device == -1 ? respin::DeviceChoice::Cpu : respin::DeviceChoice::Cuda;
   c.cuda_device = std::max(0, device);
   c.precision = static_cast<respin::Precision>(precision_->currentData().toInt());
+  c.streaming = static_cast<respin::Streaming>(streaming_->currentData().toInt());
   c.threads = threads_->value();
   return c;
 }
@@ -441,6 +452,7 @@ void RunPanel::setConfig(const CalibConfig& c) {
     device_->setCurrentIndex(i);
   }
   precision_->setCurrentIndex(std::max(0, precision_->findData(static_cast<int>(c.precision))));
+  streaming_->setCurrentIndex(std::max(0, streaming_->findData(static_cast<int>(c.streaming))));
   threads_->setValue(c.threads);
   loading_ = false;
   update();

@@ -54,6 +54,7 @@ class RunPanel : public QWidget {
   std::optional<respin::MemoryPlan> plan() const;
   QString planText() const;
   QLineEdit* memoryBudget() const { return budget_; }
+  QComboBox* streamingBox() const { return streaming_; }
 
  signals:
   void startRequested(respin::CalibConfig config);
@@ -63,7 +64,7 @@ class RunPanel : public QWidget {
   void remember() const;
   void refreshPlanTarget();  // reads the device and sizes in a thread when what they depend on changed
   void showPlan();
-  QComboBox *method_, *wbits_, *abits_, *kvbits_, *device_, *precision_;
+  QComboBox *method_, *wbits_, *abits_, *kvbits_, *device_, *precision_, *streaming_;
   QSpinBox *wGroup_, *aGroup_, *kvGroup_, *rank_, *samples_, *seqLen_, *iters_, *batch_, *threads_, *evalWindows_,
       *microBatch_;
   QSpinBox* seed_;

@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/calib/precision.h"
+#include "core/model/llama.h"
+#include "core/quant/quantizer.h"
 #include "core/util/error.h"
 
 namespace respin {
@@ -30,6 +32,7 @@ struct Shape {
   int64_t D, I, V, L, H, KV, hd, QD, KVD, T, P;
   bool tied;
   int64_t E;  // bytes per weight and activation element (the run's precision)
+  bool fused_attention = false;  // attention without a score matrix (llama.h attention_is_fused)
   explicit Shape(const ModelConfig& c, int64_t seq_len, Precision precision)
       : D(c.hidden_size),
         I(c.intermediate_size),
@@ -61,16 +64,24 @@ int64_t forward_transient(const Shape& s, int64_t windows, bool quantizers, bool
   return std::max({attn, mlp, logits}) + (quantizers ? 2 * s.E * tok * s.widest() : 0);
 }
 
-// Bytes autograd keeps per token and decoder layer in a learning step (float32): the norms'
-// inputs and outputs, q/k/v and their RoPE'd copies, the repeated K/V, the attention
-// probabilities (a query sees T/2 keys on average, plus half a block), the MLP's gate, up, SiLU,
-// product and Hadamard'd input, and one saved tensor per fake-quantized activation; times 1.57,
-// the ratio of the measured graph to this count (263 kB per token and layer at hidden 1024,
-// intermediate 2816, 16 heads, 512 tokens: docs/results.md).
+// Bytes autograd keeps per token and decoder layer in a learning step: the norms' inputs and
+// outputs, q/k/v and their RoPE'd copies, the repeated K/V, the MLP's gate, up, SiLU, product and
+// Hadamard'd input, one saved tensor per fake-quantized activation ("floats" below), and the
+// attention probabilities of the blocked eager attention (a query sees T/2 keys on average, plus
+// half a block; none where attention runs fused: the CUDA kernels keep no score matrix).
+//  - float32: 4 bytes per float and per probability, times 1.57, the ratio of the measured graph
+//    to this count (263 kB per token and layer at hidden 1024, intermediate 2816, 16 heads, 512
+//    tokens: docs/results.md).
+//  - bfloat16: 4.1 bytes per float and 19 per probability and head, fitted to SpinQuant's
+//    checkpointed steps at hidden 1024 with windows of 256, 512 and 1024 tokens (docs/results.md:
+//    the scores are formed in bfloat16, normalized in float32 and cast back, and the casts'
+//    copies outlive the count above), checked at hidden 512 and 2048.
 int64_t saved_per_token_layer(const Shape& s, bool activation_quant) {
-  int64_t floats = 13 * s.D + 3 * s.KVD + 5 * s.I + s.H * (s.T + kAttentionBlock) / 2;
+  int64_t floats = 13 * s.D + 3 * s.KVD + 5 * s.I;
   if (activation_quant) floats += 2 * s.D + s.QD + s.I + 2 * s.KVD;
-  return s.E * floats * 157 / 100;
+  const int64_t probs = s.fused_attention ? 0 : s.H * (s.T + kAttentionBlock) / 2;
+  if (s.E >= kF32) return s.E * (floats + probs) * 157 / 100;
+  return floats * 41 / 10 + probs * 19;
 }
 
 // Rotation parameters with their gradients and momentum (3 float32 copies each), and the Cayley
@@ -108,8 +119,11 @@ Learning learning_bytes(const CalibConfig& c, const Shape& s, int64_t model, int
   } else {
     // The layer rebuilt with autograd in the backward pass: its rotated weights, their gradients
     // and (with RTN weights) the fake-quantized copies (2.5 float32 copies with RTN weights, 1.5
-    // without: measured).
-    const int64_t layer = s.E * s.layer_params() * (wq ? 5 : 3) / 2 + (dense_skips > 0 ? 2 * kF32 * s.D * s.D : 0);
+    // without: measured). In bfloat16 the products' float32 inputs, saved for the rotations'
+    // gradients, come on top: 11 bytes per parameter with or without RTN weights (measured at
+    // hidden 1024: the same peak at W4 and W16).
+    const int64_t per_param = s.E >= kF32 ? s.E * (wq ? 5 : 3) / 2 : 11;
+    const int64_t layer = per_param * s.layer_params() + (dense_skips > 0 ? 2 * kF32 * s.D * s.D : 0);
     const int64_t kept = (s.L + 1) * s.E * tok * s.D;
     const int64_t acts = tok * per_tl;
     const int64_t loss = 3 * kF32 * std::min(kLossChunk, tok) * s.V + 2 * s.E * s.V * s.D;
@@ -125,13 +139,16 @@ Learning learning_bytes(const CalibConfig& c, const Shape& s, int64_t model, int
 // GPTQ's transient for its largest weight [out, in] (core/quant/gptq.cpp): the Hessian of the
 // group's input as accumulated, its copy for the weight, the damped copy, its Cholesky factor, the
 // inverse and that inverse's upper factor (seven in x in float64 matrices alive at once), the
-// weight in float64 and its working copy, and the MSE clip search's float32 candidates (6 copies of
-// the weight, as for RTN).
+// weight in float64 and its working copy, and the MSE clip search's float32 candidates (as for RTN).
 // RTN's MSE clip search and fake quantization run over blocks of rows of about 4M elements (at
-// least 64 rows; core/quant/quantizer.cpp): 6 float32 copies of a block.
+// least 64 rows; core/quant/quantizer.cpp): 5 float32 copies of the largest block (measured: 4.3
+// copies in the streamed RTN rows at hidden 1024 and 2048, where a layer's weight is all that is
+// beside them; 6 in the whole QuaRot row at hidden 1024, where the allocator reuses less).
 int64_t grid_search_transient(const Shape& s) {
-  const int64_t weight = std::max(s.I, s.QD) * s.D;
-  return 6 * kF32 * std::min(weight, std::max<int64_t>(int64_t(1) << 22, 64 * s.widest()));
+  int64_t block = 0;
+  for (const auto& [rows, width] : {std::pair{s.I, s.D}, std::pair{s.D, s.I}, std::pair{s.QD, s.D}, std::pair{s.D, s.QD}})
+    for (const auto& [first, n] : row_blocks(rows, width)) block = std::max(block, n * width);
+  return 5 * kF32 * block;
 }
 
 int64_t gptq_transient(const Shape& s) {
@@ -190,8 +207,9 @@ namespace {
 // `streamed`: the phases without end-to-end gradients a decoder layer at a time (docs/methods.md
 // 1.7).
 MemoryPlan plan_of(const CalibConfig& c, const ModelConfig& mc, const PlanTarget& target, bool streamed) {
-  const Shape s(mc, c.seq_len, target.precision);
+  Shape s(mc, c.seq_len, target.precision);
   const bool cuda = target.device != "cpu";
+  s.fused_attention = cuda && attention_is_fused(at::Device(at::kCUDA));
   MemoryPlan plan;
   plan.target = target;
   plan.model_bytes = s.E * s.P;
@@ -226,6 +244,10 @@ MemoryPlan plan_of(const CalibConfig& c, const ModelConfig& mc, const PlanTarget
   // A forward with the online transforms and quantizers: their copies of the
   // activations about double the transient, plus their own state (measured).
   auto hooked = [&](int64_t windows, bool quantizers) { return 2 * fwd(windows, quantizers) + 10'000'000; };
+  // The evaluation of the quantized model: with rotations, the online transforms and quantizers;
+  // without, the quantizers' copies alone (measured: RTN's evaluation holds 8-14 MB more than the
+  // float one at hidden 1024 and 2048, one window of 512 tokens).
+  auto eval_quant = [&](int64_t windows) { return rotates ? hooked(windows, quant_acts) : fwd(windows, quant_acts); };
   const std::string model_words = "model " + format_bytes(model);
   // Streamed: one decoder layer (or the embeddings, or the head) resident beside the hidden states
   // of the phase's windows; each tensor is converted from its mapped pages, which are given back
@@ -277,7 +299,8 @@ MemoryPlan plan_of(const CalibConfig& c, const ModelConfig& mc, const PlanTarget
               pass_words(stats) + ", one window's forward with the online transforms");
           break;
         case Phase::Quantize:
-          add(p, side + std::max(vocab_read, layer_read + rtn_transient(s)),
+          // The layer's mapped pages are given back once it is read: the reading or the grid search.
+          add(p, side + std::max({vocab_read, layer_read, layer + rtn_transient(s)}),
               "one layer " + format_bytes(layer) + " and one weight's grid search");
           break;
         case Phase::Gptq: {
@@ -289,7 +312,7 @@ MemoryPlan plan_of(const CalibConfig& c, const ModelConfig& mc, const PlanTarget
           break;
         }
         case Phase::EvalQuant:
-          add(p, side + streamed_pass(eval_windows, hooked(1, quant_acts), true),
+          add(p, side + streamed_pass(eval_windows, eval_quant(1), true),
               pass_words(eval_windows) + ", one window's forward with quantizers");
           break;
         case Phase::Write:
@@ -353,8 +376,7 @@ MemoryPlan plan_of(const CalibConfig& c, const ModelConfig& mc, const PlanTarget
         break;
       case Phase::Quantize:
         // RTN in place: one linear weight's grid search over blocks of rows (the rows in float32,
-        // their candidates' errors: 6 float32 copies of a block, measured at hidden 1024 and 2048
-        // when a block was the whole weight) and its quantized self beside it.
+        // their candidates' errors: grid_search_transient) and its quantized self beside it.
         add(p, held + rotations + corrections + rtn_transient(s),
             "model " + format_bytes(held) + ", one weight's grid search");
         break;
@@ -371,7 +393,7 @@ MemoryPlan plan_of(const CalibConfig& c, const ModelConfig& mc, const PlanTarget
         break;
       }
       case Phase::EvalQuant:
-        add(p, held + rotations + corrections + hooked(1, quant_acts),
+        add(p, held + rotations + corrections + eval_quant(1),
             "quantized model " + format_bytes(held) + ", one window's forward with quantizers");
         break;
       case Phase::Write:

@@ -213,6 +213,15 @@ const char* attention_kernel(at::Device device) {
   return "eager, blocks of 256 query rows";
 }
 
+bool attention_is_fused(at::Device device) {
+#ifdef RESPIN_HAS_SDPA
+  return device.is_cuda();
+#else
+  (void)device;
+  return false;
+#endif
+}
+
 ForwardContext LlamaModel::make_context(int64_t seq_len) const {
   ForwardContext ctx;
   ctx.seq_len = seq_len;

@@ -112,6 +112,8 @@ ModelWeights move_weights(const ModelWeights& weights, at::Device device);
 // How attention runs on `device`: libtorch's fused scaled_dot_product_attention on CUDA where
 // libtorch has it (2.1 and later), else the eager form in blocks of query rows.
 const char* attention_kernel(at::Device device);
+// Whether attention on `device` runs fused (no score matrix formed, forward or backward).
+bool attention_is_fused(at::Device device);
 
 // RoPE inverse frequencies [head_dim/2] (float32) including rope_scaling (linear, llama3).
 at::Tensor rope_inv_freq(const ModelConfig& config);

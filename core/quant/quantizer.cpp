@@ -96,22 +96,6 @@ RowGrid activation_grid(const at::Tensor& rows, const QuantSpec& spec, bool incl
   return g;
 }
 
-// Blocks [first row, rows] of a [rows, width] tensor of at most about 4M elements each (at least 64 rows,
-// so that a block's row reductions are split over the rows, never within a row: each row's result
-// is the same whatever the blocking), balanced so that no block is much smaller than another.
-std::vector<std::pair<int64_t, int64_t>> row_blocks(int64_t rows, int64_t width) {
-  constexpr int64_t kElements = int64_t(1) << 22, kMinRows = 64;
-  const int64_t target = std::max(kMinRows, kElements / std::max<int64_t>(width, 1));
-  // At most `target` rows a block (rounded up), but never a block under kMinRows.
-  const int64_t count = std::max<int64_t>(1, std::min((rows + target - 1) / target, rows / kMinRows));
-  std::vector<std::pair<int64_t, int64_t>> blocks;
-  for (int64_t b = 0, r = 0; b < count; ++b) {
-    const int64_t n = rows / count + (b < rows % count ? 1 : 0);
-    blocks.emplace_back(r, n);
-    r += n;
-  }
-  return blocks;
-}
 
 // GPTQ WeightQuantizer.find_params (perchannel) on float32 [rows, n], plus its MSE clip search.
 RowGrid weight_grid(const at::Tensor& rows, const QuantSpec& spec, bool mse_clip) {
@@ -187,6 +171,20 @@ void check_weight(const at::Tensor& w, const QuantSpec& spec) {
 }
 
 }  // namespace
+
+std::vector<std::pair<int64_t, int64_t>> row_blocks(int64_t rows, int64_t width) {
+  constexpr int64_t kElements = int64_t(1) << 22, kMinRows = 64;
+  const int64_t target = std::max(kMinRows, kElements / std::max<int64_t>(width, 1));
+  // At most `target` rows a block (rounded up), but never a block under kMinRows.
+  const int64_t count = std::max<int64_t>(1, std::min((rows + target - 1) / target, rows / kMinRows));
+  std::vector<std::pair<int64_t, int64_t>> blocks;
+  for (int64_t b = 0, r = 0; b < count; ++b) {
+    const int64_t n = rows / count + (b < rows % count ? 1 : 0);
+    blocks.emplace_back(r, n);
+    r += n;
+  }
+  return blocks;
+}
 
 void validate_quant_spec(const QuantSpec& spec, const char* what) {
   const std::string who = std::string(what) + " quantizer: ";

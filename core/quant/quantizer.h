@@ -13,6 +13,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace respin {
 
@@ -65,6 +67,12 @@ struct WeightQuantParams {
   at::Tensor scale;  // [out, groups] float32, groups = in / group_size (1 when group_size == 0)
   at::Tensor zero;   // [out, groups] float32 integer-valued zero point (all 0 when symmetric)
 };
+
+// The blocks [first row, rows] a [rows, width] weight's grid search and fake quantization run over:
+// at most about 4M elements each and at least 64 rows, so that a block's reductions split over rows,
+// never within one (each row's result is the same whatever the blocking), balanced so that no block
+// is much smaller than another. The memory plan counts the largest of them.
+std::vector<std::pair<int64_t, int64_t>> row_blocks(int64_t rows, int64_t width);
 
 // The quantization grid per row/group. Throws respin::Error when bits == 16 (nothing to compute),
 // for an invalid spec, or for a weight that is not 2-D floating point or contains NaN/Inf.
