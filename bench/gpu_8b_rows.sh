@@ -3,10 +3,12 @@
 # bf16 model of that shape written by `respin init-model` (hidden 4096, intermediate 14336, 32
 # layers, 32 / 8 heads, vocabulary 128256: 16 GB on disk), then, each at W4A4KV4 with 2048-token
 # windows and precision auto (bfloat16 on CUDA):
-#   spinquant        8 windows per step, STEPS learning steps (RTN weights)
-#   respin-r32       the same with ReSpinQuant's rank-32 skip corrections
-#   quarot           RTN weights
-#   quarot-gptq      GPTQ over 128 windows
+#   spinquant-40GB   8 windows per step, STEPS learning steps (RTN weights), under --device-memory 40GB
+#   respin-r32-48GB  the same with ReSpinQuant's rank-32 skip corrections, under 48GB
+#   quarot-24GB      RTN weights, under 24GB
+#   quarot-gptq-24GB GPTQ over 128 windows, under 24GB (streamed: chosen to fit)
+# (the budgets are the targets; the plan chooses micro-batches, checkpointing and streaming
+# to fit them; --dry-run drops them)
 #   quarot-streamed-8GB  RTN weights a decoder layer at a time under --device-memory 8GB (half the model)
 # For each: the plan (`respin plan --json`: predicted device peak), the run (`calibrate --json`:
 # seconds per phase, libtorch's measured device peak per phase), and the learning phase
@@ -43,8 +45,10 @@ tok="$here/resources/models/small/tokenizer.json"
 
 shape=(--vocab 128256 --hidden 4096 --intermediate 14336 --layers 32 --heads 32 --kv-heads 8)
 seq=2048 gptq_windows=128 device=cuda
+# The targets as budgets: the plan chooses micro-batches, checkpointing and streaming to fit.
+b40=(--device-memory 40GB) b48=(--device-memory 48GB) b24=(--device-memory 24GB)
 ((dry)) && shape=(--vocab 4096 --hidden 256 --intermediate 512 --layers 2 --heads 4 --kv-heads 2) &&
-  seq=128 gptq_windows=8 device=cpu
+  seq=128 gptq_windows=8 device=cpu b40=() b48=() b24=()
 
 # Texts: enough for the GPTQ windows and the evaluation (about 4 bytes of text per token).
 need=$(( (gptq_windows + 8) * seq * 5 ))
@@ -75,10 +79,10 @@ fi
 common=(--model "$model" --calib-text "$out/calib.txt" --eval-text "$out/eval.txt" --device "$device"
         --wbits 4 --abits 4 --kvbits 4 --seq-len "$seq" --eval-windows 4 --stats-windows 1)
 rows=(
-  "spinquant|--method spinquant --samples 8 --batch 8 --iters $steps"
-  "respin-r32|--method respin --rank 32 --samples 8 --batch 8 --iters $steps"
-  "quarot|--method quarot --samples 8"
-  "quarot-gptq|--method quarot --gptq --samples $gptq_windows"
+  "spinquant-40GB|--method spinquant --samples 8 --batch 8 --iters $steps ${b40[*]}"
+  "respin-r32-48GB|--method respin --rank 32 --samples 8 --batch 8 --iters $steps ${b48[*]}"
+  "quarot-24GB|--method quarot --samples 8 ${b24[*]}"
+  "quarot-gptq-24GB|--method quarot --gptq --samples $gptq_windows ${b24[*]}"
   "quarot-streamed-8GB|--method quarot --samples 8 --device-memory 8GB --streaming layers"
 )
 names=()
