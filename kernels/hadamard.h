@@ -1,7 +1,7 @@
 // Fast Walsh-Hadamard transform over the last dimension of a row-major [rows, n] float matrix,
 // n a power of two, in place: x <- scale * x H_n (Sylvester ordering, H_n entries +-1; with
-// scale = 1/sqrt(n) the transform is orthonormal). CPU reference and CUDA kernel share these
-// params. No torch, no Qt.
+// scale = 1/sqrt(n) the transform is orthonormal). Its CPU twin is core's HadamardTransform
+// (core/ops/hot_ops.h ops::hadamard), the one Walsh-Hadamard reference. No torch, no Qt.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +11,7 @@
 namespace respin::kernels {
 
 struct HadamardParams {
-  float* data = nullptr;  // host pointer for the reference, device pointer for hadamard_cuda
+  float* data = nullptr;  // device pointer for hadamard_cuda, host pointer for hadamard_cuda_host
   int64_t rows = 0;
   int64_t n = 0;          // power of two
   float scale = 1.0f;
@@ -24,9 +24,6 @@ struct KernelStatus {
 };
 
 bool is_power_of_two(int64_t n);
-
-// CPU reference; throws std::invalid_argument on bad params.
-void hadamard_ref(const HadamardParams& p);
 
 // Largest n the CUDA kernel handles (one row per block, row held in shared memory).
 constexpr int64_t kHadamardCudaMaxN = 8192;

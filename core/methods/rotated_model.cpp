@@ -369,7 +369,7 @@ ActivationHook online_hook(const ModelConfig& config, OnlineHookOptions o) {
     };
     auto skip = [&](const std::vector<at::Tensor>& dense, const std::vector<ResidualCorrection>& rr) {
       if (layer < static_cast<int>(dense.size()) && dense[layer].defined())
-        x = at::matmul(x, dense[layer].to(x.scalar_type()));
+        x = ops::dense_transition(x, dense[layer]);
       else if (layer < static_cast<int>(rr.size()) && rr[layer].rank > 0)
         x = ops::residual_correction(x, rr[layer]);
     };

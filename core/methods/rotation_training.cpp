@@ -10,6 +10,7 @@
 #include <memory>
 #include <tuple>
 
+#include "core/ops/hot_ops.h"
 #include "core/quant/finite_checks.h"
 #include "core/quant/quantizer.h"
 #include "core/stats/activation_stats.h"
@@ -87,7 +88,7 @@ at::Tensor checkpointed_micro_batch(const LlamaModel& fused, const ResidualRotat
     for (int64_t t0 = 0; t0 < T - 1; t0 += o.loss_chunk_tokens) {
       const int64_t len = std::min(o.loss_chunk_tokens, T - 1 - t0);
       const at::Tensor piece = rms_norm(x.select(0, b).narrow(0, t0, len), fused.weights().final_norm, c.rms_norm_eps);
-      at::Tensor loss = at::cross_entropy_loss(at::linear(piece, head_leaf).to(at::kFloat),
+      at::Tensor loss = at::cross_entropy_loss(ops::linear(piece, head_leaf).to(at::kFloat),
                                                ids.select(0, b).narrow(0, t0 + 1, len), {}, at::Reduction::Sum) *
                         scale;
       loss.backward();

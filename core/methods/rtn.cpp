@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
+#include "core/ops/hot_ops.h"
 #include "core/util/process_memory.h"
 
 namespace respin {
@@ -21,11 +22,11 @@ ActivationHook activation_quant_hook(const QuantConfig& config) {
       case HookSite::OProjInput:
       case HookSite::MlpInput:
       case HookSite::DownProjInput:
-        if (config.activation.enabled()) x = fake_quantize_activation(x, config.activation);
+        if (config.activation.enabled()) x = ops::fake_quantize_tokens(x, config.activation);
         break;
       case HookSite::Key:
       case HookSite::Value:
-        if (config.kv.enabled()) x = fake_quantize_kv(x, config.kv);
+        if (config.kv.enabled()) x = ops::fake_quantize_kv(x, config.kv);
         break;
       default:  // queries, skip paths and the lm_head input stay in full precision
         break;

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/ops/hot_ops.h"
 #include "core/util/error.h"
 #include "core/util/tensor_text.h"
 
@@ -21,10 +22,6 @@ namespace respin {
 namespace {
 
 constexpr int64_t kAttentionBlock = 256;  // query rows per attention block
-
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
-}
 
 at::Tensor rotate_half(const at::Tensor& x) {
   const int64_t half = x.size(-1) / 2;
@@ -252,9 +249,9 @@ at::Tensor LlamaModel::attention(int layer, const at::Tensor& x_in, const Forwar
                 hd = config_.head_dim;
   at::Tensor x = x_in;
   run_hook(HookSite::AttnInput, layer, x);
-  at::Tensor q = linear(x, L.q_proj, L.q_bias).view({B, T, H, hd}).transpose(1, 2);
-  at::Tensor k = linear(x, L.k_proj, L.k_bias).view({B, T, KV, hd}).transpose(1, 2);
-  at::Tensor v = linear(x, L.v_proj, L.v_bias).view({B, T, KV, hd}).transpose(1, 2);
+  at::Tensor q = ops::linear(x, L.q_proj, L.q_bias).view({B, T, H, hd}).transpose(1, 2);
+  at::Tensor k = ops::linear(x, L.k_proj, L.k_bias).view({B, T, KV, hd}).transpose(1, 2);
+  at::Tensor v = ops::linear(x, L.v_proj, L.v_bias).view({B, T, KV, hd}).transpose(1, 2);
   q = q * ctx.cos + rotate_half(q) * ctx.sin;
   k = k * ctx.cos + rotate_half(k) * ctx.sin;
   run_hook(HookSite::Query, layer, q);
@@ -277,7 +274,7 @@ at::Tensor LlamaModel::attention(int layer, const at::Tensor& x_in, const Forwar
                               : at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true, scale);
     at::Tensor out = fused.transpose(1, 2).reshape({B, T, H * hd});
     run_hook(HookSite::OProjInput, layer, out);
-    return linear(out, L.o_proj, L.o_bias);
+    return ops::linear(out, L.o_proj, L.o_bias);
   }
 #endif
   const at::Tensor k_t = k.transpose(2, 3).contiguous();  // [B, H, hd, T]
@@ -293,16 +290,16 @@ at::Tensor LlamaModel::attention(int layer, const at::Tensor& x_in, const Forwar
   }
   at::Tensor out = (blocks.size() == 1 ? blocks[0] : at::cat(blocks, 2)).transpose(1, 2).reshape({B, T, H * hd});
   run_hook(HookSite::OProjInput, layer, out);
-  return linear(out, L.o_proj, L.o_bias);
+  return ops::linear(out, L.o_proj, L.o_bias);
 }
 
 at::Tensor LlamaModel::mlp(int layer, const at::Tensor& x_in) const {
   const LayerWeights& L = weights_.layers[layer];
   at::Tensor x = x_in;
   run_hook(HookSite::MlpInput, layer, x);
-  at::Tensor h = at::silu(linear(x, L.gate_proj, L.gate_bias)) * linear(x, L.up_proj, L.up_bias);
+  at::Tensor h = at::silu(ops::linear(x, L.gate_proj, L.gate_bias)) * ops::linear(x, L.up_proj, L.up_bias);
   run_hook(HookSite::DownProjInput, layer, h);
-  return linear(h, L.down_proj, L.down_bias);
+  return ops::linear(h, L.down_proj, L.down_bias);
 }
 
 at::Tensor LlamaModel::layer_forward(int layer, const at::Tensor& hidden,
@@ -324,7 +321,7 @@ at::Tensor LlamaModel::layer_forward(int layer, const at::Tensor& hidden,
 at::Tensor LlamaModel::head(const at::Tensor& hidden) const {
   at::Tensor x = rms_norm(hidden, weights_.final_norm, config_.rms_norm_eps);
   run_hook(HookSite::LmHeadInput, -1, x);
-  return at::linear(x, weights_.lm_head);
+  return ops::linear(x, weights_.lm_head);
 }
 
 at::Tensor LlamaModel::forward(const at::Tensor& ids) const {

@@ -7,6 +7,10 @@
 
 namespace respin::ops {
 
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  return b.defined() ? at::linear(x, w, b) : at::linear(x, w);
+}
+
 at::Tensor hadamard(const at::Tensor& x, const HadamardTransform& h) { return h.apply(x); }
 
 at::Tensor fake_quantize_tokens(const at::Tensor& x, const QuantSpec& spec, bool ste) {
@@ -17,6 +21,8 @@ at::Tensor fake_quantize_kv(const at::Tensor& x, const QuantSpec& spec, bool ste
   if (!ste) return respin::fake_quantize_kv(x, spec);
   return fake_quantize_ste(x, respin::fake_quantize_kv(x.detach(), spec));
 }
+
+at::Tensor dense_transition(const at::Tensor& h, const at::Tensor& t) { return at::matmul(h, t.to(h.scalar_type())); }
 
 at::Tensor residual_correction(const at::Tensor& h, const ResidualCorrection& c) { return apply_correction(h, c); }
 
