@@ -806,26 +806,15 @@ class Pipeline {
     // the layers' quantization leaves in the allocator.
     copy_unwritten(/*layers=*/false);
     if (gptq) {
-      const auto t0 = Clock::now();
       const GptqModelOptions go = gptq_options();
-      const ActivationHook online = gptq_hook();
       std::vector<at::Tensor> hidden = src.embed(calib_windows_, go.batch, device_);
       LlamaModel frame(mc(), placeholder_weights(mc(), dtype(), device_));
       const ForwardContext ctx = frame.make_context(calib_windows_.size(1));
-      GptqRecord g;
-      for (int i = 0; i < L; ++i) {
-        LayerWeights layer = src.read_layer(i);
-        GptqLayerResult r = gptq_quantize_layer(frame, i, layer, hidden, ctx, online, go, &steps_);
-        frame.set_layer(i, placeholder_layer(mc(), dtype(), device_));
-        put_layer(i, layer);
-        g.layer_loss.push_back(r.loss);
-        g.dead_columns += r.dead_columns;
-        grids_.push_back(std::move(r.grids));
-        release_free_memory();
-        layer_progress(i + 1, L, r.loss);
-      }
-      g.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-      rec_.method.gptq = g;
+      GptqModelReport rep = gptq_layers(
+          frame, hidden, ctx, gptq_hook(), go, &steps_, [&](int i) { return src.read_layer(i); },
+          [&](int i, LayerWeights&& layer) { put_layer(i, layer); });
+      grids_ = std::move(rep.grids);
+      rec_.method.gptq = GptqRecord{rep.layer_loss, rep.dead_columns, rep.seconds};
     } else {
       for (int i = 0; i < L; ++i) {
         if (outer_) outer_->check();

@@ -8,6 +8,7 @@
 
 #include <chrono>
 
+#include "core/model/weights.h"
 #include "core/util/error.h"
 #include "core/util/error_message.h"
 #include "core/util/process_memory.h"
@@ -27,30 +28,12 @@ struct Group {
 ModelWeights gptq_weight_set(const ModelConfig& c, ModelWeights w, std::vector<at::Tensor> hidden,
                              const ForwardContext& ctx, const ActivationHook& online,
                              const GptqModelOptions& o, RunControl* control, GptqModelReport* report) {
-  const auto t0 = std::chrono::steady_clock::now();
-  const int L = static_cast<int>(c.num_hidden_layers);
-  GptqModelReport rep;
-  for (int i = 0; i < L; ++i) {
-    LlamaModel frame(c, w);
-    GptqLayerResult r = gptq_quantize_layer(frame, i, w.layers[i], hidden, ctx, online, o, control);
-    rep.layer_loss.push_back(r.loss);
-    rep.dead_columns += r.dead_columns;
-    rep.grids.push_back(std::move(r.grids));
-    release_free_memory();  // the layer's Hessians and float64 weights, before the next layer's
-    if (control) {
-      ProgressEvent ev;
-      ev.phase = "gptq";
-      ev.done = i + 1;
-      ev.total = L;
-      ev.layer = i;
-      ev.value = r.loss;
-      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      ev.eta_s = s / (i + 1) * (L - i - 1);
-      control->report(ev, i + 1 == L);
-    }
-  }
-  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (report) *report = rep;
+  const at::Tensor& like = w.embed_tokens;
+  LlamaModel frame(c, placeholder_weights(c, like.scalar_type(), like.device()));
+  GptqModelReport rep = gptq_layers(
+      frame, hidden, ctx, online, o, control, [&](int i) { return std::move(w.layers[i]); },
+      [&](int i, LayerWeights&& layer) { w.layers[i] = std::move(layer); });
+  if (report) *report = std::move(rep);
   return w;
 }
 
@@ -115,6 +98,39 @@ std::vector<at::Tensor> embedded_windows(const LlamaModel& model, const at::Tens
 }
 
 }  // namespace
+
+GptqModelReport gptq_layers(LlamaModel& frame, std::vector<at::Tensor>& hidden, const ForwardContext& ctx,
+                            const ActivationHook& online, const GptqModelOptions& o, RunControl* control,
+                            const std::function<LayerWeights(int)>& take,
+                            const std::function<void(int, LayerWeights&&)>& give) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const ModelConfig& c = frame.config();
+  const int L = static_cast<int>(c.num_hidden_layers);
+  GptqModelReport rep;
+  for (int i = 0; i < L; ++i) {
+    LayerWeights layer = take(i);
+    GptqLayerResult r = gptq_quantize_layer(frame, i, layer, hidden, ctx, online, o, control);
+    frame.set_layer(i, placeholder_layer(c, layer.q_proj.scalar_type(), layer.q_proj.device()));
+    give(i, std::move(layer));
+    rep.layer_loss.push_back(r.loss);
+    rep.dead_columns += r.dead_columns;
+    rep.grids.push_back(std::move(r.grids));
+    release_free_memory();  // the layer's Hessians and float64 weights, before the next layer's
+    if (control) {
+      ProgressEvent ev;
+      ev.phase = "gptq";
+      ev.done = i + 1;
+      ev.total = L;
+      ev.layer = i;
+      ev.value = r.loss;
+      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      ev.eta_s = s / (i + 1) * (L - i - 1);
+      control->report(ev, i + 1 == L);
+    }
+  }
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return rep;
+}
 
 ModelWeights gptq_quantize_model(const LlamaModel& model, const ActivationHook& online, const at::Tensor& windows,
                                  const GptqModelOptions& o, RunControl* control, GptqModelReport* report) {

@@ -10,6 +10,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <vector>
 
 #include "core/model/llama.h"
@@ -45,6 +46,17 @@ struct GptqLayerResult {
 GptqLayerResult gptq_quantize_layer(LlamaModel& frame, int i, LayerWeights& layer, std::vector<at::Tensor>& hidden,
                                     const ForwardContext& ctx, const ActivationHook& online,
                                     const GptqModelOptions& options, RunControl* control = nullptr);
+
+// The loop over the decoder layers both the whole and the streamed GPTQ run: for i = 0..L-1,
+// `take(i)` gives layer i (shared with the caller's weights or read from a file), which is
+// quantized in place (gptq_quantize_layer, `frame` a model of placeholder layers), then handed to
+// `give(i, layer)`; the frame's layer i is a placeholder again after it. The report gathers the
+// losses, dead columns and grids; progress: phase "gptq", done/total = layers, with an ETA.
+// Throws respin::Cancelled on stop.
+GptqModelReport gptq_layers(LlamaModel& frame, std::vector<at::Tensor>& hidden, const ForwardContext& ctx,
+                            const ActivationHook& online, const GptqModelOptions& options, RunControl* control,
+                            const std::function<LayerWeights(int)>& take,
+                            const std::function<void(int, LayerWeights&&)>& give);
 
 // Returns the model's weights with every linear layer of every decoder layer GPTQ-quantized
 // (embeddings and lm_head untouched). `online` may be empty. windows: [N, T] int64.
