@@ -72,11 +72,11 @@ EOF
 mutation gptq-propagates-unquantized core/methods/gptq_model.cpp test_calib \
   PipelineReference.GptqPipelineUsesTheHessiansOfTheQuantizedModel \
   "GPTQ propagating layer inputs through the unquantized layer" <<'EOF'
-    GptqLayerResult r = gptq_quantize_layer(frame, i, w.layers[i], hidden, ctx, online, o, control);
+    GptqLayerResult r = gptq_quantize_layer(frame, i, layer, hidden, ctx, online, o, control);
 ====
-    const LayerWeights original = w.layers[i];
+    const LayerWeights original = layer;
     std::vector<at::Tensor> inputs = hidden;
-    GptqLayerResult r = gptq_quantize_layer(frame, i, w.layers[i], hidden, ctx, online, o, control);
+    GptqLayerResult r = gptq_quantize_layer(frame, i, layer, hidden, ctx, online, o, control);
     frame.set_layer(i, original);
     for (at::Tensor& h : inputs) h = frame.layer_forward(i, h, ctx);
     hidden = inputs;
